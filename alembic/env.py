@@ -1,0 +1,50 @@
+"""Alembic environment: the URL comes from the engine's settings, the target from ``models``."""
+
+from __future__ import annotations
+
+from logging.config import fileConfig
+
+from sqlalchemy import create_engine, pool
+
+from alembic import context
+from dataengine.settings import get_settings
+from models import Base
+
+config = context.config
+if config.config_file_name is not None and config.attributes.get("configure_logging", True):
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+
+target_metadata = Base.metadata
+
+
+def _url() -> str:
+    return config.attributes.get("url") or get_settings().sqlalchemy_url
+
+
+def run_migrations_offline() -> None:
+    """Emit SQL to stdout instead of touching a database (``alembic upgrade --sql``)."""
+    context.configure(url=_url(), target_metadata=target_metadata, literal_binds=True, compare_type=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    """Apply migrations on a live connection, serialised by an advisory lock so two migrators never race."""
+    engine = create_engine(_url(), poolclass=pool.NullPool)
+    with engine.connect() as connection:
+        connection.exec_driver_sql("SELECT pg_advisory_lock(7426001)")
+        try:
+            context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
+            with context.begin_transaction():
+                context.run_migrations()
+            connection.commit()
+        finally:
+            connection.exec_driver_sql("SELECT pg_advisory_unlock(7426001)")
+            connection.commit()
+    engine.dispose()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

@@ -1,0 +1,43 @@
+"""Celery settings only; every value comes from ``dataengine.settings``."""
+
+from __future__ import annotations
+
+from dataengine.settings import get_settings
+
+_s = get_settings()
+
+broker_url = _s.redis_url
+result_backend = _s.redis_url
+broker_connection_retry_on_startup = True
+# Redis hides an unacknowledged message this long; it must outlast the longest run, or Redis
+# hands a live run to a second worker. Recovery of dead workers is the sweeper's job, in seconds.
+broker_transport_options = {"visibility_timeout": _s.visibility_timeout_s}
+result_backend_transport_options = {"visibility_timeout": _s.visibility_timeout_s}
+
+# JSON only: a producer in any language can send, nobody can smuggle a pickle.
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+result_accept_content = ["json"]
+
+# Acknowledge after the run, requeue if the pool process dies, take one message at a time.
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+worker_cancel_long_running_tasks_on_connection_loss = True
+task_track_started = True
+result_expires = 7 * 24 * 3600
+
+# Events for Flower.
+worker_send_task_events = True
+task_send_sent_event = True
+
+include = ["tasks.propertyaudit"]
+
+# One beat at a time across the fleet (celery-redbeat holds a lock in Redis).
+beat_scheduler = "redbeat.RedBeatScheduler"
+redbeat_redis_url = _s.redis_url
+redbeat_key_prefix = "dataengine:redbeat"
+redbeat_lock_timeout = 60
+beat_max_loop_interval = 5
+beat_schedule: dict = {}

@@ -1,0 +1,45 @@
+"""The Celery app, configured from ``celeryconfig``; the sweeper rides along in workers and beat."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery
+from celery.signals import beat_init, worker_ready, worker_shutting_down
+
+from dataengine.recovery import Sweeper
+
+app = Celery("dataengine")
+app.config_from_object("celeryconfig")
+
+log = logging.getLogger("dataengine.worker")
+_sweeper: Sweeper | None = None
+
+
+def _send(task_name: str, kwargs: dict[str, str]) -> object:
+    return app.send_task(task_name, kwargs=kwargs)
+
+
+def _start_sweeper(where: str) -> None:
+    global _sweeper
+    if _sweeper is None:
+        app.loader.import_default_modules()  # the jobs register themselves on import
+        _sweeper = Sweeper(send=_send)
+        _sweeper.start()
+        log.info("recovery sweeper started in %s", where)
+
+
+@worker_ready.connect
+def _on_worker_ready(sender: object = None, **_: object) -> None:
+    _start_sweeper("worker")
+
+
+@beat_init.connect
+def _on_beat_init(sender: object = None, **_: object) -> None:
+    _start_sweeper("beat")
+
+
+@worker_shutting_down.connect
+def _on_shutdown(**_: object) -> None:
+    if _sweeper is not None:
+        _sweeper.stopped.set()

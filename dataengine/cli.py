@@ -1,0 +1,165 @@
+"""The ``dataengine`` command line: migrate, submit, status, watch, cancel, sweep, fake-llm, demo."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from dataengine.errors import DataEngineError
+
+cli = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+console = Console()
+
+
+def _jobs() -> None:
+    from dataengine.celery_app import app
+
+    app.loader.import_default_modules()
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}", highlight=False)
+    return typer.Exit(code=2)
+
+
+@cli.command()
+def migrate() -> None:
+    """Create the database if needed and apply every Alembic migration."""
+    from dataengine.migrations import migrate as run_migrations
+
+    run_migrations()
+    console.print("database is at the latest schema")
+
+
+@cli.command()
+def submit(
+    job: Annotated[str, typer.Argument(help="propertyaudit")],
+    spec_file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="The run spec as JSON")],
+    watch_run: Annotated[bool, typer.Option("--watch", help="Show the progress bar until the run ends")] = False,
+) -> None:
+    """Create a run from a JSON spec and enqueue it; prints the run id."""
+    _jobs()
+    if job != "propertyaudit":
+        raise _fail(f"unknown job {job!r}; known: propertyaudit")
+    from tasks.propertyaudit import submit_audit
+
+    try:
+        spec: Any = json.loads(spec_file.read_text())
+        if not isinstance(spec, dict):
+            raise _fail(f"{spec_file} must hold a JSON object")
+        run_id = submit_audit(spec)
+    except json.JSONDecodeError as exc:
+        raise _fail(f"{spec_file} is not JSON: {exc}") from None
+    except DataEngineError as exc:
+        raise _fail(str(exc)) from None
+    print(run_id)
+    if watch_run:
+        watch(run_id)
+
+
+@cli.command()
+def status(
+    run_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run row as JSON")] = False,
+) -> None:
+    """Show a run's row: status, progress, ETA, tokens, cost, error."""
+    _jobs()
+    from dataengine.inspect import STATUS_COLUMNS, describe, find_run
+
+    try:
+        job, row = find_run(run_id)
+    except DataEngineError as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        print(json.dumps({"id": str(row["id"]), **{c: row[c] for c in STATUS_COLUMNS}}, default=str, indent=2))
+        return
+    console.print(describe(job, row), highlight=False)
+    for column in STATUS_COLUMNS:
+        if row[column] is not None:
+            console.print(f"  {column:<20} {row[column]}", highlight=False)
+
+
+@cli.command()
+def watch(run_id: str) -> None:
+    """A live progress bar with ETA until the run ends."""
+    _jobs()
+    from dataengine.inspect import describe, find_run, watch as watch_run
+
+    try:
+        row = watch_run(run_id, console=console)
+    except DataEngineError as exc:
+        raise _fail(str(exc)) from None
+    console.print(describe(find_run(run_id)[0], row), highlight=False)
+    if row["error_message"]:
+        console.print(f"[red]{row['error_message']}[/red]", highlight=False)
+    raise typer.Exit(code=0 if row["status"] == "completed" else 1)
+
+
+@cli.command()
+def cancel(run_id: str) -> None:
+    """Ask a run to stop between steps (a run no worker holds is cancelled at once)."""
+    _jobs()
+    from dataengine.db import session_scope
+    from dataengine.inspect import find_run
+    from dataengine.runs import request_cancel
+
+    try:
+        job, row = find_run(run_id)
+        with session_scope() as session:
+            state = request_cancel(session=session, job=job, run_id=row["id"])
+    except DataEngineError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"cancellation requested; run is {state}")
+
+
+@cli.command()
+def sweep() -> None:
+    """Re-enqueue runs whose worker died, once (workers and beat do this every second)."""
+    _jobs()
+    from dataengine.celery_app import app
+    from dataengine.recovery import sweep as sweep_all
+
+    requeued = sweep_all(send=lambda name, kwargs: app.send_task(name, kwargs=kwargs))
+    console.print(f"{len(requeued)} run(s) taken back")
+
+
+@cli.command("fake-llm")
+def fake_llm(
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    latency_ms: Annotated[float, typer.Option(help="Delay before each answer")] = 0.0,
+    fail_429_every: Annotated[int, typer.Option(help="Every Nth request gets 429 + Retry-After")] = 0,
+    fail_5xx_every: Annotated[int, typer.Option(help="Every Nth request gets a 500")] = 0,
+) -> None:
+    """Serve the OpenAI-compatible stand-in LLM (for tests, the demo and benchmarks)."""
+    from dataengine.fakellm import FakeConfig, serve
+
+    console.print(f"stand-in LLM on http://{host}:{port}/v1 (OPENAI_BASE_URL); answers are canned, not a real model")
+    serve(host=host, port=port, config=FakeConfig(
+        latency_ms=latency_ms, fail_429_every=fail_429_every, fail_5xx_every=fail_5xx_every))
+
+
+@cli.command()
+def demo(
+    queries: Annotated[int, typer.Option(min=4, max=500, help="How many queries the demo audit asks")] = 30,
+    latency_ms: Annotated[float, typer.Option(help="Stand-in LLM latency per call")] = 300.0,
+) -> None:
+    """Run a PropertyAudit end to end, SIGKILL its worker half-way, and show it resume."""
+    from dataengine.demo import run_demo
+
+    raise typer.Exit(code=run_demo(console=console, queries=queries, latency_ms=latency_ms))
+
+
+def main() -> None:
+    """Entry point of the ``dataengine`` script."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    cli()
+
+
+if __name__ == "__main__":
+    main()

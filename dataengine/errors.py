@@ -1,0 +1,44 @@
+"""Every error the engine raises derives from ``DataEngineError``; a docstring is its default message.
+
+``retryable`` says whether Celery may retry the task (dramatiq's ``throws=`` turned around):
+bad input and finished runs are never retried.
+"""
+
+from __future__ import annotations
+
+
+class DataEngineError(Exception):
+    """Something went wrong in the data engine."""
+
+    retryable = False
+
+    def __init__(self, message: str | None = None, **context: object) -> None:
+        self.context = context
+        # A given message is used as is (it may quote text with braces); the docstring is a template.
+        super().__init__(message if message is not None else (self.__doc__ or "").format(**context).strip())
+
+
+class InvalidRunId(DataEngineError):
+    """run_id {run_id!r} is not a UUID string."""
+
+
+class RunNotFound(DataEngineError):
+    """No {job} run with id {run_id} exists: create the run row first, then send its id."""
+
+
+class SpecInvalid(DataEngineError):
+    """The run spec is invalid: {details}"""
+
+
+class LeaseLost(DataEngineError):
+    """Run {run_id} was taken over by another worker (fencing token {token} is stale); this worker stops."""
+
+
+class StepFailed(DataEngineError):
+    """A step failed and the run ended failed: {details}"""
+
+
+class TransientStepError(StepFailed):
+    """A step failed for now; the run will be retried: {details}"""
+
+    retryable = True

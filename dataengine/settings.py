@@ -1,0 +1,93 @@
+"""One settings object for the whole engine; no other module reads ``os.environ``.
+
+The public contract's variables (``DATABASE_URL``, ``REDIS_URL``, ``OPENAI_API_KEY``,
+``OPENAI_BASE_URL``, model names) keep their plain names; the engine's own knobs take the
+``DATAENGINE_`` prefix (``DATAENGINE_LEASE_S=10``).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The key the stand-in LLM server accepts; refused outside development.
+PLACEHOLDER_API_KEY = "sk-local-stand-in"
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name, name.lower())
+
+
+class Settings(BaseSettings):
+    """Every setting of the engine, validated once at start-up."""
+
+    model_config = SettingsConfigDict(env_prefix="DATAENGINE_", extra="ignore", populate_by_name=True)
+
+    environment: Literal["development", "production"] = "development"
+
+    database_url: str = Field(
+        "postgresql+psycopg://postgres@127.0.0.1:5432/dataengine", validation_alias=_env("DATABASE_URL")
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=_env("REDIS_URL"))
+
+    openai_api_key: SecretStr = Field(SecretStr(PLACEHOLDER_API_KEY), validation_alias=_env("OPENAI_API_KEY"))
+    openai_base_url: str | None = Field(None, validation_alias=_env("OPENAI_BASE_URL"))
+    openai_model: str = Field("gpt-4o-mini", validation_alias=_env("OPENAI_MODEL"))
+    openai_eval_model: str = Field("gpt-4o-mini", validation_alias=_env("OPENAI_EVAL_MODEL"))
+    openai_embedding_model: str = Field("text-embedding-3-small", validation_alias=_env("OPENAI_EMBEDDING_MODEL"))
+    openai_max_retries: int = Field(4, ge=0, validation_alias=_env("OPENAI_MAX_RETRIES"))
+    openai_timeout_s: float = Field(120.0, gt=0, validation_alias=_env("OPENAI_TIMEOUT_S"))
+    #: USD per million tokens, input and output, by model; unknown models cost 0 and say so in logs.
+    model_prices_per_mtok: dict[str, tuple[float, float]] = {
+        "gpt-4o-mini": (0.15, 0.60),
+        "gpt-4o": (2.50, 10.00),
+        "gpt-4.1-mini": (0.40, 1.60),
+        "text-embedding-3-small": (0.02, 0.0),
+    }
+
+    # The run engine (dataengine.runs / dataengine.recovery).
+    lease_s: float = Field(3.0, gt=0)
+    heartbeat_interval_s: float = Field(1.0, gt=0)
+    sweep_interval_s: float = Field(1.0, gt=0)
+    #: A run enqueued (or re-enqueued) but not claimed for this long is enqueued again.
+    redispatch_after_s: float = Field(300.0, gt=0)
+    #: A run whose worker is lost this many times at the same step ends ``failed``.
+    max_losses_per_step: int = Field(3, ge=1)
+    #: Steps of one run in flight at once.
+    step_concurrency: int = Field(4, ge=1, le=64)
+    #: Celery retries of a run after a transient error (LLM down, database blip).
+    task_max_retries: int = Field(5, ge=0)
+    #: Redis hides an unacknowledged message this long; our sweeper recovers runs much sooner.
+    visibility_timeout_s: int = Field(86400, gt=0)
+
+    # Limits on what a producer may submit.
+    max_queries: int = Field(10_000, ge=1)
+    max_query_chars: int = Field(2_000, ge=1)
+
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.heartbeat_interval_s >= self.lease_s:
+            raise ValueError("DATAENGINE_HEARTBEAT_INTERVAL_S must be shorter than DATAENGINE_LEASE_S")
+        if self.environment == "production" and self.openai_api_key.get_secret_value() == PLACEHOLDER_API_KEY:
+            raise ValueError("OPENAI_API_KEY is the local placeholder; set a real key in production")
+        return self
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The database URL with the psycopg 3 driver, whatever scheme the user wrote."""
+        url = self.database_url
+        for prefix in ("postgres://", "postgresql://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix) :]
+        return url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings()

@@ -1,0 +1,38 @@
+"""The base of every run task: Celery's retry policy and the mapping of engine errors to results."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from celery import Task
+
+from dataengine.errors import LeaseLost, TransientStepError
+from dataengine.jobs import Job
+from dataengine.logs import run_logger
+from dataengine.runloop import execute_run
+from dataengine.settings import get_settings
+
+
+class RunTask(Task):
+    """A task that executes one run; transient step failures retry with backoff (Celery's own)."""
+
+    autoretry_for = (TransientStepError,)
+    retry_backoff = 2
+    retry_backoff_max = 300
+    retry_jitter = True
+    max_retries = get_settings().task_max_retries
+    acks_late = True
+    reject_on_worker_lost = True
+
+
+def run_job(task: Task, job: Job, run_id: object) -> dict[str, Any]:
+    """Execute ``run_id`` of ``job`` in this task; returns the task's JSON result."""
+    worker_id = f"{task.request.hostname or 'local'}/{os.getpid()}"
+    may_retry = task.request.retries < (task.max_retries or 0)
+    try:
+        outcome = execute_run(job=job, run_id=run_id, worker_id=worker_id, task_id=task.request.id, may_retry=may_retry)
+    except LeaseLost as exc:
+        run_logger(run_id=run_id, task_id=task.request.id).warning("[%s] %s", job.name, exc)
+        return {"run_id": str(run_id), "status": "lost", "detail": str(exc), "executed": True}
+    return outcome.as_dict()

@@ -1,0 +1,125 @@
+"""The declarative base and the columns every run row and every step-result row share.
+
+The lease and checkpoint columns are written by ``dataengine.runs`` and
+``dataengine.recovery`` only.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Index,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base with stable constraint names, so migrations can name what they drop."""
+
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class RunStatus(str, enum.Enum):
+    """A run's life: queued -> running -> completed | failed | cancelled."""
+
+    queued = "queued"
+    running = "running"
+    completed = "completed"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+ACTIVE_STATUSES = (RunStatus.queued.value, RunStatus.running.value)
+FINAL_STATUSES = (RunStatus.completed.value, RunStatus.failed.value, RunStatus.cancelled.value)
+
+
+def _ts(*, nullable: bool = True, default_now: bool = False) -> Mapped[datetime | None]:
+    return mapped_column(
+        DateTime(timezone=True), nullable=nullable, server_default=func.now() if default_now else None
+    )
+
+
+class RunMixin:
+    """The public run-row contract plus the engine's lease, fencing and usage columns."""
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, server_default=RunStatus.queued.value)
+    progress_pct: Mapped[Decimal] = mapped_column(Numeric(5, 2), nullable=False, server_default="0")
+    #: Index of the first step without a recorded result: where a resumed run starts.
+    current_query_index: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    total_steps: Mapped[int] = mapped_column(Integer, nullable=False)
+    completed_steps: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    created_at: Mapped[datetime] = _ts(nullable=False, default_now=True)
+    last_updated_at: Mapped[datetime] = _ts(nullable=False, default_now=True)
+    started_at: Mapped[datetime | None] = _ts()
+    finished_at: Mapped[datetime | None] = _ts()
+    error_message: Mapped[str | None] = mapped_column(Text)
+    eta_s: Mapped[int | None] = mapped_column(Integer)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    cost_usd: Mapped[Decimal] = mapped_column(Numeric(14, 6), nullable=False, server_default="0")
+    #: What the run found, written in the transaction that completes it.
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default="false")
+
+    # Lease and fencing: owned by dataengine.runs and dataengine.recovery.
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None] = _ts()
+    heartbeat_at: Mapped[datetime | None] = _ts()
+    fencing_token: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    task_id: Mapped[str | None] = mapped_column(String(64))
+    #: Times a worker died holding this run, counted while it stays at the same step.
+    losses_at_step: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    lost_at_index: Mapped[int | None] = mapped_column(Integer)
+
+    @declared_attr.directive
+    def __table_args__(cls) -> tuple:
+        statuses = ", ".join(f"'{s.value}'" for s in RunStatus)
+        return (
+            CheckConstraint(f"status IN ({statuses})", name="status"),
+            CheckConstraint("progress_pct >= 0 AND progress_pct <= 100", name="progress_pct"),
+            # The sweeper's scan: only active runs, ordered by lease expiry.
+            Index(
+                f"ix_{cls.__tablename__}_active_lease",
+                "lease_expires_at",
+                postgresql_where=text(f"status IN ({', '.join(repr(s) for s in ACTIVE_STATUSES)})"),
+            ),
+        )
+
+
+class StepResultMixin:
+    """Columns of a recorded step: unique on (run, step index), stamped with the writer's fencing token."""
+
+    #: The column is ``query_index`` in every job, after the run row's ``current_query_index``.
+    step_index: Mapped[int] = mapped_column("query_index", Integer, primary_key=True)
+    fencing_token: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    completion_tokens: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    cost_usd: Mapped[Decimal] = mapped_column(Numeric(14, 6), nullable=False, server_default="0")
+    latency_ms: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    created_at: Mapped[datetime] = _ts(nullable=False, default_now=True)
