@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from celery import Celery
-from celery.signals import beat_init, worker_ready, worker_shutting_down
+from celery.signals import after_setup_logger, beat_init, worker_ready, worker_shutting_down
 
 from dataengine.recovery import Sweeper
 
@@ -27,6 +27,13 @@ def _start_sweeper(where: str) -> None:
         _sweeper = Sweeper(send=_send)
         _sweeper.start()
         log.info("recovery sweeper started in %s", where)
+
+
+@after_setup_logger.connect
+def _quiet_http_logs(**_: object) -> None:
+    # One INFO line per LLM request drowns the run's own progress lines.
+    for name in ("httpx", "httpx2", "openai"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @worker_ready.connect

@@ -40,7 +40,7 @@ def describe(job: Job, row: dict[str, Any]) -> str:
     """One line: where the run is, what it costs, how long it still needs."""
     eta = f", ETA {row['eta_s']}s" if row["eta_s"] and row["status"] == "running" else ""
     return (
-        f"{job.name} {row['status']}: {row['completed_steps']}/{row['total_steps']} {job.step_noun}s "
+        f"{job.name} {row['status']}: {row['completed_steps']}/{row['total_steps']} {job.step_plural} "
         f"({float(row['progress_pct']):.0f}%){eta}, {row['prompt_tokens'] + row['completion_tokens']} tokens, "
         f"${float(row['cost_usd']):.4f}"
     )
@@ -62,7 +62,7 @@ def watch(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         TaskProgressColumn(),
-        TextColumn("{task.completed:.0f}/{task.total:.0f} " + job.step_noun + "s"),
+        TextColumn("{task.completed:.0f}/{task.total:.0f} " + job.step_plural),
         TextColumn("{task.fields[eta]}"),
         TextColumn("[dim]{task.fields[usage]}"),
     )

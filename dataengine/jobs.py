@@ -33,6 +33,7 @@ class Job:
     key: str  # CLI name: "propertyaudit"
     task_name: str  # the Celery task that executes a run: "propertyaudit.run"
     step_noun: str  # "query", "review", "source"
+    step_plural: str  # "queries", "reviews", "sources"
     run_model: type
     result_model: type
     #: (session, run_id, start_index, limit) -> [(index, item)] in index order, from start_index on.

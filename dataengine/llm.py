@@ -64,6 +64,12 @@ def client() -> openai.OpenAI:
     return _client
 
 
+def reset_client() -> None:
+    """Forget the client, so the next call reads the settings again (tests change ``OPENAI_BASE_URL``)."""
+    global _client, _client_pid
+    _client = _client_pid = None
+
+
 def cost_usd(model: str, prompt_tokens: int, completion_tokens: int) -> Decimal:
     """What a call cost at the configured per-million-token prices (0 for an unknown model)."""
     prices = get_settings().model_prices_per_mtok.get(model)

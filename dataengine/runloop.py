@@ -221,8 +221,9 @@ class _Execution:
             )
         if not mine:
             raise LeaseLost(run_id=self.claim.run_id, token=self.claim.token)
-        self.log.info("[%s] Run %s: %d/%d %ss", self.job.name, status.value, self.completed, self.total, self.job.step_noun)
-        return RunOutcome(str(self.claim.run_id), status.value, error or f"{self.completed}/{self.total} steps recorded")
+        done = f"{self.completed}/{self.total} {self.job.step_plural} recorded"
+        self.log.info("[%s] Run %s: %s", self.job.name, status.value, done)
+        return RunOutcome(str(self.claim.run_id), status.value, error or done)
 
     def _fail(self, index: int, exc: BaseException) -> RunOutcome:
         details = f"{self.job.step_noun} {index + 1}/{self.total} failed: {type(exc).__name__}: {exc}"

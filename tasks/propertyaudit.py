@@ -203,6 +203,7 @@ JOB = register(
         key="propertyaudit",
         task_name="propertyaudit.run",
         step_noun="query",
+        step_plural="queries",
         run_model=GeoRun,
         result_model=GeoQueryResult,
         load_steps=load_queries,

@@ -1,0 +1,195 @@
+"""Shared fixtures: real PostgreSQL databases cloned from a migrated template, a Redis DB of the
+session's own, the stand-in LLM server, and real Celery worker processes.
+
+Nothing here imports ``dataengine`` at module level: ``REDIS_URL`` must be chosen (in
+``pytest_configure``) before the Celery app reads it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1", None}
+REDIS_MARKER = "dataengine:tests:owner"
+_redis_db: int | None = None
+
+
+def _loopback_only(url: str, what: str) -> None:
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).hostname
+    if host not in LOOPBACK:
+        pytest.exit(f"{what} points at {host}; tests only ever use servers on loopback", returncode=4)
+
+
+def _server_url() -> str:
+    return os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Claim an empty Redis DB number for this session (unit tests run without Redis)."""
+    global _redis_db
+    import redis
+
+    base = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    _loopback_only(base, "REDIS_URL")
+    _loopback_only(_server_url(), "DATABASE_URL")
+    try:
+        for n in range(15, 0, -1):
+            client = redis.Redis.from_url(base, db=n, socket_timeout=2)
+            if client.dbsize() == 0 and client.set(REDIS_MARKER, os.getpid(), nx=True):
+                _redis_db = n
+                break
+    except redis.RedisError:
+        return  # integration fixtures will say Redis is unreachable
+    if _redis_db is not None:
+        os.environ["REDIS_URL"] = f"{base.rsplit('/', 1)[0]}/{_redis_db}"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Empty the Redis DB this session claimed (it was empty when claimed, so all of it is ours)."""
+    if _redis_db is not None:
+        import redis
+
+        redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
+
+
+def reload_settings() -> None:
+    """Make the engine read the environment again (settings, engine, LLM client)."""
+    from dataengine import db, llm
+    from dataengine.settings import get_settings
+
+    get_settings.cache_clear()
+    db.reset_engine()
+    llm.reset_client()
+
+
+def wait_for(predicate: Callable[[], Any], *, timeout_s: float, interval_s: float = 0.05, what: str = "condition") -> Any:
+    """Poll until ``predicate()`` is truthy; fail the test with ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(interval_s)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The session's own Redis DB."""
+    if _redis_db is None:
+        pytest.fail("Redis is not reachable at REDIS_URL (or has no empty DB); run tests via scripts/test.sh")
+    return os.environ["REDIS_URL"]
+
+
+@pytest.fixture(scope="session")
+def template_db() -> Iterator[str]:
+    """A database migrated to head by Alembic, cloned by every test that needs one."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import OperationalError
+
+    from dataengine.migrations import migrate
+
+    server = make_url(_server_url()).set(drivername="postgresql+psycopg")
+    name = f"de_tmpl_{os.getpid()}"
+    url = server.set(database=name).render_as_string(hide_password=False)
+    try:
+        migrate(url)
+    except OperationalError as exc:
+        pytest.fail(f"PostgreSQL at {server.host}:{server.port} is not usable ({exc}); run tests via scripts/test.sh")
+    yield url
+    _drop(server, name, create_engine, text)
+
+
+def _drop(server: Any, name: str, create_engine: Any, text: Any) -> None:
+    admin = create_engine(server.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def db_url(template_db: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh database for this test (a clone of the template), set as ``DATABASE_URL``."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    server = make_url(template_db)
+    name = f"de_t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{server.database}"'))
+    admin.dispose()
+    url = server.set(database=name).render_as_string(hide_password=False)
+    monkeypatch.setenv("DATABASE_URL", url)
+    reload_settings()
+    yield url
+    reload_settings()
+    _drop(server, name, create_engine, text)
+
+
+@pytest.fixture(scope="session")
+def fake_llm_server() -> Iterator[Any]:
+    """The stand-in LLM server, one per session."""
+    from dataengine.fakellm import FakeLLMServer
+
+    with FakeLLMServer() as server:
+        yield server
+
+
+@pytest.fixture
+def fake_llm(fake_llm_server: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The stand-in server with zeroed counts and default behaviour, set as ``OPENAI_BASE_URL``."""
+    from dataengine.fakellm import FakeConfig
+
+    fake_llm_server.reset()
+    fake_llm_server.configure(**FakeConfig().model_dump())
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_llm_server.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    reload_settings()
+    yield fake_llm_server
+    reload_settings()
+
+
+@pytest.fixture
+def engine_env(db_url: str, redis_url: str, fake_llm: Any) -> Iterator[dict[str, str]]:
+    """Database, Redis and stand-in LLM for one test: the environment a worker process needs."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    client.set(REDIS_MARKER, os.getpid())
+    env = {"DATABASE_URL": db_url, "REDIS_URL": redis_url, "OPENAI_BASE_URL": fake_llm.base_url,
+           "OPENAI_API_KEY": "sk-test"}
+    yield env
+    client.flushdb()
+    client.set(REDIS_MARKER, os.getpid())
+
+
+@pytest.fixture
+def workers(engine_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Start real ``celery -A dataengine worker`` processes; all are stopped after the test."""
+    from dataengine.procs import start_worker
+
+    started: list[Any] = []
+
+    def start(name: str, *, concurrency: int = 1, env: dict[str, str] | None = None, ready: bool = True) -> Any:
+        proc = start_worker(name, env={**engine_env, **(env or {})}, log_dir=tmp_path, concurrency=concurrency)
+        started.append(proc)
+        if ready:
+            proc.wait_ready()
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop(timeout_s=5)

@@ -1,0 +1,66 @@
+"""Helpers for building runs and reading them back in tests."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import select, text
+
+
+def audit_spec(n: int = 8, *, name: str = "Cedar Flats", key: str | None = None, tag: str = "q") -> dict[str, Any]:
+    """A valid PropertyAudit spec with ``n`` distinct queries."""
+    spec: dict[str, Any] = {
+        "property": {"name": name, "city": "Austin", "aliases": ["Cedar Flats Austin"]},
+        "queries": [f"best apartments in austin {tag} {i}" for i in range(n)],
+    }
+    if key:
+        spec["idempotency_key"] = key
+    return spec
+
+
+def create_audit(n: int = 8, **kwargs: Any) -> uuid.UUID:
+    """A queued PropertyAudit run in the database (not enqueued)."""
+    from dataengine.db import session_scope
+    from tasks.propertyaudit import create_run, validate_spec
+
+    with session_scope() as session:
+        run_id, _ = create_run(session=session, spec=validate_spec(audit_spec(n, **kwargs)))
+    return run_id
+
+
+def run_row(run_id: uuid.UUID | str) -> dict[str, Any]:
+    """The run's ``geo_runs`` row."""
+    from dataengine.db import session_scope
+    from models import GeoRun
+
+    with session_scope() as session:
+        return dict(session.execute(select(GeoRun.__table__).where(GeoRun.id == uuid.UUID(str(run_id)))).mappings().one())
+
+
+def results(run_id: uuid.UUID | str) -> dict[int, dict[str, Any]]:
+    """The run's recorded results by query index."""
+    from dataengine.db import session_scope
+    from models import GeoQueryResult
+
+    t = GeoQueryResult.__table__
+    with session_scope() as session:
+        rows = session.execute(select(t).where(t.c.run_id == uuid.UUID(str(run_id)))).mappings().all()
+    return {r["query_index"]: dict(r) for r in rows}
+
+
+def expire_lease(run_id: uuid.UUID | str, *, owner: str | None = "dead-worker/1") -> None:
+    """Make the run look held by a worker that died (lease in the past)."""
+    from dataengine.db import session_scope
+
+    with session_scope() as session:
+        session.execute(
+            text("UPDATE geo_runs SET status='running', lease_owner=:o, lease_expires_at=now() - interval '1 second' "
+                 "WHERE id=:id"),
+            {"o": owner, "id": uuid.UUID(str(run_id))},
+        )
+
+
+def answered(fake: Any, query: str) -> int:
+    """How many times the stand-in server answered a query's answer prompt."""
+    return fake.stats()["answered_prompts"].get(query, 0)
