@@ -7,7 +7,7 @@ from typing import Any
 
 from celery import Task
 
-from dataengine.errors import LeaseLost, TransientStepError
+from dataengine.errors import InvalidRunId, LeaseLost, RunNotFound, StepFailed, TransientStepError
 from dataengine.jobs import Job
 from dataengine.logs import run_logger
 from dataengine.runloop import execute_run
@@ -18,6 +18,8 @@ class RunTask(Task):
     """A task that executes one run; transient step failures retry with backoff (Celery's own)."""
 
     autoretry_for = (TransientStepError,)
+    # Expected outcomes, logged without a traceback: bad input, or a run that ended failed.
+    throws = (InvalidRunId, RunNotFound, StepFailed)
     retry_backoff = 2
     retry_backoff_max = 300
     retry_jitter = True

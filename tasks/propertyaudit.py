@@ -69,7 +69,9 @@ def validate_spec(spec: dict[str, Any]) -> AuditSpec:
     try:
         return AuditSpec.model_validate(spec)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
+        )
         raise SpecInvalid(details=problems) from None
 
 

@@ -43,14 +43,20 @@ def pytest_configure(config: pytest.Config) -> None:
     _loopback_only(_server_url(), "DATABASE_URL")
     try:
         for n in range(15, 0, -1):
-            client = redis.Redis.from_url(base, db=n, socket_timeout=2)
+            client = redis.Redis.from_url(_redis_db_url(base, n), socket_timeout=2)
             if client.dbsize() == 0 and client.set(REDIS_MARKER, os.getpid(), nx=True):
                 _redis_db = n
                 break
     except redis.RedisError:
         return  # integration fixtures will say Redis is unreachable
     if _redis_db is not None:
-        os.environ["REDIS_URL"] = f"{base.rsplit('/', 1)[0]}/{_redis_db}"
+        os.environ["REDIS_URL"] = _redis_db_url(base, _redis_db)
+
+
+def _redis_db_url(url: str, db: int) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    return urlunsplit(urlsplit(url)._replace(path=f"/{db}", query=""))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -1,0 +1,182 @@
+"""Real ``celery -A dataengine worker`` processes, killed with real signals, on real Redis and PostgreSQL.
+
+Default engine settings throughout (lease 3 s, heartbeat 1 s, sweep every 1 s), so what is
+tested is what users get.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import time
+import uuid
+from typing import Any
+
+import pytest
+from conftest import wait_for
+from helpers import answered, audit_spec, create_audit, results, run_row
+
+from dataengine import app
+from dataengine.settings import get_settings
+
+pytestmark = pytest.mark.timeout(120)
+RUN = "propertyaudit.run"
+
+
+def enqueue(run_id: uuid.UUID) -> Any:
+    return app.send_task(RUN, kwargs={"run_id": str(run_id)})
+
+
+def owned_by(run_id: uuid.UUID, worker: str) -> dict[str, Any] | None:
+    row = run_row(run_id)
+    return row if (row["lease_owner"] or "").startswith(f"{worker}@") else None
+
+
+def progressed(run_id: uuid.UUID, steps: int) -> dict[str, Any] | None:
+    row = run_row(run_id)
+    return row if row["completed_steps"] >= steps else None
+
+
+def finished(run_id: uuid.UUID) -> dict[str, Any] | None:
+    row = run_row(run_id)
+    return row if row["status"] in ("completed", "failed", "cancelled") else None
+
+
+def assert_nothing_paid_twice(fake_llm: Any, queries: list[str], checkpointed: set[int]) -> None:
+    """Every query answered; none recorded before the crash asked again; at most the in-flight ones twice."""
+    counts = {i: answered(fake_llm, q) for i, q in enumerate(queries)}
+    assert all(c >= 1 for c in counts.values()), counts
+    assert {i: counts[i] for i in checkpointed} == dict.fromkeys(checkpointed, 1)
+    assert sum(c - 1 for c in counts.values()) <= get_settings().step_concurrency
+
+
+def test_a_run_survives_its_pool_process_being_sigkilled(workers, fake_llm):
+    fake_llm.configure(latency_ms=120)
+    spec = audit_spec(60)
+    a = workers("a")
+    run_id = create_audit(60)
+    enqueue(run_id)
+    wait_for(lambda: progressed(run_id, 8), timeout_s=30, what="8 checkpointed queries")
+    (child,) = a.children()
+    os.kill(child, signal.SIGKILL)
+    checkpointed = set(results(run_id))
+    assert len(checkpointed) < 50, "the run was nearly done before the kill; the test proves nothing"
+    row = wait_for(lambda: finished(run_id), timeout_s=60, what="the run to finish after the kill")
+    assert row["status"] == "completed" and row["fencing_token"] >= 2
+    assert sorted(results(run_id)) == list(range(60))
+    assert_nothing_paid_twice(fake_llm, spec["queries"], checkpointed)
+    assert a.proc.poll() is None  # the worker replaced its pool process and went on
+
+
+def test_a_run_resumes_on_another_worker_within_seconds_of_a_main_process_sigkill(workers, fake_llm):
+    fake_llm.configure(latency_ms=120)
+    spec = audit_spec(100)
+    a = workers("a")
+    run_id = create_audit(100)
+    enqueue(run_id)
+    wait_for(lambda: owned_by(run_id, "a"), timeout_s=30, what="worker a to claim the run")
+    workers("b")
+    start = run_row(run_id)["completed_steps"]
+    wait_for(lambda: progressed(run_id, start + 4), timeout_s=30, what="4 more checkpointed queries")
+    killed_at = time.monotonic()
+    a.kill_main()
+    checkpointed = set(results(run_id))
+    assert len(checkpointed) < 90, "the run was nearly done before the kill; the test proves nothing"
+    wait_for(lambda: owned_by(run_id, "b") and progressed(run_id, len(checkpointed) + 1), timeout_s=15,
+             what="worker b to checkpoint a new query")
+    resumed_after_s = time.monotonic() - killed_at
+    row = wait_for(lambda: finished(run_id), timeout_s=60, what="the run to finish")
+    assert row["status"] == "completed" and sorted(results(run_id)) == list(range(100))
+    assert resumed_after_s < 10, f"resumed only {resumed_after_s:.1f}s after the SIGKILL"
+    assert_nothing_paid_twice(fake_llm, spec["queries"], checkpointed)
+
+
+def test_a_sigstopped_worker_that_wakes_after_a_takeover_writes_nothing(workers, fake_llm):
+    fake_llm.configure(latency_ms=150)
+    a = workers("a")
+    run_id = create_audit(80)
+    enqueue(run_id)
+    wait_for(lambda: owned_by(run_id, "a"), timeout_s=30, what="worker a to claim the run")
+    workers("b")
+    wait_for(lambda: progressed(run_id, 4), timeout_s=30, what="4 checkpointed queries")
+    a.signal_group(signal.SIGSTOP)
+    a_token = run_row(run_id)["fencing_token"]
+    written_by_a = {i for i, r in results(run_id).items() if r["fencing_token"] == a_token}
+    taken = wait_for(lambda: owned_by(run_id, "b"), timeout_s=15, what="worker b to take the run over")
+    wait_for(lambda: progressed(run_id, len(written_by_a) + 2), timeout_s=15, what="worker b to make progress")
+    a.signal_group(signal.SIGCONT)
+    row = wait_for(lambda: finished(run_id), timeout_s=60, what="the run to finish")
+    recorded = results(run_id)
+    assert {i for i, r in recorded.items() if r["fencing_token"] == a_token} == written_by_a
+    assert {r["fencing_token"] for r in recorded.values()} <= {a_token, taken["fencing_token"]}
+    assert row["status"] == "completed" and row["fencing_token"] == taken["fencing_token"]
+    assert sorted(recorded) == list(range(80)) and row["completed_steps"] == 80
+    wait_for(lambda: "taken over by another worker" in a.log_text(), timeout_s=10, what="worker a to notice")
+
+
+def test_a_run_enqueued_twice_has_one_executor(workers, fake_llm):
+    fake_llm.configure(latency_ms=50)
+    spec = audit_spec(12)
+    workers("a", concurrency=2)
+    run_id = create_audit(12)
+    first, second = enqueue(run_id), enqueue(run_id)
+    outcomes = [first.get(timeout=60), second.get(timeout=60)]
+    assert sorted(o["executed"] for o in outcomes) == [False, True]
+    refused = next(o for o in outcomes if not o["executed"])
+    assert "being executed by" in refused["detail"] or "already completed" in refused["detail"]
+    assert all(answered(fake_llm, q) == 1 for q in spec["queries"])
+    again = enqueue(run_id).get(timeout=30)
+    assert again["executed"] is False and "already completed" in again["detail"]
+    assert fake_llm.stats()["answered"] == 24
+
+
+def test_submit_creates_the_run_once_per_idempotency_key(workers, fake_llm):
+    workers("a")
+    spec = audit_spec(5, key="order-42")
+    first = app.send_task("propertyaudit.submit", kwargs=spec).get(timeout=30)
+    second = app.send_task("propertyaudit.submit", kwargs=spec).get(timeout=30)
+    assert first == second and uuid.UUID(first)
+    row = wait_for(lambda: finished(uuid.UUID(first)), timeout_s=30, what="the submitted run to finish")
+    assert row["status"] == "completed" and row["total_queries"] == 5 and row["idempotency_key"] == "order-42"
+    assert all(answered(fake_llm, q) == 1 for q in spec["queries"])
+
+
+def _failure(result: Any) -> str:
+    result.get(timeout=30, propagate=False)
+    assert result.state == "FAILURE", result.state
+    return str(result.result)
+
+
+def _publish_raw(body: bytes, content_type: str) -> None:
+    with app.producer_or_acquire() as producer:
+        producer.publish(
+            body, routing_key="celery", content_type=content_type, content_encoding="binary",
+            headers={"task": RUN, "id": str(uuid.uuid4()), "lang": "py"},
+        )
+
+
+def test_bad_input_gets_a_clear_error_and_harms_no_other_run(workers, fake_llm, engine_env):
+    worker = workers("a")
+    good = create_audit(6)
+    unknown = uuid.uuid4()
+    assert f"No PropertyAudit run with id {unknown}" in _failure(enqueue(unknown))
+    assert "not a UUID" in _failure(app.send_task(RUN, kwargs={"run_id": "../../etc/passwd"}))
+    malformed = _failure(app.send_task("propertyaudit.submit", kwargs={"property": {}, "queries": "best pool"}))
+    assert "property.name: Field required" in malformed and "queries:" in malformed
+    too_many = {**audit_spec(1), "queries": [f"q{i}" for i in range(10_001)]}
+    assert "at most 10000 queries per run, got 10001" in _failure(app.send_task("propertyaudit.submit", kwargs=too_many))
+    _publish_raw(b"\x80\x04\x95not a pickle you want", "application/x-python-serialize")
+    _publish_raw(b"{not json", "application/json")
+    _publish_raw(base64.b64encode(json.dumps([[], {}, {}]).encode()), "text/plain")
+    enqueue(good)
+    row = wait_for(lambda: finished(good), timeout_s=30, what="the good run to finish")
+    assert row["status"] == "completed" and len(results(good)) == 6
+    assert worker.proc.poll() is None
+    from sqlalchemy import text
+
+    from dataengine.db import session_scope
+
+    with session_scope() as session:
+        assert session.scalar(text("SELECT count(*) FROM geo_runs")) == 1  # no half-made runs from bad specs
