@@ -1,0 +1,79 @@
+"""docker-compose.yml, the Dockerfile, the README quickstart and CI agree with the code.
+
+Docker is not available where the tests run, so the compose file is checked as data: its
+services, commands and environment against the settings and the CLI.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from dataengine.cli import cli
+from dataengine.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+ENGINE_ROLES = ("migrate", "worker", "beat", "flower")
+
+
+def _setting_env_names() -> set[str]:
+    names = set()
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        names |= {c for c in getattr(alias, "choices", []) if c.isupper()} or {f"DATAENGINE_{name.upper()}"}
+    return names
+
+
+def test_compose_has_every_role_with_the_ordinary_commands():
+    assert {"postgres", "redis", *ENGINE_ROLES} <= set(SERVICES)
+    assert SERVICES["worker"]["command"][:4] == ["celery", "-A", "dataengine", "worker"]
+    assert SERVICES["beat"]["command"][:4] == ["celery", "-A", "dataengine", "beat"]
+    assert SERVICES["flower"]["command"][:4] == ["celery", "-A", "dataengine", "flower"]
+    assert SERVICES["migrate"]["command"] == ["dataengine", "migrate"]
+    commands = {c.name or c.callback.__name__.replace("_", "-") for c in cli.registered_commands}
+    assert {"migrate", "fake-llm", "submit", "status", "watch", "demo"} <= commands
+
+
+def test_migrations_run_once_before_workers_and_beat_start():
+    assert SERVICES["migrate"]["restart"] == "no"
+    for role in ("worker", "beat", "flower"):
+        depends = SERVICES[role]["depends_on"]
+        assert depends["migrate"]["condition"] == "service_completed_successfully"
+        assert depends["postgres"]["condition"] == depends["redis"]["condition"] == "service_healthy"
+    assert "healthcheck" in SERVICES["postgres"] and "healthcheck" in SERVICES["redis"]
+
+
+def test_engine_environment_names_are_settings_the_code_reads():
+    known = _setting_env_names() | {"FLOWER_BASIC_AUTH"}
+    for role in ENGINE_ROLES:
+        env = SERVICES[role]["environment"]
+        assert set(env) <= known, set(env) - known
+        assert {"DATABASE_URL", "REDIS_URL"} <= set(env)
+        assert env["REDIS_URL"].startswith("redis://redis:") and "@postgres:5432/" in env["DATABASE_URL"]
+
+
+def test_secrets_are_required_from_the_environment_never_written_in():
+    text = (ROOT / "docker-compose.yml").read_text()
+    for secret in ("POSTGRES_PASSWORD", "OPENAI_API_KEY", "FLOWER_BASIC_AUTH"):
+        assert re.search(rf"\$\{{{secret}:\?", text), f"{secret} must be ${{{secret}:?...}}"
+    assert SERVICES["flower"]["ports"] == ["127.0.0.1:5555:5555"]
+
+
+def test_the_image_carries_everything_the_commands_import():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for part in ("dataengine", "models", "tasks", "alembic", "alembic.ini", "celeryconfig.py", "pyproject.toml"):
+        assert re.search(rf"^COPY .*\b{re.escape(part)}\b", dockerfile, re.M), part
+
+
+def test_readme_quickstart_is_two_commands_and_ci_runs_the_second():
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"^## Quickstart\n+```bash\n(.*?)```", readme, re.S | re.M)
+    assert block, "README must open with '## Quickstart' and one bash block"
+    demo, tests = block.group(1).strip().splitlines()
+    assert (ROOT / demo.split()[0]).exists() and (ROOT / tests.split()[0]).exists()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert re.search(rf"^exec {re.escape(tests)}$", ci, re.M)

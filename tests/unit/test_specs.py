@@ -1,0 +1,55 @@
+"""PropertyAudit specs and settings are validated before anything is written, with clear messages."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import audit_spec
+
+from dataengine.errors import InvalidRunId, SpecInvalid
+from dataengine.runs import parse_run_id
+from dataengine.settings import PLACEHOLDER_API_KEY, Settings
+from tasks.propertyaudit import validate_spec
+
+
+def test_a_valid_spec_is_normalised():
+    spec = validate_spec({**audit_spec(2), "model": " gpt-4o "})
+    assert spec.property.name == "Cedar Flats" and spec.model == "gpt-4o" and len(spec.queries) == 2
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"property": {}}, "property.name: Field required"),
+        ({"property": {"name": "  "}}, "property.name: String should have at least 1 character"),
+        ({"queries": []}, "queries: List should have at least 1 item"),
+        ({"queries": "best pool"}, "queries: Input should be a valid list"),
+        ({"queries": ["ok", 7]}, "queries.1: Input should be a valid string"),
+        ({"queries": [f"q{i}" for i in range(10_001)]}, "queries: at most 10000 queries per run, got 10001"),
+        ({"queries": ["x" * 2001]}, "queries: query 0 is 2001 characters; the limit is 2000"),
+        ({"priority": "high"}, "priority: Extra inputs are not permitted"),
+    ],
+)
+def test_a_bad_spec_gets_a_message_naming_the_field(change, message):
+    with pytest.raises(SpecInvalid, match="The run spec is invalid") as err:
+        validate_spec({**audit_spec(2), **change})
+    assert message in str(err.value)
+
+
+def test_run_ids_must_be_uuids():
+    assert str(parse_run_id("6f1b3e0b-5848-4d32-9659-c4c8bbf26beb")) == "6f1b3e0b-5848-4d32-9659-c4c8bbf26beb"
+    for bad in ("", "42", None, 42, {"id": 1}):
+        with pytest.raises(InvalidRunId, match="is not a UUID string"):
+            parse_run_id(bad)
+
+
+def test_production_refuses_the_placeholder_key_and_bad_timings():
+    with pytest.raises(ValueError, match="OPENAI_API_KEY is the local placeholder"):
+        Settings(environment="production", openai_api_key=PLACEHOLDER_API_KEY)
+    with pytest.raises(ValueError, match="HEARTBEAT_INTERVAL_S must be shorter"):
+        Settings(lease_s=1, heartbeat_interval_s=2)
+    assert Settings(database_url="postgres://u@h/db").sqlalchemy_url == "postgresql+psycopg://u@h/db"
+
+
+def test_the_api_key_never_shows_in_settings_output():
+    settings = Settings(openai_api_key="sk-very-secret")
+    assert "sk-very-secret" not in repr(settings) and "sk-very-secret" not in str(settings.model_dump())
