@@ -180,3 +180,36 @@ def test_bad_input_gets_a_clear_error_and_harms_no_other_run(workers, fake_llm, 
 
     with session_scope() as session:
         assert session.scalar(text("SELECT count(*) FROM geo_runs")) == 1  # no half-made runs from bad specs
+
+
+def test_rate_limits_and_outages_are_ridden_out_and_logs_carry_run_and_task_ids(workers, fake_llm):
+    fake_llm.configure(fail_429_every=4, retry_after_s=0.05)
+    worker = workers("a", env={"OPENAI_MAX_RETRIES": "0"})  # every 4th call fails past the SDK's retries
+    run_id = create_audit(6)
+    task = enqueue(run_id)
+    wait_for(lambda: "Retry in" in worker.log_text(), timeout_s=30, what="Celery to schedule a retry")
+    fake_llm.configure(fail_429_every=0)
+    row = wait_for(lambda: finished(run_id), timeout_s=60, what="the run to finish after the retry")
+    assert row["status"] == "completed" and len(results(run_id)) == 6
+    assert fake_llm.stats()["requests"] > fake_llm.stats()["answered"]
+    log = worker.log_text()
+    assert f"[PropertyAudit] Processing query 1/6 run_id={run_id} task_id={task.id}" in log
+    assert "sk-test" not in log
+
+
+def test_beat_alone_takes_back_a_run_whose_worker_died(engine_env, tmp_path):
+    from helpers import expire_lease
+
+    from dataengine.procs import start_beat
+
+    run_id = create_audit(3)
+    expire_lease(run_id)
+    beat = start_beat("beat", env=engine_env, log_dir=tmp_path)
+    try:
+        wait_for(lambda: run_row(run_id)["lease_owner"] is None, timeout_s=20, what="beat's sweeper")
+        import redis
+
+        queued = redis.Redis.from_url(engine_env["REDIS_URL"]).lrange("celery", 0, -1)
+        assert len(queued) == 1 and str(run_id) in queued[0].decode()
+    finally:
+        beat.stop()
