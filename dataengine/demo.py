@@ -26,17 +26,13 @@ from dataengine.fakellm import FakeConfig, FakeLLMServer
 from dataengine.inspect import find_run, watch
 from dataengine.migrations import migrate
 from dataengine.procs import CeleryProcess, start_beat, start_worker
-from dataengine.runs import request_cancel
+from dataengine.runs import finish_run
 from dataengine.settings import get_settings
-from models.base import FINAL_STATUSES
-from tasks.propertyaudit import submit_audit
+from models.base import RunStatus
+from tasks.propertyaudit import JOB, submit_audit
 
-PROPERTY = {
-    "name": "The Monarch at Riverside",
-    "city": "Austin",
-    "website": "https://www.the-monarch-at-riverside.example",
-    "aliases": ["Monarch at Riverside"],
-}
+PROPERTY = {"name": "The Monarch at Riverside", "city": "Austin", "aliases": ["Monarch at Riverside"],
+            "website": "https://www.the-monarch-at-riverside.example"}
 TEMPLATES = (
     "best apartments near {place} Austin with {amenity}",
     "apartments with {amenity} near {place} in Austin TX",
@@ -54,11 +50,13 @@ RUN_TIMEOUT_S = 120.0
 
 
 class DemoError(Exception):
-    """A problem explained in its message (plus the tail of ``log``), shown without a traceback."""
+    """A problem explained in its message, shown without a traceback (with the end of ``log`` if given)."""
 
     def __init__(self, message: str, log: CeleryProcess | None = None) -> None:
         super().__init__(message)
-        self.log = log
+        # Read now: stopping the process afterwards appends its shutdown noise to the log.
+        self.log_path = log.log_path if log else None
+        self.log_tail = "\n".join(log.log_text().splitlines()[-25:]) if log else ""
 
 
 def demo_queries(n: int) -> list[str]:
@@ -78,15 +76,15 @@ def check_services() -> None:
     try:
         redis.Redis.from_url(s.redis_url, socket_connect_timeout=2, socket_timeout=2).ping()
     except redis.RedisError as exc:
-        raise DemoError(f"Redis at {_redacted(s.redis_url)} is not reachable ({exc}). "
+        raise DemoError(f"Redis at {_redacted(s.redis_url)} is not reachable ({str(exc).rstrip('.')}). "
                         "Start Redis or point REDIS_URL at one, e.g. REDIS_URL=redis://127.0.0.1:6379/0") from None
     try:
         migrate()
     except SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        raise DemoError(f"PostgreSQL at {_redacted(s.database_url)} is not usable ({reason}). Start PostgreSQL or "
-                        "point DATABASE_URL at one, e.g. DATABASE_URL=postgresql://postgres@127.0.0.1:5432/dataengine"
-                        ) from None
+        raise DemoError(f"PostgreSQL at {_redacted(s.database_url)} is not usable ({reason}). Check that it runs "
+                        "and that this user may connect and create the database, or point DATABASE_URL elsewhere, "
+                        "e.g. DATABASE_URL=postgresql://postgres@127.0.0.1:5432/dataengine") from None
 
 
 def worker_env(base_url: str) -> dict[str, str]:
@@ -111,7 +109,7 @@ class Demo:
         self.run_id: str | None = None
         self.killed_at: float | None = None
         self.checkpointed = 0  # answers recorded when demo-1 died: the resume point
-        self.resumed = False
+        self.recovered_after: float | None = None  # seconds from the kill to demo-2's claim
 
     def start(self, name: str) -> CeleryProcess:
         """Spawn worker ``name`` (concurrency 1), without waiting for it."""
@@ -140,43 +138,38 @@ class Demo:
             self.start("demo-2")
             self.console.print("started worker demo-2; the run is taken back once demo-1's lease "
                                f"({get_settings().lease_s:g} s) expires", style="dim")
-        elif self.killed_at is not None and not self.resumed and (row["lease_owner"] or "").startswith("demo-2@"):
-            self.resumed = True
+        elif self.killed_at and self.recovered_after is None and (row["lease_owner"] or "").startswith("demo-2@"):
+            self.recovered_after = time.monotonic() - self.killed_at
             self.console.print(f"[bold green]demo-2 resumed[/bold green] at query {self.checkpointed + 1}/{n} "
-                               f"after {time.monotonic() - self.killed_at:.1f}s")
+                               f"after {self.recovered_after:.1f}s")
 
     def cleanup(self) -> None:
-        """Cancel an unfinished run (so no later worker picks it up), then stop every process started here."""
-        if self.run_id is not None:
-            job, row = find_run(self.run_id)
-            if row["status"] not in FINAL_STATUSES:
-                with session_scope() as session:
-                    request_cancel(session=session, job=job, run_id=row["id"])
+        """Stop every process started here; a run they left unfinished is cancelled, so no later worker resumes it."""
         with ThreadPoolExecutor() as pool:  # each warm shutdown takes a second or so: wait for them together
             list(pool.map(CeleryProcess.stop, self.procs.values()))
+        if self.run_id is not None:  # a no-op when the run is already final
+            with session_scope() as session:
+                finish_run(session=session, job=JOB, run_id=uuid.UUID(self.run_id), status=RunStatus.cancelled,
+                           error="the demo stopped before the run finished")
 
 
-def print_tail(console: Console, proc: CeleryProcess, lines: int = 25) -> None:
-    """The last ``lines`` lines of a process's log, with where to find the rest."""
-    console.print(f"last lines of {proc.log_path}:", style="dim")
-    console.print(Text("\n".join(proc.log_text().splitlines()[-lines:]), style="dim"))
-
-
-def summary_table(row: dict[str, Any]) -> Table:
-    """What the audit found and what it cost."""
-    summary = row["summary"] or {}
+def summary_table(row: dict[str, Any], recovered_after: float | None) -> Table:
+    """What the audit found, what it cost, and how long it took."""
+    summary = row["summary"]
     table = Table(title="PropertyAudit result", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
-    mentions, answered = summary.get("mentions", 0), summary.get("queries_answered", 0)
     table.add_row("Property", f"{PROPERTY['name']} ({PROPERTY['city']})")
-    table.add_row("Visibility score", f"{summary.get('visibility_score', 0):.0%} ({mentions} of {answered} answers)")
-    table.add_row("Mean rank", f"{summary['mean_rank']:g}" if summary.get("mean_rank") is not None else "—")
-    top = ", ".join(f"{c['name']} ({c['mentions']})" for c in summary.get("top_competitors", []))
-    table.add_row("Top competitors", top or "—")
+    table.add_row("Visibility score", f"{summary['visibility_score']:.0%} "
+                                      f"({summary['mentions']} of {summary['queries_answered']} answers mention it)")
+    table.add_row("Mean rank", "—" if summary["mean_rank"] is None else f"{summary['mean_rank']:g} when mentioned")
+    table.add_row("Top competitors", ", ".join(f"{c['name']} ({c['mentions']})" for c in summary["top_competitors"]))
     table.add_row("Tokens", f"{row['prompt_tokens']:,} in + {row['completion_tokens']:,} out")
     table.add_row("Cost", f"${float(row['cost_usd']):.4f} at {row['model']} prices (the stand-in charged nothing)")
-    table.add_row("Duration", f"{(row['finished_at'] - row['started_at']).total_seconds():.1f}s")
+    duration = f"{(row['finished_at'] - row['started_at']).total_seconds():.1f}s"
+    if recovered_after is not None:
+        duration += f", of which {recovered_after:.1f}s from the kill until demo-2 took over"
+    table.add_row("Duration", duration)
     return table
 
 
@@ -215,8 +208,8 @@ def run_demo(*, console: Console, queries: int = 30, latency_ms: float = 300.0) 
         with FakeLLMServer(FakeConfig(latency_ms=latency_ms)) as llm:
             check_services()
             s = get_settings()
-            console.print(f"• PostgreSQL {_redacted(s.database_url)} migrated; Redis {_redacted(s.redis_url)} "
-                          "reachable")
+            console.print(f"• PostgreSQL {_redacted(s.database_url)} at the latest schema; Redis "
+                          f"{_redacted(s.redis_url)} reachable")
             console.print(f"• stand-in LLM at {llm.base_url}, {latency_ms:g} ms per call")
             demo = Demo(console, demo_queries(queries), worker_env(llm.base_url))
             try:
@@ -226,22 +219,25 @@ def run_demo(*, console: Console, queries: int = 30, latency_ms: float = 300.0) 
             return _report(console, demo, row, llm.stats()["answered_prompts"])
     except DemoError as exc:
         console.print(f"[red]error:[/red] {exc}")
-        if exc.log is not None:
-            print_tail(console, exc.log)
+        if exc.log_path is not None:
+            console.print(f"last lines of {exc.log_path}:", style="dim")
+            console.print(Text(exc.log_tail, style="dim"))
         return 1
     except KeyboardInterrupt:
-        console.print("[red]interrupted[/red]; the demo's processes are stopped and its run cancelled")
+        console.print("[red]interrupted[/red]; the demo's processes are stopped (an unfinished run is cancelled)")
         return 1
 
 
 def _run(console: Console, demo: Demo) -> dict[str, Any]:
+    for old in LOG_DIR.glob("*.log"):  # so every log there is this demo's
+        old.unlink()
     first = demo.start("demo-1")
     beat = demo.procs["beat"] = start_beat("beat", env=demo.env, log_dir=LOG_DIR)
     with console.status("starting worker demo-1 and celery beat"):
         try:
             first.wait_ready(READY_TIMEOUT_S)
-        except (TimeoutError, RuntimeError):
-            raise DemoError(f"worker demo-1 did not get ready in {READY_TIMEOUT_S:g}s", log=first) from None
+        except (TimeoutError, RuntimeError):  # not ready in time, or exited
+            raise DemoError(f"worker demo-1 did not start within {READY_TIMEOUT_S:g}s", log=first) from None
     console.print(f"• worker demo-1 (pid {first.pid}) and celery beat (pid {beat.pid}) running; logs in {LOG_DIR}/")
     spec = {"property": PROPERTY, "queries": demo.queries, "idempotency_key": f"demo-{uuid.uuid4()}"}
     demo.run_id = submit_audit(spec)
@@ -255,6 +251,6 @@ def _run(console: Console, demo: Demo) -> dict[str, Any]:
 
 def _report(console: Console, demo: Demo, row: dict[str, Any], answered: dict[str, int]) -> int:
     if row["status"] != "completed":
-        raise DemoError(f"the run ended {row['status']}: {row['error_message']}", log=demo.worker())
-    console.print(summary_table(row))
+        raise DemoError(f"the run ended {row['status']}: {row['error_message']} (worker logs in {LOG_DIR}/)")
+    console.print(summary_table(row, demo.recovered_after))
     return 0 if report_paid_twice(console, demo, answered) else 1
