@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
+from typing import Any
 
 from celery import Celery
-from celery.signals import after_setup_logger, beat_init, worker_ready, worker_shutting_down
+from celery.signals import after_setup_logger, beat_init, worker_process_init, worker_ready, worker_shutting_down
 
 from dataengine.recovery import Sweeper
+from dataengine.runloop import drain
 
 app = Celery("dataengine")
 app.config_from_object("celeryconfig")
 
 log = logging.getLogger("dataengine.worker")
 _sweeper: Sweeper | None = None
+_consumer: Any = None
+#: Sent by a worker's main process to its pool processes when it starts a warm shutdown.
+DRAIN_SIGNAL = signal.SIGUSR2
 
 
 def _send(task_name: str, kwargs: dict[str, str]) -> object:
@@ -38,7 +45,14 @@ def _quiet_http_logs(**_: object) -> None:
 
 @worker_ready.connect
 def _on_worker_ready(sender: object = None, **_: object) -> None:
+    global _consumer
+    _consumer = sender
     _start_sweeper("worker")
+
+
+@worker_process_init.connect
+def _drain_on_signal(**_: object) -> None:
+    signal.signal(DRAIN_SIGNAL, lambda signum, frame: drain())
 
 
 @beat_init.connect
@@ -48,5 +62,13 @@ def _on_beat_init(sender: object = None, **_: object) -> None:
 
 @worker_shutting_down.connect
 def _on_shutdown(**_: object) -> None:
+    # Celery would wait for every run to end, which can take an hour; instead each run
+    # finishes the steps in flight, checkpoints, and is enqueued again for another worker.
     if _sweeper is not None:
         _sweeper.stopped.set()
+    pool = getattr(_consumer, "pool", None)
+    for pid in (pool.info.get("processes", []) if pool is not None else []):
+        try:
+            os.kill(pid, DRAIN_SIGNAL)
+        except ProcessLookupError:
+            pass

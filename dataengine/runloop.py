@@ -47,6 +47,8 @@ class RunOutcome:
     status: str
     detail: str
     executed: bool = True
+    #: The run was handed back unfinished and must be enqueued again.
+    requeue: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         """The task's JSON result."""
@@ -103,6 +105,14 @@ class _Heartbeat(threading.Thread):
                     return
 
 
+_draining = threading.Event()
+
+
+def drain() -> None:
+    """The worker is shutting down: runs finish their in-flight steps, checkpoint, and are handed back."""
+    _draining.set()
+
+
 class _Execution:
     """One claimed run being worked by this worker."""
 
@@ -113,6 +123,9 @@ class _Execution:
         self.completed: int = claim.row.completed_steps
         self.done_here = 0
         self.started = time.monotonic()
+        self.in_flight: dict[Future[StepOutcome], int] = {}
+        self.failure: tuple[int, BaseException] | None = None
+        self.cancelled = self.exhausted = False
 
     def run(self) -> RunOutcome:
         job, rid = self.job, self.claim.run_id
@@ -127,14 +140,16 @@ class _Execution:
         heartbeat.start()
         pool = ThreadPoolExecutor(max_workers=get_settings().step_concurrency, thread_name_prefix="step")
         try:
-            failure, cancelled = self._loop(pool, heartbeat, job.prepare(self.claim.row))
+            self._loop(pool, heartbeat, job.prepare(self.claim.row))
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
             heartbeat.stopped.set()
-        if failure is not None:
-            return self._fail(*failure)
-        if cancelled:
+        if self.failure is not None:
+            return self._fail(*self.failure)
+        if self.cancelled:
             return self._finish(RunStatus.cancelled, "cancelled by request", summary=None)
+        if not self.exhausted:
+            return self._hand_back()
         with session_scope() as session:
             summary = job.summarize(session, rid)
         return self._finish(RunStatus.completed, None, summary=summary)
@@ -151,39 +166,40 @@ class _Execution:
                     yield index, item
             start = page[-1][0] + 1
 
-    def _loop(
-        self, pool: ThreadPoolExecutor, heartbeat: _Heartbeat, context: Any
-    ) -> tuple[tuple[int, BaseException] | None, bool]:
-        width = get_settings().step_concurrency
+    def _loop(self, pool: ThreadPoolExecutor, heartbeat: _Heartbeat, context: Any) -> None:
         steps = self._steps()
-        in_flight: dict[Future[StepOutcome], int] = {}
-        failure: tuple[int, BaseException] | None = None
-        cancelled = exhausted = False
         while True:
             if heartbeat.lost.is_set():
                 raise LeaseLost(run_id=self.claim.run_id, token=self.claim.token)
-            cancelled = cancelled or heartbeat.cancel.is_set()
-            while not (cancelled or exhausted or failure) and len(in_flight) < width:
-                step = next(steps, None)
-                if step is None:
-                    exhausted = True
-                    break
-                index, item = step
-                self.log.info("[%s] Processing %s %d/%d", self.job.name, self.job.step_noun, index + 1, self.total)
-                in_flight[pool.submit(self.job.execute_step, context, index, item)] = index
-            if not in_flight:
-                return failure, cancelled
-            finished, _ = wait(in_flight, timeout=get_settings().heartbeat_interval_s, return_when=FIRST_COMPLETED)
+            self.cancelled = self.cancelled or heartbeat.cancel.is_set()
+            self._fill(pool, steps, context)
+            if not self.in_flight:
+                return
+            finished, _ = wait(self.in_flight, timeout=get_settings().heartbeat_interval_s, return_when=FIRST_COMPLETED)
             results: list[tuple[int, StepOutcome]] = []
             for future in finished:
-                index = in_flight.pop(future)
+                index = self.in_flight.pop(future)
                 exc = future.exception()
                 if exc is None:
                     results.append((index, future.result()))
-                elif failure is None or index < failure[0]:
-                    failure = (index, exc)
+                elif self.failure is None or index < self.failure[0]:
+                    self.failure = (index, exc)
+            self._fill(pool, steps, context)  # the next steps run while this batch commits
             if results:
-                cancelled = self._checkpoint(results) or cancelled
+                self.cancelled = self._checkpoint(results) or self.cancelled
+
+    def _fill(self, pool: ThreadPoolExecutor, steps: Iterator[tuple[int, Any]], context: Any) -> None:
+        width = get_settings().step_concurrency
+        while len(self.in_flight) < width and not (
+            self.cancelled or self.exhausted or self.failure or _draining.is_set()
+        ):
+            step = next(steps, None)
+            if step is None:
+                self.exhausted = True
+                return
+            index, item = step
+            self.log.info("[%s] Processing %s %d/%d", self.job.name, self.job.step_noun, index + 1, self.total)
+            self.in_flight[pool.submit(self.job.execute_step, context, index, item)] = index
 
     def _checkpoint(self, results: list[tuple[int, StepOutcome]]) -> bool:
         self.recorded.update(index for index, _ in results)
@@ -225,11 +241,18 @@ class _Execution:
         self.log.info("[%s] Run %s: %s", self.job.name, status.value, done)
         return RunOutcome(str(self.claim.run_id), status.value, error or done)
 
+    def _hand_back(self) -> RunOutcome:
+        with session_scope() as session:
+            release_run(session=session, job=self.job, claim=self.claim, error=None)
+        detail = f"handed back at {self.job.step_noun} {self.cursor + 1}/{self.total}: this worker is shutting down"
+        self.log.info("[%s] %s", self.job.name, detail)
+        return RunOutcome(str(self.claim.run_id), RunStatus.running.value, detail, requeue=True)
+
     def _fail(self, index: int, exc: BaseException) -> RunOutcome:
         details = f"{self.job.step_noun} {index + 1}/{self.total} failed: {type(exc).__name__}: {exc}"
         if llm.is_transient(exc) and self.may_retry:
             with session_scope() as session:
-                release_run(session=session, job=self.job, claim=self.claim, error=details, retry_in_s=0)
+                release_run(session=session, job=self.job, claim=self.claim, error=details)
             self.log.warning("[%s] %s; the run will be retried", self.job.name, details)
             raise TransientStepError(details) from exc
         self._finish(RunStatus.failed, details, summary=None)

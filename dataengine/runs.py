@@ -8,14 +8,15 @@ writes match no row, and it stops.
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
-from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import case, func, literal, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import TextClause, case, func, literal, or_, select, text, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from dataengine.errors import InvalidRunId, LeaseLost, RunNotFound
@@ -172,31 +173,61 @@ def checkpoint(
     step still without a result. Raises ``LeaseLost`` (and writes nothing) if the run was
     taken over; the caller's transaction must then roll back.
     """
-    t, r = job.runs, job.results
-    rows = [{**row, "run_id": claim.run_id, "fencing_token": claim.token} for row in results]
-    inserted = pg_insert(r).values(rows).on_conflict_do_nothing().returning(r.c.query_index).cte("inserted")
-    added = select(func.count()).select_from(inserted).scalar_subquery()
-    new_done = t.c.completed_steps + added
+    rows = [{**row, "run_id": str(claim.run_id), "fencing_token": claim.token} for row in results]
     row = session.execute(
-        update(t)
-        .add_cte(inserted)
-        .where(t.c.id == claim.run_id, t.c.fencing_token == claim.token, t.c.status == RunStatus.running.value)
-        .values(
-            completed_steps=new_done,
-            current_query_index=next_index,
-            progress_pct=func.least(100, func.round(new_done * literal(Decimal(100)) / func.greatest(t.c.total_steps, 1), 2)),
-            prompt_tokens=t.c.prompt_tokens + usage.prompt_tokens,
-            completion_tokens=t.c.completion_tokens + usage.completion_tokens,
-            cost_usd=t.c.cost_usd + usage.cost_usd,
-            eta_s=eta_s,
-            last_updated_at=func.now(),
-            lease_expires_at=func.now() + _seconds(get_settings().lease_s),
-        )
-        .returning(t.c.completed_steps, t.c.cancel_requested)
+        _checkpoint_sql(job),
+        {
+            "rows": json.dumps(rows, default=str),
+            "id": claim.run_id,
+            "token": claim.token,
+            "next_index": next_index,
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "cost_usd": usage.cost_usd,
+            "eta_s": eta_s,
+            "lease_s": timedelta(seconds=get_settings().lease_s),
+        },
     ).one_or_none()
     if row is None:
         raise LeaseLost(run_id=claim.run_id, token=claim.token)
     return Checkpointed(completed_steps=row.completed_steps, cancel_requested=row.cancel_requested)
+
+
+@lru_cache(maxsize=None)
+def _checkpoint_sql(job: Job) -> TextClause:
+    """One statement per job, built once: the rows arrive as one JSON array, so the SQL never
+    changes with the batch size and the server plans it once (a multi-row VALUES would not)."""
+    t, r = job.runs, job.results
+    columns = [c for c in r.columns if c.name != "created_at"]
+    names = ", ".join(c.name for c in columns)
+    types = ", ".join(f"{c.name} {c.type.compile(dialect=postgresql.dialect())}" for c in columns)
+    # A key missing from a row's JSON arrives as NULL: fall back to the column's server default.
+    values = ", ".join(
+        f"COALESCE({c.name}, {getattr(c.server_default.arg, 'text', c.server_default.arg)})"
+        if c.server_default is not None else c.name
+        for c in columns
+    )
+    return text(f"""
+        WITH inserted AS (
+            INSERT INTO {r.name} ({names})
+            SELECT {values} FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS x({types})
+            ON CONFLICT DO NOTHING
+            RETURNING 1
+        ), added AS (SELECT count(*) AS n FROM inserted)
+        UPDATE {t.name} SET
+            completed_steps = completed_steps + added.n,
+            current_query_index = :next_index,
+            progress_pct = LEAST(100, round((completed_steps + added.n) * 100.0 / GREATEST(total_steps, 1), 2)),
+            prompt_tokens = prompt_tokens + :prompt_tokens,
+            completion_tokens = completion_tokens + :completion_tokens,
+            cost_usd = cost_usd + :cost_usd,
+            eta_s = :eta_s,
+            last_updated_at = now(),
+            lease_expires_at = now() + :lease_s
+        FROM added
+        WHERE id = :id AND fencing_token = :token AND status = 'running'
+        RETURNING completed_steps, cancel_requested
+    """)
 
 
 def finish_run(
@@ -230,15 +261,15 @@ def finish_run(
     return session.execute(update(t).where(*conditions).values(**values)).rowcount == 1
 
 
-def release_run(*, session: Session, job: Job, claim: Claim, error: str, retry_in_s: float) -> None:
-    """Hand the run back for a retry: the lease is freed, and the sweeper waits for the retry first."""
+def release_run(*, session: Session, job: Job, claim: Claim, error: str | None) -> None:
+    """Hand the run back unfinished (a retry, a shutdown); the sender re-enqueues it, the sweeper only if that is lost."""
     t, s = job.runs, get_settings()
     session.execute(
         update(t)
         .where(t.c.id == claim.run_id, t.c.fencing_token == claim.token)
         .values(
             lease_owner=None,
-            lease_expires_at=func.now() + _seconds(retry_in_s + s.redispatch_after_s),
+            lease_expires_at=func.now() + _seconds(s.redispatch_after_s),
             error_message=error,
             eta_s=None,
             last_updated_at=func.now(),

@@ -37,4 +37,6 @@ def run_job(task: Task, job: Job, run_id: object) -> dict[str, Any]:
     except LeaseLost as exc:
         run_logger(run_id=run_id, task_id=task.request.id).warning("[%s] %s", job.name, exc)
         return {"run_id": str(run_id), "status": "lost", "detail": str(exc), "executed": True}
+    if outcome.requeue:
+        task.app.send_task(job.task_name, kwargs={"run_id": outcome.run_id})
     return outcome.as_dict()

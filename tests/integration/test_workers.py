@@ -213,3 +213,21 @@ def test_beat_alone_takes_back_a_run_whose_worker_died(engine_env, tmp_path):
         assert len(queued) == 1 and str(run_id) in queued[0].decode()
     finally:
         beat.stop()
+
+
+def test_a_warm_shutdown_hands_the_run_over_without_waiting_for_it_or_paying_twice(workers, fake_llm):
+    fake_llm.configure(latency_ms=100)
+    spec = audit_spec(60)
+    a = workers("a")
+    run_id = create_audit(60)
+    enqueue(run_id)
+    wait_for(lambda: progressed(run_id, 6), timeout_s=30, what="6 checkpointed queries")
+    os.kill(a.pid, signal.SIGTERM)  # what `docker stop` or a deploy sends: the main process only
+    a.proc.wait(timeout=15)
+    row = run_row(run_id)
+    assert row["status"] == "running" and row["lease_owner"] is None and row["completed_steps"] < 60
+    assert "handed back at query" in a.log_text()
+    workers("b")
+    row = wait_for(lambda: finished(run_id), timeout_s=60, what="worker b to finish the run")
+    assert row["status"] == "completed" and row["losses_at_step"] == 0
+    assert all(answered(fake_llm, q) == 1 for q in spec["queries"])  # in-flight steps finished before handing over
