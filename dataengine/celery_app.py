@@ -10,6 +10,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import after_setup_logger, beat_init, worker_process_init, worker_ready, worker_shutting_down
 
+from dataengine import llm
 from dataengine.recovery import Sweeper
 from dataengine.runloop import drain
 
@@ -51,8 +52,9 @@ def _on_worker_ready(sender: object = None, **_: object) -> None:
 
 
 @worker_process_init.connect
-def _drain_on_signal(**_: object) -> None:
+def _init_pool_process(**_: object) -> None:
     signal.signal(DRAIN_SIGNAL, lambda signum, frame: drain())
+    llm.client()  # built now, not on a resumed run's first step
 
 
 @beat_init.connect
