@@ -7,6 +7,7 @@ one process; ``runs.requeue_expired`` makes each expiry count once however many 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import uuid
 from collections.abc import Callable
@@ -21,6 +22,12 @@ log = logging.getLogger("dataengine.recovery")
 
 #: (task name, kwargs) -> None; the Celery app's ``send_task`` in production.
 Sender = Callable[[str, dict[str, str]], object]
+
+# A worker's main process forks pool processes while the sweeper thread may be mid-sweep,
+# holding an import lock or a connection pool's lock that the child would then wait on for
+# ever. Forks wait for the sweep in progress instead (it takes milliseconds).
+_sweeping = threading.Lock()
+os.register_at_fork(before=_sweeping.acquire, after_in_parent=_sweeping.release, after_in_child=_sweeping.release)
 
 
 def describe_losses(*, job: Job, run_id: uuid.UUID, losses: int, index: int) -> str:
@@ -70,6 +77,7 @@ class Sweeper(threading.Thread):
         interval = get_settings().sweep_interval_s
         while not self.stopped.wait(interval):
             try:
-                sweep(send=self.send)
+                with _sweeping:
+                    sweep(send=self.send)
             except Exception:
                 log.exception("sweep failed; retrying in %.1fs", interval)
