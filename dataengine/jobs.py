@@ -38,6 +38,8 @@ class Job:
     result_model: type
     #: (session, run_id, start_index, limit) -> [(index, item)] in index order, from start_index on.
     load_steps: Callable[[Session, uuid.UUID, int, int], Sequence[tuple[int, Any]]]
+    #: (session, run_id) -> how many steps the run has (for rows a producer wrote without the count).
+    count_steps: Callable[[Session, uuid.UUID], int]
     #: run row -> an immutable context the steps share (what to audit, which model).
     prepare: Callable[[Any], Any]
     #: (context, index, item) -> StepOutcome. Runs in a worker thread: no database access.

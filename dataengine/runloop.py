@@ -25,6 +25,7 @@ from dataengine.runs import (
     Refusal,
     checkpoint,
     claim_run,
+    count_steps,
     finish_run,
     losses_exhausted,
     parse_run_id,
@@ -75,7 +76,16 @@ def execute_run(*, job: Job, run_id: object, worker_id: str, task_id: str | None
             finish_run(session=session, job=job, run_id=rid, status=RunStatus.failed, token=claim.token, error=error)
         log.error("[%s] %s", job.name, error)
         raise StepFailed(error)
-    return _Execution(job=job, claim=claim, log=log, may_retry=may_retry).run()
+    total = claim.row.total_steps
+    if not total:
+        with session_scope() as session:
+            total = count_steps(session=session, job=job, claim=claim)
+    if not total:
+        error = f"the run has no {job.step_plural}: write them before sending its id"
+        with session_scope() as session:
+            finish_run(session=session, job=job, run_id=rid, status=RunStatus.failed, token=claim.token, error=error)
+        raise StepFailed(error)
+    return _Execution(job=job, claim=claim, log=log, may_retry=may_retry, total=total).run()
 
 
 class _Heartbeat(threading.Thread):
@@ -116,9 +126,8 @@ def drain() -> None:
 class _Execution:
     """One claimed run being worked by this worker."""
 
-    def __init__(self, *, job: Job, claim: Claim, log: RunLogger, may_retry: bool) -> None:
-        self.job, self.claim, self.log, self.may_retry = job, claim, log, may_retry
-        self.total: int = claim.row.total_steps
+    def __init__(self, *, job: Job, claim: Claim, log: RunLogger, may_retry: bool, total: int) -> None:
+        self.job, self.claim, self.log, self.may_retry, self.total = job, claim, log, may_retry, total
         self.cursor: int = claim.row.current_query_index
         self.completed: int = claim.row.completed_steps
         self.done_here = 0

@@ -129,6 +129,14 @@ def _refusal(*, session: Session, job: Job, run_id: uuid.UUID) -> Refusal:
     )
 
 
+def count_steps(*, session: Session, job: Job, claim: Claim) -> int:
+    """Count and record the steps of a run whose producer left ``total_steps`` out."""
+    total = job.count_steps(session, claim.run_id)
+    t = job.runs
+    session.execute(update(t).where(t.c.id == claim.run_id, t.c.fencing_token == claim.token).values(total_steps=total))
+    return total
+
+
 def renew_lease(*, session: Session, job: Job, claim: Claim) -> bool:
     """Extend the lease (the heartbeat); returns whether cancellation was requested. ``LeaseLost`` if taken over."""
     t = job.runs

@@ -72,7 +72,8 @@ class RunMixin:
     progress_pct: Mapped[Decimal] = mapped_column(Numeric(5, 2), nullable=False, server_default="0")
     #: Index of the first step without a recorded result: where a resumed run starts.
     current_query_index: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
-    total_steps: Mapped[int] = mapped_column(Integer, nullable=False)
+    #: 0 until the first claim counts the steps, so a producer that writes the row may leave it out.
+    total_steps: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     completed_steps: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     created_at: Mapped[datetime] = _ts(nullable=False, default_now=True)
     last_updated_at: Mapped[datetime] = _ts(nullable=False, default_now=True)

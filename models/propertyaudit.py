@@ -21,8 +21,9 @@ class GeoRun(RunMixin, Base):
     property_city: Mapped[str | None] = mapped_column(String(200))
     property_website: Mapped[str | None] = mapped_column(String(500))
     property_aliases: Mapped[list[str]] = mapped_column(JSONB, nullable=False, server_default="[]")
-    model: Mapped[str] = mapped_column(String(100), nullable=False)
-    total_queries: Mapped[int] = mapped_column(Integer, nullable=False)
+    #: NULL: the ``OPENAI_MODEL`` setting.
+    model: Mapped[str | None] = mapped_column(String(100))
+    total_queries: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
 
 

@@ -135,8 +135,9 @@ class AuditContext:
 
 def prepare(row: Any) -> AuditContext:
     """The context of a claimed run row."""
-    return AuditContext(row.property_name, list(row.property_aliases), row.property_city, row.model,
-                        get_settings().openai_eval_model)
+    s = get_settings()
+    return AuditContext(row.property_name, list(row.property_aliases), row.property_city,
+                        row.model or s.openai_model, s.openai_eval_model)
 
 
 def audit_query(ctx: AuditContext, index: int, query: str) -> StepOutcome:
@@ -168,6 +169,12 @@ def load_queries(session: Session, run_id: uuid.UUID, start: int, limit: int) ->
         .limit(limit)
     )
     return [(r.query_index, r.query_text) for r in rows]
+
+
+def count_queries(session: Session, run_id: uuid.UUID) -> int:
+    """How many queries the run has."""
+    q = GeoQuery.__table__
+    return session.scalar(select(func.count()).select_from(q).where(q.c.run_id == run_id)) or 0
 
 
 def summarize(session: Session, run_id: uuid.UUID) -> dict[str, Any]:
@@ -209,6 +216,7 @@ JOB = register(
         run_model=GeoRun,
         result_model=GeoQueryResult,
         load_steps=load_queries,
+        count_steps=count_queries,
         prepare=prepare,
         execute_step=audit_query,
         summarize=summarize,

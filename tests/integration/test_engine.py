@@ -246,3 +246,30 @@ def test_an_llm_outage_releases_the_run_for_a_retry(fake_llm, monkeypatch):
     assert "InternalServerError" in row["error_message"] and "query" in row["error_message"]
     fake_llm.configure(fail_5xx_every=0)
     assert run(run_id).status == "completed"
+
+
+def test_a_run_written_by_a_producer_in_another_language_runs(fake_llm):
+    """What a Node app does: insert the row and its queries with plain SQL, then send the id."""
+    from sqlalchemy import text
+
+    run_id = uuid.uuid4()
+    with session_scope() as session:
+        session.execute(text("INSERT INTO geo_runs (id, property_name) VALUES (:id, 'Cedar Flats')"), {"id": run_id})
+        session.execute(
+            text("INSERT INTO geo_queries (run_id, query_index, query_text) VALUES (:id, 0, 'pool'), (:id, 1, 'gym')"),
+            {"id": run_id},
+        )
+    assert run(run_id).status == "completed"
+    row = run_row(run_id)
+    assert (row["total_steps"], row["completed_steps"], row["progress_pct"]) == (2, 2, Decimal(100))
+
+
+def test_a_run_without_steps_fails_with_a_clear_message():
+    from sqlalchemy import text
+
+    run_id = uuid.uuid4()
+    with session_scope() as session:
+        session.execute(text("INSERT INTO geo_runs (id, property_name) VALUES (:id, 'Cedar Flats')"), {"id": run_id})
+    with pytest.raises(StepFailed, match="the run has no queries"):
+        run(run_id)
+    assert run_row(run_id)["status"] == "failed"
