@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import signal
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -204,6 +205,8 @@ def run_demo(*, console: Console, queries: int = 30, latency_ms: float = 300.0) 
                   "is SIGKILLed and a second worker resumes the run from its last checkpoint.")
     console.print("[yellow]The LLM answers come from dataengine's local stand-in server (dataengine.fakellm), not a "
                   "real model: no internet and no API key are needed.[/yellow]")
+    # A closed terminal (SIGHUP) or a kill (SIGTERM) must still stop the workers the demo started.
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         with FakeLLMServer(FakeConfig(latency_ms=latency_ms)) as llm:
             check_services()
@@ -226,6 +229,13 @@ def run_demo(*, console: Console, queries: int = 30, latency_ms: float = 300.0) 
     except KeyboardInterrupt:
         console.print("[red]interrupted[/red]; the demo's processes are stopped (an unfinished run is cancelled)")
         return 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _run(console: Console, demo: Demo) -> dict[str, Any]:
