@@ -231,3 +231,21 @@ def test_a_warm_shutdown_hands_the_run_over_without_waiting_for_it_or_paying_twi
     row = wait_for(lambda: finished(run_id), timeout_s=60, what="worker b to finish the run")
     assert row["status"] == "completed" and row["losses_at_step"] == 0
     assert all(answered(fake_llm, q) == 1 for q in spec["queries"])  # in-flight steps finished before handing over
+
+
+def test_a_step_that_keeps_killing_its_worker_fails_the_run_after_three_losses(workers, fake_llm):
+    spec = audit_spec(5)
+    poison = spec["queries"][2]
+    fake_llm.configure(hang_substrings=[poison])  # the step never returns: its pool process is killed each time
+    a = workers("a", env={"DATAENGINE_STEP_CONCURRENCY": "1"})
+    run_id = create_audit(5)
+    enqueue(run_id)
+    for attempt in (1, 2, 3):
+        wait_for(lambda: fake_llm.stats()["prompts"].get(poison, 0) >= attempt, timeout_s=30,
+                 what=f"attempt {attempt} at the poison query")
+        (child,) = a.children()
+        os.kill(child, signal.SIGKILL)
+    row = wait_for(lambda: finished(run_id), timeout_s=30, what="the run to be given up")
+    assert row["status"] == "failed" and "worker lost 3 times at query 3" in row["error_message"]
+    assert poison in row["error_message"] and fake_llm.stats()["prompts"][poison] == 3
+    assert sorted(results(run_id)) == [0, 1] and all(answered(fake_llm, q) == 1 for q in spec["queries"][:2])
