@@ -67,6 +67,8 @@ def client() -> openai.OpenAI:
 def reset_client() -> None:
     """Forget the client, so the next call reads the settings again (tests change ``OPENAI_BASE_URL``)."""
     global _client, _client_pid
+    if _client is not None and _client_pid == os.getpid():
+        _client.close()
     _client = _client_pid = None
 
 
