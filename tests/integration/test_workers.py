@@ -206,11 +206,13 @@ def test_beat_alone_takes_back_a_run_whose_worker_died(engine_env, tmp_path):
     expire_lease(run_id)
     beat = start_beat("beat", env=engine_env, log_dir=tmp_path)
     try:
-        wait_for(lambda: run_row(run_id)["lease_owner"] is None, timeout_s=20, what="beat's sweeper")
         import redis
 
-        queued = redis.Redis.from_url(engine_env["REDIS_URL"]).lrange("celery", 0, -1)
+        queue = redis.Redis.from_url(engine_env["REDIS_URL"])
+        # The sweeper commits the takeover, then sends: wait for the message itself.
+        queued = wait_for(lambda: queue.lrange("celery", 0, -1), timeout_s=20, what="beat's sweeper to re-enqueue")
         assert len(queued) == 1 and str(run_id) in queued[0].decode()
+        assert run_row(run_id)["lease_owner"] is None
     finally:
         beat.stop()
 
