@@ -44,13 +44,25 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         for n in range(15, 0, -1):
             client = redis.Redis.from_url(_redis_db_url(base, n), socket_timeout=2)
-            if client.dbsize() == 0 and client.set(REDIS_MARKER, os.getpid(), nx=True):
+            owner = client.get(REDIS_MARKER)
+            if owner is not None and not _alive(int(owner)):
+                client.flushdb()  # left by a test session that was killed: all of it was that session's
+            if _redis_db is None and client.dbsize() == 0 and client.set(REDIS_MARKER, os.getpid(), nx=True):
                 _redis_db = n
-                break
     except redis.RedisError:
         return  # integration fixtures will say Redis is unreachable
     if _redis_db is not None:
         os.environ["REDIS_URL"] = _redis_db_url(base, _redis_db)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _redis_db_url(url: str, db: int) -> str:
@@ -108,6 +120,7 @@ def template_db() -> Iterator[str]:
 
     server = make_url(_server_url()).set(drivername="postgresql+psycopg")
     name = f"de_tmpl_{os.getpid()}"
+    _drop_leftovers(server, create_engine, text)
     url = server.set(database=name).render_as_string(hide_password=False)
     try:
         migrate(url)
@@ -115,6 +128,22 @@ def template_db() -> Iterator[str]:
         pytest.fail(f"PostgreSQL at {server.host}:{server.port} is not usable ({exc}); run tests via scripts/test.sh")
     yield url
     _drop(server, name, create_engine, text)
+
+
+def _drop_leftovers(server: Any, create_engine: Any, text: Any) -> None:
+    """Drop databases of test sessions that were killed: templates named after a dead pid, and
+    the per-test clones made from them (their names record nothing else, so only when no live
+    session owns a template)."""
+    admin = create_engine(server.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        names = conn.scalars(text("SELECT datname FROM pg_database WHERE datname ~ '^de_(tmpl|t)_'")).all()
+    admin.dispose()
+    templates = {n: int(n.rsplit("_", 1)[1]) for n in names if n.startswith("de_tmpl_")}
+    stale = [n for n, pid in templates.items() if not _alive(pid)]
+    if len(stale) == len(templates):
+        stale += [n for n in names if n.startswith("de_t_")]
+    for name in stale:
+        _drop(server, name, create_engine, text)
 
 
 def _drop(server: Any, name: str, create_engine: Any, text: Any) -> None:
