@@ -88,7 +88,8 @@ def status(
 def watch(run_id: str) -> None:
     """A live progress bar with ETA until the run ends."""
     _jobs()
-    from dataengine.inspect import describe, find_run, watch as watch_run
+    from dataengine.inspect import describe, find_run
+    from dataengine.inspect import watch as watch_run
 
     try:
         row = watch_run(run_id, console=console)

@@ -12,7 +12,7 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from sqlalchemy import TextClause, case, func, literal, or_, select, text, update
@@ -201,7 +201,7 @@ def checkpoint(
     return Checkpointed(completed_steps=row.completed_steps, cancel_requested=row.cancel_requested)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _checkpoint_sql(job: Job) -> TextClause:
     """One statement per job, built once: the rows arrive as one JSON array, so the SQL never
     changes with the batch size and the server plans it once (a multi-row VALUES would not)."""

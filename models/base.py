@@ -17,11 +17,11 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    Index,
     Integer,
     MetaData,
     Numeric,
     String,
-    Index,
     Text,
     func,
     text,
@@ -44,7 +44,7 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
-class RunStatus(str, enum.Enum):
+class RunStatus(enum.StrEnum):
     """A run's life: queued -> running -> completed | failed | cancelled."""
 
     queued = "queued"

@@ -243,7 +243,7 @@ def test_a_step_that_keeps_killing_its_worker_fails_the_run_after_three_losses(w
     run_id = create_audit(5)
     enqueue(run_id)
     for attempt in (1, 2, 3):
-        wait_for(lambda: fake_llm.stats()["prompts"].get(poison, 0) >= attempt, timeout_s=30,
+        wait_for(lambda n=attempt: fake_llm.stats()["prompts"].get(poison, 0) >= n, timeout_s=30,
                  what=f"attempt {attempt} at the poison query")
         (child,) = a.children()
         os.kill(child, signal.SIGKILL)
