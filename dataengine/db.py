@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -11,6 +12,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dataengine.settings import get_settings
 
+#: The loop thread and the heartbeat thread may both ask first; only one may build the engine.
+_lock = threading.Lock()
 _engine: Engine | None = None
 _engine_pid: int | None = None
 _sessions: sessionmaker[Session] | None = None
@@ -19,13 +22,14 @@ _sessions: sessionmaker[Session] | None = None
 def get_engine() -> Engine:
     """This process's engine; a forked child never reuses its parent's connections."""
     global _engine, _engine_pid, _sessions
-    if _engine is None or _engine_pid != os.getpid():
-        if _engine is not None:
-            _engine.dispose(close=False)
-        _engine = create_engine(get_settings().sqlalchemy_url, pool_pre_ping=True, pool_size=5, max_overflow=10)
-        _engine_pid = os.getpid()
-        _sessions = sessionmaker(_engine, expire_on_commit=False)
-    return _engine
+    with _lock:
+        if _engine is None or _engine_pid != os.getpid():
+            if _engine is not None:
+                _engine.dispose(close=False)
+            _engine = create_engine(get_settings().sqlalchemy_url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+            _engine_pid = os.getpid()
+            _sessions = sessionmaker(_engine, expire_on_commit=False)
+        return _engine
 
 
 @contextmanager
@@ -40,6 +44,7 @@ def session_scope() -> Iterator[Session]:
 def reset_engine() -> None:
     """Drop the engine (tests and the CLI call this after changing ``DATABASE_URL``)."""
     global _engine, _engine_pid, _sessions
-    if _engine is not None:
-        _engine.dispose()
-    _engine = _engine_pid = _sessions = None
+    with _lock:
+        if _engine is not None:
+            _engine.dispose()
+        _engine = _engine_pid = _sessions = None

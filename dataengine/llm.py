@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from decimal import Decimal
@@ -23,6 +24,8 @@ T = TypeVar("T", bound=BaseModel)
 
 _client: openai.OpenAI | None = None
 _client_pid: int | None = None
+#: A run's step threads ask for the client at the same moment; only one may build it.
+_client_lock = threading.Lock()
 _TRANSIENT = (
     openai.APIConnectionError,  # includes APITimeoutError
     openai.RateLimitError,
@@ -52,24 +55,30 @@ class Usage:
 def client() -> openai.OpenAI:
     """This process's client (a forked pool child builds its own connection pool)."""
     global _client, _client_pid
-    if _client is None or _client_pid != os.getpid():
-        s = get_settings()
-        _client = openai.OpenAI(
-            api_key=s.openai_api_key.get_secret_value(),
-            base_url=s.openai_base_url,
-            max_retries=s.openai_max_retries,
-            timeout=s.openai_timeout_s,
-        )
-        _client_pid = os.getpid()
-    return _client
+    with _client_lock:
+        if _client is None or _client_pid != os.getpid():
+            _client = _new_client()
+            _client_pid = os.getpid()
+        return _client
+
+
+def _new_client() -> openai.OpenAI:
+    s = get_settings()
+    return openai.OpenAI(
+        api_key=s.openai_api_key.get_secret_value(),
+        base_url=s.openai_base_url,
+        max_retries=s.openai_max_retries,
+        timeout=s.openai_timeout_s,
+    )
 
 
 def reset_client() -> None:
     """Forget the client, so the next call reads the settings again (tests change ``OPENAI_BASE_URL``)."""
     global _client, _client_pid
-    if _client is not None and _client_pid == os.getpid():
-        _client.close()
-    _client = _client_pid = None
+    with _client_lock:
+        if _client is not None and _client_pid == os.getpid():
+            _client.close()
+        _client = _client_pid = None
 
 
 def cost_usd(model: str, prompt_tokens: int, completion_tokens: int) -> Decimal:
