@@ -8,11 +8,20 @@ import signal
 from typing import Any
 
 from celery import Celery
-from celery.signals import after_setup_logger, beat_init, worker_process_init, worker_ready, worker_shutting_down
+from celery.platforms import set_pdeathsig
+from celery.signals import (
+    after_setup_logger,
+    beat_init,
+    worker_init,
+    worker_process_init,
+    worker_ready,
+    worker_shutting_down,
+)
 
 from dataengine import llm
 from dataengine.recovery import Sweeper
 from dataengine.runloop import drain
+from dataengine.settings import get_settings
 
 app = Celery("dataengine")
 app.config_from_object("celeryconfig")
@@ -42,6 +51,14 @@ def _quiet_http_logs(**_: object) -> None:
     # One INFO line per LLM request drowns the run's own progress lines.
     for name in ("httpx", "httpx2", "openai"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@worker_init.connect
+@beat_init.connect
+def _die_with_parent(**_: object) -> None:
+    # A killed test session or demo must not leave workers behind to eat a later one's tasks.
+    if get_settings().die_with_parent:
+        set_pdeathsig("SIGKILL")
 
 
 @worker_ready.connect

@@ -100,7 +100,7 @@ def start_celery(
     log = log_path.open("wb")
     proc = subprocess.Popen(
         [*celery_command(), "-A", "dataengine", *args],
-        env={**os.environ, **env},
+        env={**os.environ, **env, "DATAENGINE_DIE_WITH_PARENT": "1"},
         cwd=cwd,
         stdin=subprocess.DEVNULL,
         stdout=log,

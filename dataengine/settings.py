@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     max_queries: int = Field(10_000, ge=1)
     max_query_chars: int = Field(2_000, ge=1)
 
+    #: A worker or beat ends with the process that started it (the demo, tests, benchmarks).
+    die_with_parent: bool = False
+
     log_level: str = "INFO"
 
     @model_validator(mode="after")
