@@ -52,12 +52,17 @@ def assert_nothing_paid_twice(fake_llm: Any, queries: list[str], checkpointed: s
     assert sum(c - 1 for c in counts.values()) <= get_settings().step_concurrency
 
 
-def test_a_run_survives_its_pool_process_being_sigkilled(workers, fake_llm):
-    fake_llm.configure(latency_ms=120)
-    spec = audit_spec(60)
+def audit_on_worker_a(workers: Any, fake_llm: Any, n: int, *, latency_ms: float) -> tuple[Any, list[str], uuid.UUID]:
+    """Worker ``a`` started and working an audit of ``n`` queries, each LLM call taking ``latency_ms``."""
+    fake_llm.configure(latency_ms=latency_ms)
     a = workers("a")
-    run_id = create_audit(60)
+    run_id = create_audit(n)
     enqueue(run_id)
+    return a, audit_spec(n)["queries"], run_id
+
+
+def test_a_run_survives_its_pool_process_being_sigkilled(workers, fake_llm):
+    a, queries, run_id = audit_on_worker_a(workers, fake_llm, 60, latency_ms=120)
     wait_for(lambda: progressed(run_id, 8), timeout_s=30, what="8 checkpointed queries")
     (child,) = a.children()
     os.kill(child, signal.SIGKILL)
@@ -66,16 +71,12 @@ def test_a_run_survives_its_pool_process_being_sigkilled(workers, fake_llm):
     row = wait_for(lambda: finished(run_id), timeout_s=60, what="the run to finish after the kill")
     assert row["status"] == "completed" and row["fencing_token"] >= 2
     assert sorted(results(run_id)) == list(range(60))
-    assert_nothing_paid_twice(fake_llm, spec["queries"], checkpointed)
+    assert_nothing_paid_twice(fake_llm, queries, checkpointed)
     assert a.proc.poll() is None  # the worker replaced its pool process and went on
 
 
 def test_a_run_resumes_on_another_worker_within_seconds_of_a_main_process_sigkill(workers, fake_llm):
-    fake_llm.configure(latency_ms=120)
-    spec = audit_spec(100)
-    a = workers("a")
-    run_id = create_audit(100)
-    enqueue(run_id)
+    a, queries, run_id = audit_on_worker_a(workers, fake_llm, 100, latency_ms=120)
     wait_for(lambda: owned_by(run_id, "a"), timeout_s=30, what="worker a to claim the run")
     workers("b")
     start = run_row(run_id)["completed_steps"]
@@ -90,14 +91,11 @@ def test_a_run_resumes_on_another_worker_within_seconds_of_a_main_process_sigkil
     row = wait_for(lambda: finished(run_id), timeout_s=60, what="the run to finish")
     assert row["status"] == "completed" and sorted(results(run_id)) == list(range(100))
     assert resumed_after_s < 10, f"resumed only {resumed_after_s:.1f}s after the SIGKILL"
-    assert_nothing_paid_twice(fake_llm, spec["queries"], checkpointed)
+    assert_nothing_paid_twice(fake_llm, queries, checkpointed)
 
 
 def test_a_sigstopped_worker_that_wakes_after_a_takeover_writes_nothing(workers, fake_llm):
-    fake_llm.configure(latency_ms=150)
-    a = workers("a")
-    run_id = create_audit(80)
-    enqueue(run_id)
+    a, _, run_id = audit_on_worker_a(workers, fake_llm, 80, latency_ms=150)
     wait_for(lambda: owned_by(run_id, "a"), timeout_s=30, what="worker a to claim the run")
     workers("b")
     wait_for(lambda: progressed(run_id, 4), timeout_s=30, what="4 checkpointed queries")
@@ -218,11 +216,7 @@ def test_beat_alone_takes_back_a_run_whose_worker_died(engine_env, tmp_path):
 
 
 def test_a_warm_shutdown_hands_the_run_over_without_waiting_for_it_or_paying_twice(workers, fake_llm):
-    fake_llm.configure(latency_ms=100)
-    spec = audit_spec(60)
-    a = workers("a")
-    run_id = create_audit(60)
-    enqueue(run_id)
+    a, queries, run_id = audit_on_worker_a(workers, fake_llm, 60, latency_ms=100)
     wait_for(lambda: progressed(run_id, 6), timeout_s=30, what="6 checkpointed queries")
     os.kill(a.pid, signal.SIGTERM)  # what `docker stop` or a deploy sends: the main process only
     a.proc.wait(timeout=15)
@@ -232,7 +226,7 @@ def test_a_warm_shutdown_hands_the_run_over_without_waiting_for_it_or_paying_twi
     workers("b")
     row = wait_for(lambda: finished(run_id), timeout_s=60, what="worker b to finish the run")
     assert row["status"] == "completed" and row["losses_at_step"] == 0
-    assert all(answered(fake_llm, q) == 1 for q in spec["queries"])  # in-flight steps finished before handing over
+    assert all(answered(fake_llm, q) == 1 for q in queries)  # in-flight steps finished before handing over
 
 
 def test_a_step_that_keeps_killing_its_worker_fails_the_run_after_three_losses(workers, fake_llm):
