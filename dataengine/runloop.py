@@ -34,6 +34,7 @@ from dataengine.runs import (
     renew_lease,
 )
 from dataengine.settings import get_settings
+from dataengine.workerid import dead_sibling
 from models.base import RunStatus
 
 #: Steps read from the database at a time, from the resume point on.
@@ -67,6 +68,13 @@ def execute_run(*, job: Job, run_id: object, worker_id: str, task_id: str | None
     log = run_logger(run_id=rid, task_id=task_id)
     with session_scope() as session:
         claim = claim_run(session=session, job=job, run_id=rid, worker_id=worker_id, task_id=task_id)
+    if isinstance(claim, Refusal) and claim.owner and dead_sibling(claim.owner, worker_id):
+        # This worker's pool process died holding the run (OOM, SIGKILL) and Celery redelivered it.
+        log.warning("[%s] Taking over from %s, a pool process of this worker that died", job.name, claim.owner)
+        with session_scope() as session:
+            claim = claim_run(
+                session=session, job=job, run_id=rid, worker_id=worker_id, task_id=task_id, dead_owner=claim.owner
+            )
     if isinstance(claim, Refusal):
         log.info("[%s] Not running: %s", job.name, claim.reason)
         return RunOutcome(str(rid), claim.status, claim.reason, executed=False)

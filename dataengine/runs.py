@@ -43,6 +43,8 @@ class Refusal:
     run_id: uuid.UUID
     status: str
     reason: str
+    #: Who holds the lease, when that is why.
+    owner: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,16 +84,28 @@ def _loss_counted(t: Any) -> dict[str, Any]:
     }
 
 
-def claim_run(*, session: Session, job: Job, run_id: uuid.UUID, worker_id: str, task_id: str | None) -> Claim | Refusal:
-    """Take the lease on a queued or running run whose lease is free or expired."""
+def claim_run(
+    *,
+    session: Session,
+    job: Job,
+    run_id: uuid.UUID,
+    worker_id: str,
+    task_id: str | None,
+    dead_owner: str | None = None,
+) -> Claim | Refusal:
+    """Take the lease on a queued or running run whose lease is free or expired, or held by
+    ``dead_owner``, a process known to be gone."""
     t, s = job.runs, get_settings()
+    free = [t.c.lease_owner.is_(None), t.c.lease_expires_at < func.now()]
+    if dead_owner is not None:
+        free.append(t.c.lease_owner == dead_owner)
     row = session.execute(
         update(t)
         .where(
             t.c.id == run_id,
             t.c.status.in_(ACTIVE_STATUSES),
             ~t.c.cancel_requested,
-            or_(t.c.lease_owner.is_(None), t.c.lease_expires_at < func.now()),
+            or_(*free),
         )
         .values(
             status=RunStatus.running.value,
@@ -125,7 +139,10 @@ def _refusal(*, session: Session, job: Job, run_id: uuid.UUID) -> Refusal:
     ):
         return Refusal(run_id, RunStatus.cancelled.value, "cancellation was requested; run marked cancelled")
     return Refusal(
-        run_id, row.status, f"run is being executed by {row.lease_owner} (lease until {row.lease_expires_at:%H:%M:%S})"
+        run_id,
+        row.status,
+        f"run is being executed by {row.lease_owner} (lease until {row.lease_expires_at:%H:%M:%S})",
+        owner=row.lease_owner,
     )
 
 

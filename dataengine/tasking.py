@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from celery import Task
@@ -12,6 +11,7 @@ from dataengine.jobs import Job
 from dataengine.logs import run_logger
 from dataengine.runloop import execute_run
 from dataengine.settings import get_settings
+from dataengine.workerid import worker_id as make_worker_id
 
 
 class RunTask(Task):
@@ -30,7 +30,7 @@ class RunTask(Task):
 
 def run_job(task: Task, job: Job, run_id: object) -> dict[str, Any]:
     """Execute ``run_id`` of ``job`` in this task; returns the task's JSON result."""
-    worker_id = f"{task.request.hostname or 'local'}/{os.getpid()}"
+    worker_id = make_worker_id(task.request.hostname)
     may_retry = task.request.retries < (task.max_retries or 0)
     try:
         outcome = execute_run(job=job, run_id=run_id, worker_id=worker_id, task_id=task.request.id, may_retry=may_retry)

@@ -273,3 +273,19 @@ def test_a_run_without_steps_fails_with_a_clear_message():
     with pytest.raises(StepFailed, match="the run has no queries"):
         run(run_id)
     assert run_row(run_id)["status"] == "failed"
+
+
+def test_a_worker_takes_over_at_once_from_its_own_dead_pool_process(fake_llm):
+    import os
+    import subprocess
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid that no longer exists, as after an OOM kill
+    run_id = create_audit(3)
+    claim(run_id, f"a@host/{gone.pid}")  # its lease is still live
+    outcome = execute_run(job=JOB, run_id=str(run_id), worker_id=f"a@host/{os.getpid()}", task_id="t2")
+    assert outcome.status == "completed"
+    assert run_row(run_id)["losses_at_step"] == 1  # it still counts as a lost worker
+    other = create_audit(3, tag="other")
+    claim(other, f"b@elsewhere/{gone.pid}")  # another node's process: its lease is respected
+    assert run(other).executed is False
