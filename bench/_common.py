@@ -15,7 +15,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -128,7 +127,7 @@ class FakeLLMProcess:
 
     def start(self, timeout_s: float = 20.0) -> FakeLLMProcess:
         """Start the server and return once ``/healthz`` answers."""
-        import httpx
+        from dataengine.fakellm import wait_until_serving
 
         LOG_DIR.mkdir(parents=True, exist_ok=True)
         log = (LOG_DIR / f"{self.log_name}.log").open("wb")
@@ -138,15 +137,11 @@ class FakeLLMProcess:
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()  # the child holds its own descriptor
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"fake LLM exited with {self.proc.returncode}; see {LOG_DIR}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1, trust_env=False).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                time.sleep(0.05)
+        proc = self.proc
+        if wait_until_serving(self.url, timeout_s=timeout_s, alive=lambda: proc.poll() is None):
+            return self
+        if proc.poll() is not None:
+            raise RuntimeError(f"fake LLM exited with {proc.returncode}; see {LOG_DIR}")
         self.stop()
         raise TimeoutError(f"fake LLM not answering on {self.url} after {timeout_s}s")
 

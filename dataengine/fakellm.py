@@ -362,6 +362,18 @@ def serve(
     uvicorn.run(create_app(config), host=host, port=port, log_level="warning")
 
 
+def wait_until_serving(url: str, *, timeout_s: float, alive: Callable[[], bool]) -> bool:
+    """Poll ``url/healthz`` until it answers (True), the server dies or ``timeout_s`` passes (False)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and alive():
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1, trust_env=False).status_code == 200:
+                return True
+        except httpx.TransportError:
+            time.sleep(0.02)
+    return False
+
+
 class FakeLLMServer:
     """The stand-in server on a loopback port in a background thread, as a context manager."""
 
@@ -392,13 +404,8 @@ class FakeLLMServer:
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
         self._thread.start()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and self._thread.is_alive():
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1, trust_env=False).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                time.sleep(0.02)
+        if wait_until_serving(self.url, timeout_s=10, alive=self._thread.is_alive):
+            return self
         self.stop()
         raise RuntimeError(f"fake LLM server did not come up on {self.url}")
 
