@@ -8,6 +8,9 @@ _s = get_settings()
 
 broker_url = _s.redis_url
 result_backend = _s.redis_url
+# kombu's Redis transport, except that a malformed queue item is set aside instead of ending the
+# worker (dataengine.broker); an explicit transport wins over the URL's scheme.
+broker_transport = "dataengine.broker:Transport"
 broker_connection_retry_on_startup = True
 # Redis hides an unacknowledged message this long; it must outlast the longest run, or Redis
 # hands a live run to a second worker. Recovery of dead workers is the sweeper's job, in seconds.
@@ -26,6 +29,9 @@ task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
 worker_cancel_long_running_tasks_on_connection_loss = True
 task_track_started = True
+# Every task checks its message before Celery builds the request: a malformed one is rejected
+# and set aside with its reason, not allowed to end the worker (dataengine.broker).
+task_annotations = {"*": {"Request": "dataengine.broker:Request", "Strategy": "dataengine.broker:strategy"}}
 result_expires = 7 * 24 * 3600
 
 # Events for Flower.

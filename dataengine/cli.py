@@ -1,4 +1,4 @@
-"""The ``dataengine`` command line: migrate, submit, status, watch, cancel, sweep, fake-llm, demo."""
+"""The ``dataengine`` command line: migrate, submit, status, watch, cancel, sweep, rejected, fake-llm, demo."""
 
 from __future__ import annotations
 
@@ -127,6 +127,31 @@ def sweep() -> None:
 
     requeued = sweep_all(send=lambda name, kwargs: app.send_task(name, kwargs=kwargs))
     console.print(f"{len(requeued)} run(s) taken back")
+
+
+@cli.command()
+def rejected(
+    limit: Annotated[int, typer.Option(min=1, help="How many to show, newest first")] = 20,
+    clear: Annotated[bool, typer.Option("--clear", help="Empty the list instead of showing it")] = False,
+) -> None:
+    """Messages the workers rejected and set aside (malformed, not JSON, unknown task), with the reason."""
+    import redis
+
+    from dataengine.broker import clear_rejected, rejected_messages
+    from dataengine.redis_keys import REJECTED_KEY
+    from dataengine.settings import get_settings
+
+    with redis.Redis.from_url(get_settings().redis_url) as client:
+        if clear:
+            console.print(f"{clear_rejected(client=client)} rejected message(s) cleared from {REJECTED_KEY}")
+            return
+        entries = rejected_messages(client=client, limit=limit)
+        total = client.llen(REJECTED_KEY)
+    for e in entries:
+        console.print(f"[bold]{e['at']}[/bold] queue={e['queue']} task={e['task']} id={e['id']}", highlight=False)
+        console.print(f"  {e['reason']}", style="red", highlight=False, markup=False)
+        console.print(f"  {e['raw'][:300]}", highlight=False, markup=False, soft_wrap=True)
+    console.print(f"{len(entries)} of {total} rejected message(s) in {REJECTED_KEY}", highlight=False)
 
 
 @cli.command("fake-llm")

@@ -1,0 +1,6 @@
+"""Every Redis key the engine names itself, in one place (Celery's and kombu's own keys are theirs)."""
+
+from __future__ import annotations
+
+#: Messages refused by a worker (malformed, not JSON, unknown task): a capped list, newest first.
+REJECTED_KEY = "dataengine:rejected"
