@@ -19,6 +19,7 @@ from celery.signals import (
 )
 
 from dataengine import llm
+from dataengine.queued import waiting_runs
 from dataengine.recovery import Sweeper
 from dataengine.runloop import drain
 from dataengine.settings import get_settings
@@ -33,15 +34,21 @@ _consumer: Any = None
 DRAIN_SIGNAL = signal.SIGUSR2
 
 
-def _send(task_name: str, kwargs: dict[str, str]) -> object:
+def enqueue(task_name: str, kwargs: dict[str, str]) -> object:
+    """Send a task by name (the sweeper's and the CLI's way to re-enqueue a run)."""
     return app.send_task(task_name, kwargs=kwargs)
+
+
+def still_queued(run_ids: set[str]) -> set[str]:
+    """The runs among ``run_ids`` whose message still waits in the default queue."""
+    return waiting_runs(redis_url=get_settings().redis_url, queue=app.conf.task_default_queue, run_ids=run_ids)
 
 
 def _start_sweeper(where: str) -> None:
     global _sweeper
     if _sweeper is None:
         app.loader.import_default_modules()  # the jobs register themselves on import
-        _sweeper = Sweeper(send=_send)
+        _sweeper = Sweeper(send=enqueue, waiting=still_queued)
         _sweeper.start()
         log.info("recovery sweeper started in %s", where)
 

@@ -122,10 +122,10 @@ def cancel(run_id: str) -> None:
 def sweep() -> None:
     """Re-enqueue runs whose worker died, once (workers and beat do this every second)."""
     _jobs()
-    from dataengine.celery_app import app
+    from dataengine.celery_app import enqueue, still_queued
     from dataengine.recovery import sweep as sweep_all
 
-    requeued = sweep_all(send=lambda name, kwargs: app.send_task(name, kwargs=kwargs))
+    requeued = sweep_all(send=enqueue, waiting=still_queued)
     console.print(f"{len(requeued)} run(s) taken back")
 
 

@@ -42,3 +42,15 @@ class TransientStepError(StepFailed):
     """A step failed for now; the run will be retried: {details}"""
 
     retryable = True
+
+
+class DatabaseUnavailable(DataEngineError):
+    """The database was unreachable for {seconds:.0f}s while {what}; run {run_id} is handed back and retried."""
+
+    retryable = True
+
+
+class StepTimedOut(DataEngineError):
+    """The step was still running after {timeout_s:.0f}s (DATAENGINE_STEP_TIMEOUT_S) and was abandoned."""
+
+    retryable = True

@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Table
 from sqlalchemy.orm import Session
@@ -46,6 +46,20 @@ class Job:
     execute_step: Callable[[Any, int, Any], StepOutcome]
     #: (session, run_id) -> the run's summary, computed in the transaction that completes it.
     summarize: Callable[[Session, uuid.UUID], dict[str, Any]]
+    #: Errors of this job's steps that may pass if the run is retried later (an LLM outage always may).
+    transient_errors: tuple[type[BaseException], ...] = ()
+    #: A step that fails for good: "fail" ends the run naming it; "record" records the failure
+    #: (``failed_step_values``) as the step's result and goes on.
+    step_error_policy: Literal["fail", "record"] = "fail"
+    #: (index, item, error) -> the result row of a failed step, under the "record" policy.
+    failed_step_values: Callable[[int, Any, BaseException], dict[str, Any]] | None = None
+    #: (session, run_id, [(index, outcome)]) -> None: writes the job's own rows for finished steps
+    #: (a source's chunks) in the checkpoint's transaction, after the fenced update: all or nothing.
+    record_step_rows: Callable[[Session, uuid.UUID, list[tuple[int, StepOutcome]]], None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.step_error_policy == "record" and self.failed_step_values is None:
+            raise ValueError(f"job {self.key}: the 'record' step error policy needs failed_step_values")
 
     @property
     def runs(self) -> Table:

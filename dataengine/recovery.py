@@ -9,12 +9,16 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable
 
+from sqlalchemy import text
+
 from dataengine.db import session_scope
+from dataengine.dbretry import db_unavailable
 from dataengine.jobs import Job, all_jobs
-from dataengine.runs import Requeued, finish_run, requeue_expired
+from dataengine.runs import Requeued, finish_run, redispatch_soon, requeue_expired
 from dataengine.settings import get_settings
 from models.base import RunStatus
 
@@ -22,62 +26,127 @@ log = logging.getLogger("dataengine.recovery")
 
 #: (task name, kwargs) -> None; the Celery app's ``send_task`` in production.
 Sender = Callable[[str, dict[str, str]], object]
+#: run ids -> those of them whose message is still waiting in the broker's queue.
+Waiting = Callable[[set[str]], set[str]]
 
-# A worker's main process forks pool processes while the sweeper thread may be mid-sweep,
-# holding an import lock or a connection pool's lock that the child would then wait on for
-# ever. Forks wait for the sweep in progress instead (it takes milliseconds).
 _sweeping = threading.Lock()
-os.register_at_fork(before=_sweeping.acquire, after_in_parent=_sweeping.release, after_in_child=_sweeping.release)
+_forks_guarded = False
+
+
+def _guard_forks() -> None:
+    # A worker's main process forks pool processes while the sweeper thread may be mid-sweep,
+    # holding an import lock or a connection pool's lock that the child would then wait on for
+    # ever. Forks wait for the sweep in progress instead (it takes milliseconds).
+    global _forks_guarded
+    if not _forks_guarded:
+        os.register_at_fork(before=_sweeping.acquire, after_in_parent=_sweeping.release,
+                            after_in_child=_sweeping.release)
+        _forks_guarded = True
 
 
 def describe_losses(*, job: Job, run_id: uuid.UUID, losses: int, index: int) -> str:
-    """The error message of a run given up after its worker died ``losses`` times at step ``index``."""
+    """The error message of a run given up after its worker died ``losses`` times with step ``index`` in flight."""
     with session_scope() as session:
         step = next(iter(job.load_steps(session, run_id, index, 1)), None)
-    what = f" ({str(step[1])[:120]!r})" if step else ""
+    what = f" ({str(step[1])[:120]!r})" if step and step[0] == index else ""
     return (
         f"worker lost {losses} times at {job.step_noun} {index + 1}{what} (index {index}); "
         f"giving up so it is not paid for again"
     )
 
 
-def sweep_job(*, job: Job, send: Sender) -> list[Requeued]:
-    """One sweep of one job's runs; sends a task for each run taken back, after the commit."""
+def sweep_job(*, job: Job, send: Sender, waiting: Waiting | None = None) -> list[Requeued]:
+    """One sweep of one job's runs; sends a task for each run taken back, after the commit.
+
+    A run no worker held is sent again only if its message is no longer waiting in the broker
+    (``waiting``), so a long backlog is not duplicated. Each run is sent on its own: one that
+    cannot be sent is due again at the next sweep, and the others still go.
+    """
     with session_scope() as session:
         requeued = requeue_expired(session=session, job=job)
+    unsent: list[uuid.UUID] = []
     for r in requeued:
-        if r.failed:
-            error = describe_losses(job=job, run_id=r.run_id, losses=r.losses, index=r.step_index)
+        if r.poison is not None:
+            index, losses = r.poison
+            error = describe_losses(job=job, run_id=r.run_id, losses=losses, index=index)
             with session_scope() as session:
                 finish_run(session=session, job=job, run_id=r.run_id, status=RunStatus.failed, error=error)
             log.error("[%s] %s run_id=%s", job.name, error, r.run_id)
-            continue
-        send(job.task_name, {"run_id": str(r.run_id)})
-        log.warning(
-            "[%s] Re-enqueued run whose worker stopped answering, at %s %d run_id=%s",
-            job.name, job.step_noun, r.step_index + 1, r.run_id,
-        )
+        elif r.lost_owner is None and waiting is not None and _still_waiting(waiting, r.run_id):
+            log.info("[%s] Run not claimed yet, its message is still queued run_id=%s", job.name, r.run_id)
+        elif _sent(send, job, r):
+            what = f"whose worker {r.lost_owner} stopped answering" if r.lost_owner else "that no worker claimed"
+            log.warning("[%s] Re-enqueued run %s, at %s %d run_id=%s",
+                        job.name, what, job.step_noun, r.step_index + 1, r.run_id)
+        else:
+            unsent.append(r.run_id)
+    if unsent:
+        with session_scope() as session:
+            redispatch_soon(session=session, job=job, run_ids=unsent)
     return requeued
 
 
-def sweep(*, send: Sender) -> list[Requeued]:
+def _still_waiting(waiting: Waiting, run_id: uuid.UUID) -> bool:
+    try:
+        return str(run_id) in waiting({str(run_id)})
+    except Exception as exc:  # the broker is unreachable: the send will tell
+        log.warning("cannot look for run %s in the broker: %s", run_id, exc)
+        return False
+
+
+def _sent(send: Sender, job: Job, r: Requeued) -> bool:
+    try:
+        send(job.task_name, {"run_id": str(r.run_id)})
+        return True
+    except Exception as exc:
+        log.warning("[%s] Could not enqueue run %s (%s); trying again at the next sweep", job.name, r.run_id, exc)
+        return False
+
+
+def sweep(*, send: Sender, waiting: Waiting | None = None) -> list[Requeued]:
     """One sweep of every registered job."""
-    return [r for job in all_jobs() for r in sweep_job(job=job, send=send)]
+    return [r for job in all_jobs() for r in sweep_job(job=job, send=send, waiting=waiting)]
 
 
 class Sweeper(threading.Thread):
-    """Sweeps every ``sweep_interval_s`` until stopped; an error is logged and the next sweep goes on."""
+    """Sweeps every ``sweep_interval_s`` until stopped; an error is logged and the next sweep goes on.
 
-    def __init__(self, *, send: Sender, name: str = "dataengine-sweeper") -> None:
+    After the database was unreachable, takebacks wait one lease longer: every lease ran out
+    during the outage, and the workers still alive must get the chance to renew theirs before
+    their runs are counted as lost.
+    """
+
+    def __init__(self, *, send: Sender, waiting: Waiting | None = None, name: str = "dataengine-sweeper") -> None:
         super().__init__(name=name, daemon=True)
-        self.send = send
+        self.send, self.waiting = send, waiting
         self.stopped = threading.Event()
+        self.db_down = False
+        self.hold_until = 0.0
+
+    def start(self) -> None:
+        """Start sweeping in the background."""
+        _guard_forks()
+        super().start()
 
     def run(self) -> None:
-        interval = get_settings().sweep_interval_s
-        while not self.stopped.wait(interval):
+        s = get_settings()
+        while not self.stopped.wait(s.sweep_interval_s):
             try:
                 with _sweeping:
-                    sweep(send=self.send)
-            except Exception:
-                log.exception("sweep failed; retrying in %.1fs", interval)
+                    self.sweep_once()
+            except Exception as exc:
+                self.db_down = self.db_down or db_unavailable(exc)
+                log.warning("sweep failed (%s: %s); retrying in %.1fs", type(exc).__name__, exc, s.sweep_interval_s)
+
+    def sweep_once(self) -> list[Requeued]:
+        """One sweep, unless the database has only just come back."""
+        if self.db_down:
+            with session_scope() as session:
+                session.execute(text("SELECT 1"))
+            s = get_settings()
+            self.db_down, self.hold_until = False, time.monotonic() + s.lease_s + s.heartbeat_interval_s
+            log.warning("database reachable again; runs are taken back after %.0fs, once live workers renewed",
+                        s.lease_s + s.heartbeat_interval_s)
+        if time.monotonic() < self.hold_until:
+            return []
+        return sweep(send=self.send, waiting=self.waiting)

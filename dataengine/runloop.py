@@ -1,22 +1,28 @@
 """The run loop every job shares: claim, resume, run steps a few at a time, checkpoint, finish.
 
 Steps run in a small thread pool (``step_concurrency``); results are checkpointed from the
-loop's own thread, in the order they finish, each batch in one transaction. A heartbeat
-thread keeps the lease alive and notices cancellation or a takeover.
+loop's own thread, in the order they finish, each batch in one transaction that also records
+the steps about to start, so a worker that dies is charged to the steps it really had in
+flight. A heartbeat thread keeps the lease alive and notices cancellation or a takeover; no
+step starts unless the lease is known to still be this worker's. Database outages are waited
+out (``db_retry_limit_s``): every write is fenced and idempotent, so retrying is safe.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+from sqlalchemy import select
 
 from dataengine import llm
 from dataengine.db import session_scope
-from dataengine.errors import LeaseLost, StepFailed, TransientStepError
+from dataengine.dbretry import db_unavailable, retry_db
+from dataengine.errors import DatabaseUnavailable, LeaseLost, StepFailed, StepTimedOut, TransientStepError
 from dataengine.jobs import Job, StepOutcome
 from dataengine.logs import RunLogger, run_logger
 from dataengine.recovery import describe_losses
@@ -27,8 +33,8 @@ from dataengine.runs import (
     claim_run,
     count_steps,
     finish_run,
-    losses_exhausted,
     parse_run_id,
+    poison_step,
     recorded_steps,
     release_run,
     renew_lease,
@@ -39,6 +45,7 @@ from models.base import RunStatus
 
 #: Steps read from the database at a time, from the resume point on.
 STEP_PAGE_SIZE = 200
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -61,25 +68,41 @@ def execute_run(*, job: Job, run_id: object, worker_id: str, task_id: str | None
     """Claim the run and work it to the end, or explain why this worker does not.
 
     Raises ``LeaseLost`` if another worker took the run over, ``TransientStepError`` when a
-    step failed for now (the run is released for a retry) and ``StepFailed`` when the run
-    ended failed.
+    step failed for now and ``DatabaseUnavailable`` when the database stayed away too long (the
+    run is handed back for a retry in both cases), and ``StepFailed`` when the run ended failed.
     """
     rid = parse_run_id(run_id)
     log = run_logger(run_id=rid, task_id=task_id)
+    try:
+        return _execute(job=job, rid=rid, worker_id=worker_id, task_id=task_id, may_retry=may_retry, log=log)
+    except Exception as exc:
+        if isinstance(exc, DatabaseUnavailable) or not db_unavailable(exc):
+            raise
+        raise DatabaseUnavailable(seconds=0, what="claiming the run", run_id=rid) from exc
+
+
+def _claim(*, job: Job, rid: Any, worker_id: str, task_id: str | None, log: RunLogger) -> Claim | Refusal:
     with session_scope() as session:
         claim = claim_run(session=session, job=job, run_id=rid, worker_id=worker_id, task_id=task_id)
     if isinstance(claim, Refusal) and claim.owner and dead_sibling(claim.owner, worker_id):
-        # This worker's pool process died holding the run (OOM, SIGKILL) and Celery redelivered it.
-        log.warning("[%s] Taking over from %s, a pool process of this worker that died", job.name, claim.owner)
+        # A process of this machine died holding the run (OOM, SIGKILL) and Celery redelivered it.
+        log.warning("[%s] Taking over from %s, a process of this machine that died", job.name, claim.owner)
         with session_scope() as session:
             claim = claim_run(
                 session=session, job=job, run_id=rid, worker_id=worker_id, task_id=task_id, dead_owner=claim.owner
             )
+    return claim
+
+
+def _execute(*, job: Job, rid: Any, worker_id: str, task_id: str | None, may_retry: bool, log: RunLogger) -> RunOutcome:
+    claimed_at = time.monotonic()
+    claim = _claim(job=job, rid=rid, worker_id=worker_id, task_id=task_id, log=log)
     if isinstance(claim, Refusal):
         log.info("[%s] Not running: %s", job.name, claim.reason)
         return RunOutcome(str(rid), claim.status, claim.reason, executed=False)
-    if losses_exhausted(claim):
-        error = describe_losses(job=job, run_id=rid, losses=claim.row.losses_at_step, index=claim.row.current_query_index)
+    poison = poison_step(claim.row.step_losses)
+    if poison is not None:
+        error = describe_losses(job=job, run_id=rid, losses=poison[1], index=poison[0])
         with session_scope() as session:
             finish_run(session=session, job=job, run_id=rid, status=RunStatus.failed, token=claim.token, error=error)
         log.error("[%s] %s", job.name, error)
@@ -93,34 +116,60 @@ def execute_run(*, job: Job, run_id: object, worker_id: str, task_id: str | None
         with session_scope() as session:
             finish_run(session=session, job=job, run_id=rid, status=RunStatus.failed, token=claim.token, error=error)
         raise StepFailed(error)
-    return _Execution(job=job, claim=claim, log=log, may_retry=may_retry, total=total).run()
+    lease = _Lease(claimed_at)
+    return _Execution(job=job, claim=claim, log=log, may_retry=may_retry, total=total, lease=lease).run()
+
+
+class _Lease:
+    """Until when this worker's lease surely holds: the moment a renewal was sent, plus ``lease_s``
+    (the database's clock starts later, so this errs early)."""
+
+    def __init__(self, since: float) -> None:
+        self.lease_s = get_settings().lease_s
+        self.valid_until = since + self.lease_s
+        self._lock = threading.Lock()
+
+    def renewed(self, sent_at: float) -> None:
+        with self._lock:
+            self.valid_until = max(self.valid_until, sent_at + self.lease_s)
+
+    def live(self) -> bool:
+        return time.monotonic() < self.valid_until
 
 
 class _Heartbeat(threading.Thread):
-    """Renews the lease every ``heartbeat_interval_s``; flags a takeover or a cancellation."""
+    """Renews the lease every ``heartbeat_interval_s``; flags a takeover or a cancellation.
 
-    def __init__(self, *, job: Job, claim: Claim, log: RunLogger) -> None:
+    A database that does not answer is retried for as long as the run goes on: the loop starts
+    no step meanwhile, and gives up after ``db_retry_limit_s``.
+    """
+
+    def __init__(self, *, job: Job, claim: Claim, lease: _Lease, log: RunLogger) -> None:
         super().__init__(name=f"heartbeat-{claim.run_id}", daemon=True)
-        self.job, self.claim, self.log = job, claim, log
+        self.job, self.claim, self.lease, self.log = job, claim, lease, log
         self.stopped, self.lost, self.cancel = threading.Event(), threading.Event(), threading.Event()
 
     def run(self) -> None:
-        s = get_settings()
-        last_ok = time.monotonic()
-        while not self.stopped.wait(s.heartbeat_interval_s):
+        failing = False
+        while not self.stopped.wait(get_settings().heartbeat_interval_s):
+            sent = time.monotonic()
             try:
                 with session_scope() as session:
-                    if renew_lease(session=session, job=self.job, claim=self.claim):
-                        self.cancel.set()
-                last_ok = time.monotonic()
+                    cancel = renew_lease(session=session, job=self.job, claim=self.claim)
             except LeaseLost:
                 self.lost.set()
                 return
-            except Exception as exc:  # a database blip: keep trying until our lease could have expired
-                self.log.warning("[%s] heartbeat failed: %s", self.job.name, exc)
-                if time.monotonic() - last_ok >= s.lease_s:
-                    self.lost.set()
-                    return
+            except Exception as exc:
+                if not failing:
+                    self.log.warning("[%s] heartbeat failed, retrying: %s: %s", self.job.name, type(exc).__name__, exc)
+                failing = True
+                continue
+            if failing:
+                self.log.info("[%s] heartbeat renewed the lease again", self.job.name)
+            failing = False
+            self.lease.renewed(sent)
+            if cancel:
+                self.cancel.set()
 
 
 _draining = threading.Event()
@@ -131,99 +180,186 @@ def drain() -> None:
     _draining.set()
 
 
+@dataclass(frozen=True)
+class _Running:
+    """A step in the thread pool."""
+
+    index: int
+    item: Any
+    deadline: float
+
+
 class _Execution:
     """One claimed run being worked by this worker."""
 
-    def __init__(self, *, job: Job, claim: Claim, log: RunLogger, may_retry: bool, total: int) -> None:
+    def __init__(self, *, job: Job, claim: Claim, log: RunLogger, may_retry: bool, total: int, lease: _Lease) -> None:
         self.job, self.claim, self.log, self.may_retry, self.total = job, claim, log, may_retry, total
+        self.s = get_settings()
+        self.lease = lease
         self.cursor: int = claim.row.current_query_index
         self.completed: int = claim.row.completed_steps
         self.done_here = 0
         self.started = time.monotonic()
-        self.in_flight: dict[Future[StepOutcome], int] = {}
+        self.in_flight: dict[Future[StepOutcome], _Running] = {}
         self.failure: tuple[int, BaseException] | None = None
         self.cancelled = self.exhausted = False
+        self.heartbeat = _Heartbeat(job=job, claim=claim, lease=lease, log=log)
+        self.pool = self._new_pool()
+
+    def _new_pool(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max_workers=self.s.step_concurrency, thread_name_prefix="step")
+
+    def _db(self, fn: Callable[[], T], what: str) -> T:
+        return retry_db(fn, what=what, run_id=self.claim.run_id, limit_s=self.s.db_retry_limit_s, log=self.log)
 
     def run(self) -> RunOutcome:
         job, rid = self.job, self.claim.run_id
-        with session_scope() as session:
-            self.recorded = recorded_steps(session=session, job=job, run_id=rid, from_index=self.cursor)
+
+        def read_recorded() -> set[int]:
+            with session_scope() as session:
+                return recorded_steps(session=session, job=job, run_id=rid, from_index=self.cursor)
+
+        self.recorded = self._db(read_recorded, "reading the recorded steps")
         if self.cursor or self.recorded:
             self.log.info(
                 "[%s] Resuming at %s %d/%d (%d already recorded, not asked again)",
                 job.name, job.step_noun, self.cursor + 1, self.total, self.completed,
             )
-        heartbeat = _Heartbeat(job=job, claim=self.claim, log=self.log)
-        heartbeat.start()
-        pool = ThreadPoolExecutor(max_workers=get_settings().step_concurrency, thread_name_prefix="step")
+        self.heartbeat.start()
+        summary = None
         try:
-            self._loop(pool, heartbeat, job.prepare(self.claim.row))
+            self._loop(job.prepare(self.claim.row))
+            if self.exhausted and not (self.failure or self.cancelled):
+                summary = self._db(lambda: self._summarize(), "summing up the run")
+        except DatabaseUnavailable as exc:
+            self._release_quietly(str(exc))
+            raise
         finally:
-            pool.shutdown(wait=False, cancel_futures=True)
-            heartbeat.stopped.set()
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.heartbeat.stopped.set()
+            # A renewal still in flight must not outlive the lease it renews.
+            self.heartbeat.join(timeout=self.s.lease_s)
         if self.failure is not None:
             return self._fail(*self.failure)
         if self.cancelled:
             return self._finish(RunStatus.cancelled, "cancelled by request", summary=None)
         if not self.exhausted:
             return self._hand_back()
-        with session_scope() as session:
-            summary = job.summarize(session, rid)
         return self._finish(RunStatus.completed, None, summary=summary)
+
+    def _summarize(self) -> dict[str, Any]:
+        with session_scope() as session:
+            return self.job.summarize(session, self.claim.run_id)
 
     def _steps(self) -> Iterator[tuple[int, Any]]:
         start = self.cursor
-        while start < self.total:
+
+        def page() -> list[tuple[int, Any]]:
             with session_scope() as session:
-                page = list(self.job.load_steps(session, self.claim.run_id, start, STEP_PAGE_SIZE))
-            if not page:
+                return list(self.job.load_steps(session, self.claim.run_id, start, STEP_PAGE_SIZE))
+
+        while start < self.total:
+            rows = self._db(page, "reading steps")
+            if not rows:
                 return
-            for index, item in page:
+            for index, item in rows:
                 if index not in self.recorded:
                     yield index, item
-            start = page[-1][0] + 1
+            start = rows[-1][0] + 1
 
-    def _loop(self, pool: ThreadPoolExecutor, heartbeat: _Heartbeat, context: Any) -> None:
+    def _loop(self, context: Any) -> None:
         steps = self._steps()
-        while True:
-            if heartbeat.lost.is_set():
+        self._advance([], steps, context)
+        while self.in_flight:
+            if self.heartbeat.lost.is_set():
                 raise LeaseLost(run_id=self.claim.run_id, token=self.claim.token)
-            self.cancelled = self.cancelled or heartbeat.cancel.is_set()
-            self._fill(pool, steps, context)
-            if not self.in_flight:
-                return
-            finished, _ = wait(self.in_flight, timeout=get_settings().heartbeat_interval_s, return_when=FIRST_COMPLETED)
-            results: list[tuple[int, StepOutcome]] = []
-            for future in finished:
-                index = self.in_flight.pop(future)
-                exc = future.exception()
-                if exc is None:
-                    results.append((index, future.result()))
-                elif self.failure is None or index < self.failure[0]:
-                    self.failure = (index, exc)
-            self._fill(pool, steps, context)  # the next steps run while this batch commits
-            if results:
-                self.cancelled = self._checkpoint(results) or self.cancelled
+            self.cancelled = self.cancelled or self.heartbeat.cancel.is_set()
+            soonest = min(r.deadline for r in self.in_flight.values()) - time.monotonic()
+            timeout = max(min(self.s.heartbeat_interval_s, soonest), 0.01)
+            finished, _ = wait(self.in_flight, timeout=timeout, return_when=FIRST_COMPLETED)
+            self._advance(self._collect(finished), steps, context)
 
-    def _fill(self, pool: ThreadPoolExecutor, steps: Iterator[tuple[int, Any]], context: Any) -> None:
-        width = get_settings().step_concurrency
-        while len(self.in_flight) < width and not (
-            self.cancelled or self.exhausted or self.failure or _draining.is_set()
-        ):
+    def _collect(self, finished: set[Future[StepOutcome]]) -> list[tuple[int, StepOutcome]]:
+        results: list[tuple[int, StepOutcome]] = []
+        for future in finished:
+            step = self.in_flight.pop(future)
+            exc = future.exception()
+            if exc is None:
+                results.append((step.index, future.result()))
+            else:
+                self._step_failed(step, exc, results)
+        now = time.monotonic()
+        for future, step in list(self.in_flight.items()):
+            if now >= step.deadline:
+                # A thread cannot be stopped: it is left to end on its own, in a pool of its own.
+                del self.in_flight[future]
+                self._step_failed(step, StepTimedOut(timeout_s=self.s.step_timeout_s), results)
+                self.pool.shutdown(wait=False)
+                self.pool = self._new_pool()
+        return results
+
+    def _transient(self, exc: BaseException) -> bool:
+        return llm.is_transient(exc) or isinstance(exc, self.job.transient_errors) or bool(getattr(exc, "retryable", False))
+
+    def _step_failed(self, step: _Running, exc: BaseException, results: list[tuple[int, StepOutcome]]) -> None:
+        if self.job.step_error_policy == "record" and not self._transient(exc):
+            assert self.job.failed_step_values is not None
+            self.log.warning("[%s] %s %d/%d failed, recorded: %s: %s", self.job.name, self.job.step_noun,
+                             step.index + 1, self.total, type(exc).__name__, exc)
+            results.append((step.index, StepOutcome(values=self.job.failed_step_values(step.index, step.item, exc))))
+        elif self.failure is None or step.index < self.failure[0]:
+            self.failure = (step.index, exc)
+
+    def _advance(self, results: list[tuple[int, StepOutcome]], steps: Iterator[tuple[int, Any]], context: Any) -> None:
+        """Checkpoint finished steps together with the steps about to start, then start them."""
+        starting = self._next_steps(steps)
+        if not results and not starting:
+            return
+        in_flight = sorted({r.index for r in self.in_flight.values()} | {index for index, _ in starting})
+        self._checkpoint(results, in_flight)
+        deadline = time.monotonic() + self.s.step_timeout_s
+        for index, item in starting:
+            self.log.info("[%s] Processing %s %d/%d", self.job.name, self.job.step_noun, index + 1, self.total)
+            self.in_flight[self.pool.submit(self.job.execute_step, context, index, item)] = _Running(index, item, deadline)
+
+    def _next_steps(self, steps: Iterator[tuple[int, Any]]) -> list[tuple[int, Any]]:
+        free = self.s.step_concurrency - len(self.in_flight)
+        if free <= 0 or self.cancelled or self.exhausted or self.failure or _draining.is_set():
+            return []
+        starting: list[tuple[int, Any]] = []
+        while len(starting) < free:
             step = next(steps, None)
             if step is None:
                 self.exhausted = True
-                return
-            index, item = step
-            self.log.info("[%s] Processing %s %d/%d", self.job.name, self.job.step_noun, index + 1, self.total)
-            self.in_flight[pool.submit(self.job.execute_step, context, index, item)] = index
+                break
+            starting.append(step)
+        if starting:
+            self._confirm_lease()
+        return starting
 
-    def _checkpoint(self, results: list[tuple[int, StepOutcome]]) -> bool:
+    def _confirm_lease(self) -> None:
+        """Before paying for a step: the lease must surely still be ours, or be renewed now."""
+        if self.heartbeat.lost.is_set():
+            raise LeaseLost(run_id=self.claim.run_id, token=self.claim.token)
+        if self.lease.live():
+            return
+        # Paused (SIGSTOP, a VM pause) or cut off from the database for longer than the lease:
+        # the run may be another worker's by now. LeaseLost if it is.
+        sent = time.monotonic()
+
+        def renew() -> bool:
+            with session_scope() as session:
+                return renew_lease(session=session, job=self.job, claim=self.claim)
+
+        if self._db(renew, "confirming the lease"):
+            self.cancelled = True
+        self.lease.renewed(sent)
+
+    def _checkpoint(self, results: list[tuple[int, StepOutcome]], in_flight: list[int]) -> None:
         self.recorded.update(index for index, _ in results)
         while self.cursor in self.recorded:
             self.recorded.discard(self.cursor)
             self.cursor += 1
-        usage = sum((o.usage for _, o in results), llm.Usage())
         rows = [
             {
                 "query_index": index,
@@ -235,43 +371,75 @@ class _Execution:
             }
             for index, o in results
         ]
-        self.done_here += len(results)
-        remaining = max(self.total - self.completed - len(results), 0)
-        eta_s = round((time.monotonic() - self.started) / self.done_here * remaining)
-        with session_scope() as session:
-            state = checkpoint(
-                session=session, job=self.job, claim=self.claim, results=rows,
-                next_index=self.cursor, usage=usage, eta_s=eta_s,
-            )
+        eta_s = None
+        if results:
+            self.done_here += len(results)
+            remaining = max(self.total - self.completed - len(results), 0)
+            eta_s = round((time.monotonic() - self.started) / self.done_here * remaining)
+
+        def write() -> Any:
+            with session_scope() as session:
+                state = checkpoint(session=session, job=self.job, claim=self.claim, results=rows,
+                                   next_index=self.cursor, in_flight=in_flight, eta_s=eta_s)
+                if results and self.job.record_step_rows is not None:
+                    self.job.record_step_rows(session, self.claim.run_id, results)
+                return state
+
+        sent = time.monotonic()
+        state = self._db(write, "checkpointing")
+        self.lease.renewed(sent)
         self.completed = state.completed_steps
-        return state.cancel_requested
+        self.cancelled = self.cancelled or state.cancel_requested
 
     def _finish(self, status: RunStatus, error: str | None, *, summary: dict[str, Any] | None) -> RunOutcome:
-        with session_scope() as session:
-            mine = finish_run(
-                session=session, job=self.job, run_id=self.claim.run_id, status=status,
-                token=self.claim.token, error=error, summary=summary,
-            )
-        if not mine:
+        def write() -> bool:
+            with session_scope() as session:
+                return finish_run(
+                    session=session, job=self.job, run_id=self.claim.run_id, status=status,
+                    token=self.claim.token, error=error, summary=summary,
+                )
+
+        if not self._db(write, "finishing the run") and not self._finished_by_me(status):
             raise LeaseLost(run_id=self.claim.run_id, token=self.claim.token)
         done = f"{self.completed}/{self.total} {self.job.step_plural} recorded"
         self.log.info("[%s] Run %s: %s", self.job.name, status.value, done)
         return RunOutcome(str(self.claim.run_id), status.value, error or done)
 
-    def _hand_back(self) -> RunOutcome:
+    def _finished_by_me(self, status: RunStatus) -> bool:
+        """Whether a finish whose commit went unanswered (then retried) did land."""
+        t = self.job.runs
         with session_scope() as session:
-            release_run(session=session, job=self.job, claim=self.claim, error=None)
+            row = session.execute(select(t.c.status, t.c.fencing_token).where(t.c.id == self.claim.run_id)).one()
+        return row.status == status.value and row.fencing_token == self.claim.token
+
+    def _release(self, error: str | None) -> None:
+        def write() -> None:
+            with session_scope() as session:
+                release_run(session=session, job=self.job, claim=self.claim, error=error)
+
+        self._db(write, "handing the run back")
+
+    def _release_quietly(self, error: str) -> None:
+        try:
+            with session_scope() as session:
+                release_run(session=session, job=self.job, claim=self.claim, error=error)
+        except Exception as exc:  # still away: the lease runs out and the sweeper takes the run back
+            self.log.warning("[%s] could not hand the run back: %s", self.job.name, type(exc).__name__)
+
+    def _hand_back(self) -> RunOutcome:
+        self._release(None)
         detail = f"handed back at {self.job.step_noun} {self.cursor + 1}/{self.total}: this worker is shutting down"
         self.log.info("[%s] %s", self.job.name, detail)
         return RunOutcome(str(self.claim.run_id), RunStatus.running.value, detail, requeue=True)
 
     def _fail(self, index: int, exc: BaseException) -> RunOutcome:
         details = f"{self.job.step_noun} {index + 1}/{self.total} failed: {type(exc).__name__}: {exc}"
-        if llm.is_transient(exc) and self.may_retry:
-            with session_scope() as session:
-                release_run(session=session, job=self.job, claim=self.claim, error=details)
-            self.log.warning("[%s] %s; the run will be retried", self.job.name, details)
-            raise TransientStepError(details) from exc
+        if self._transient(exc):
+            if self.may_retry:
+                self._release(details)
+                self.log.warning("[%s] %s; the run will be retried", self.job.name, details)
+                raise TransientStepError(details) from exc
+            details += f" (still failing after {self.s.task_max_retries} retries)"
         self._finish(RunStatus.failed, details, summary=None)
         self.log.error("[%s] %s", self.job.name, details)
         raise StepFailed(details) from exc

@@ -15,13 +15,13 @@ from datetime import timedelta
 from functools import cache
 from typing import Any
 
-from sqlalchemy import TextClause, case, func, literal, or_, select, text, update
+from sqlalchemy import Select, TextClause, and_, func, literal, literal_column, or_, select, text, update
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from dataengine.errors import InvalidRunId, LeaseLost, RunNotFound
 from dataengine.jobs import Job
-from dataengine.llm import Usage
 from dataengine.settings import get_settings
 from models.base import ACTIVE_STATUSES, FINAL_STATUSES, RunStatus
 
@@ -49,12 +49,15 @@ class Refusal:
 
 @dataclass(frozen=True)
 class Requeued:
-    """A run the sweeper took back from a lost worker (or an unclaimed message)."""
+    """A run the sweeper took back from a lost worker, or that no worker claimed in time."""
 
     run_id: uuid.UUID
-    failed: bool
-    losses: int
+    #: The worker that held the lease, or None for a run no worker had (never claimed, or handed back).
+    lost_owner: str | None
+    #: The resume point.
     step_index: int
+    #: ``(step index, losses)`` of a step that has now killed ``max_losses_per_step`` workers.
+    poison: tuple[int, int] | None
 
 
 def parse_run_id(run_id: object) -> uuid.UUID:
@@ -71,17 +74,21 @@ def _seconds(s: float) -> Any:
     return literal(timedelta(seconds=s))
 
 
-def _loss_counted(t: Any) -> dict[str, Any]:
-    """Column updates that count a lost worker, per step: the count restarts when the run moved on."""
-    lost = t.c.lease_owner.is_not(None)
-    return {
-        "losses_at_step": case(
-            (~lost, t.c.losses_at_step),
-            (t.c.lost_at_index == t.c.current_query_index, t.c.losses_at_step + 1),
-            else_=1,
-        ),
-        "lost_at_index": case((lost, t.c.current_query_index), else_=t.c.lost_at_index),
-    }
+def _count_losses(t: Any) -> dict[str, Any]:
+    """SET clauses that count a lost worker against every step it had in flight, when the lease had an
+    owner (a handed-back run has none), and forget those steps: the next holder records its own."""
+    n = t.name
+    counted = f"""CASE WHEN {n}.lease_owner IS NULL THEN {n}.step_losses ELSE {n}.step_losses || COALESCE(
+        (SELECT jsonb_object_agg(i::text, COALESCE(({n}.step_losses ->> i::text)::int, 0) + 1)
+         FROM unnest({n}.in_flight_steps) AS i), '{{}}'::jsonb) END"""
+    return {"step_losses": literal_column(counted, JSONB), "in_flight_steps": literal_column("'{}'::integer[]")}
+
+
+def poison_step(step_losses: dict[str, int]) -> tuple[int, int] | None:
+    """``(index, losses)`` of the first step that killed ``max_losses_per_step`` workers, if any."""
+    limit = get_settings().max_losses_per_step
+    dead = sorted((int(i), n) for i, n in step_losses.items() if n >= limit)
+    return dead[0] if dead else None
 
 
 def claim_run(
@@ -116,7 +123,7 @@ def claim_run(
             task_id=task_id,
             started_at=func.coalesce(t.c.started_at, func.now()),
             last_updated_at=func.now(),
-            **_loss_counted(t),
+            **_count_losses(t),
         )
         .returning(*t.c)
     ).one_or_none()
@@ -155,11 +162,17 @@ def count_steps(*, session: Session, job: Job, claim: Claim) -> int:
 
 
 def renew_lease(*, session: Session, job: Job, claim: Claim) -> bool:
-    """Extend the lease (the heartbeat); returns whether cancellation was requested. ``LeaseLost`` if taken over."""
+    """Extend the lease (the heartbeat); returns whether cancellation was requested. ``LeaseLost`` if the run
+    was taken over, taken back by the sweeper, handed back or finished: a late renewal never revives a lease."""
     t = job.runs
     cancel = session.execute(
         update(t)
-        .where(t.c.id == claim.run_id, t.c.fencing_token == claim.token)
+        .where(
+            t.c.id == claim.run_id,
+            t.c.fencing_token == claim.token,
+            t.c.lease_owner == claim.worker_id,
+            t.c.status == RunStatus.running.value,
+        )
         .values(lease_expires_at=func.now() + _seconds(get_settings().lease_s), heartbeat_at=func.now())
         .returning(t.c.cancel_requested)
     ).scalar_one_or_none()
@@ -189,14 +202,17 @@ def checkpoint(
     claim: Claim,
     results: list[dict[str, Any]],
     next_index: int,
-    usage: Usage,
+    in_flight: list[int],
     eta_s: int | None,
 ) -> Checkpointed:
     """Record finished steps and advance the run row in one statement, fenced by the claim's token.
 
-    ``results`` are result-table rows (with ``query_index``); ``next_index`` is the first
-    step still without a result. Raises ``LeaseLost`` (and writes nothing) if the run was
-    taken over; the caller's transaction must then roll back.
+    ``results`` are result-table rows (with ``query_index`` and the step's usage columns);
+    ``next_index`` is the first step still without a result; ``in_flight`` the steps this
+    worker is about to have running (charged if it dies). The statement is idempotent, so a
+    checkpoint whose commit went unanswered may be sent again: a row already recorded adds
+    nothing, and tokens and cost are summed from the rows actually inserted. Raises
+    ``LeaseLost``, having written nothing, if the run is no longer this claim's.
     """
     rows = [{**row, "run_id": str(claim.run_id), "fencing_token": claim.token} for row in results]
     row = session.execute(
@@ -206,9 +222,7 @@ def checkpoint(
             "id": claim.run_id,
             "token": claim.token,
             "next_index": next_index,
-            "prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens,
-            "cost_usd": usage.cost_usd,
+            "in_flight": in_flight,
             "eta_s": eta_s,
             "lease_s": timedelta(seconds=get_settings().lease_s),
         },
@@ -218,40 +232,60 @@ def checkpoint(
     return Checkpointed(completed_steps=row.completed_steps, cancel_requested=row.cancel_requested)
 
 
+def _default_sql(column: Any) -> str:
+    """A column's server default as DDL renders it (a string default quoted, an expression as is)."""
+    dialect = postgresql.dialect()
+    return dialect.ddl_compiler(dialect, None).get_column_default_string(column)
+
+
 @cache
 def _checkpoint_sql(job: Job) -> TextClause:
     """One statement per job, built once: the rows arrive as one JSON array, so the SQL never
-    changes with the batch size and the server plans it once (a multi-row VALUES would not)."""
+    changes with the batch size and the server plans it once (a multi-row VALUES would not).
+
+    ``fenced`` locks the run row only if it is still this claim's; the insert reads from it, so a
+    stale worker inserts nothing even if its caller went on to commit.
+    """
     t, r = job.runs, job.results
     columns = [c for c in r.columns if c.name != "created_at"]
     names = ", ".join(c.name for c in columns)
     types = ", ".join(f"{c.name} {c.type.compile(dialect=postgresql.dialect())}" for c in columns)
     # A key missing from a row's JSON arrives as NULL: fall back to the column's server default.
     values = ", ".join(
-        f"COALESCE({c.name}, {getattr(c.server_default.arg, 'text', c.server_default.arg)})"
-        if c.server_default is not None else c.name
+        f"COALESCE(x.{c.name}, {_default_sql(c)})" if c.server_default is not None else f"x.{c.name}"
         for c in columns
     )
     return text(f"""
-        WITH inserted AS (
+        WITH fenced AS (
+            SELECT id FROM {t.name}
+            WHERE id = :id AND fencing_token = :token AND status = 'running'
+            FOR UPDATE
+        ), inserted AS (
             INSERT INTO {r.name} ({names})
             SELECT {values} FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS x({types})
+            WHERE EXISTS (SELECT 1 FROM fenced)
             ON CONFLICT DO NOTHING
-            RETURNING 1
-        ), added AS (SELECT count(*) AS n FROM inserted)
+            RETURNING prompt_tokens, completion_tokens, cost_usd
+        ), added AS (
+            SELECT count(*) AS n, COALESCE(sum(prompt_tokens), 0) AS prompt_tokens,
+                   COALESCE(sum(completion_tokens), 0) AS completion_tokens, COALESCE(sum(cost_usd), 0) AS cost_usd
+            FROM inserted
+        )
         UPDATE {t.name} SET
-            completed_steps = completed_steps + added.n,
+            completed_steps = {t.name}.completed_steps + added.n,
             current_query_index = :next_index,
-            progress_pct = LEAST(100, round((completed_steps + added.n) * 100.0 / GREATEST(total_steps, 1), 2)),
-            prompt_tokens = prompt_tokens + :prompt_tokens,
-            completion_tokens = completion_tokens + :completion_tokens,
-            cost_usd = cost_usd + :cost_usd,
+            in_flight_steps = CAST(:in_flight AS integer[]),
+            progress_pct = LEAST(100, round(({t.name}.completed_steps + added.n) * 100.0
+                                            / GREATEST({t.name}.total_steps, 1), 2)),
+            prompt_tokens = {t.name}.prompt_tokens + added.prompt_tokens,
+            completion_tokens = {t.name}.completion_tokens + added.completion_tokens,
+            cost_usd = {t.name}.cost_usd + added.cost_usd,
             eta_s = :eta_s,
             last_updated_at = now(),
             lease_expires_at = now() + :lease_s
-        FROM added
-        WHERE id = :id AND fencing_token = :token AND status = 'running'
-        RETURNING completed_steps, cancel_requested
+        FROM added, fenced
+        WHERE {t.name}.id = fenced.id
+        RETURNING {t.name}.completed_steps, {t.name}.cancel_requested
     """)
 
 
@@ -278,6 +312,7 @@ def finish_run(
         "lease_expires_at": None,
         "eta_s": 0 if status is RunStatus.completed else None,
         "error_message": error,
+        "in_flight_steps": [],
     }
     if status is RunStatus.completed:
         values["progress_pct"] = 100
@@ -295,6 +330,7 @@ def release_run(*, session: Session, job: Job, claim: Claim, error: str | None) 
         .values(
             lease_owner=None,
             lease_expires_at=func.now() + _seconds(s.redispatch_after_s),
+            in_flight_steps=[],  # abandoned on purpose, not lost with a dead worker
             error_message=error,
             eta_s=None,
             last_updated_at=func.now(),
@@ -316,45 +352,57 @@ def request_cancel(*, session: Session, job: Job, run_id: uuid.UUID) -> str:
     return row.status
 
 
-def requeue_expired(*, session: Session, job: Job, limit: int = 100) -> list[Requeued]:
-    """Take back active runs whose lease expired (or that no worker picked up in time).
-
-    Each is returned once however many sweepers run: the update moves the expiry forward
-    under a row lock, so a concurrent sweeper no longer matches it. A run whose worker was
-    lost ``max_losses_per_step`` times at the same step is marked failed instead.
-    """
+def due_runs(*, job: Job, limit: int) -> Select:
+    """Active runs whose lease expired, or that a producer wrote and no worker claimed in time,
+    locked for the sweeper (a concurrent sweeper skips them)."""
     t, s = job.runs, get_settings()
-    due = (
-        select(t.c.id)
+    # Two arms, each an index scan on its own partial index (a COALESCE of both could use neither).
+    return (
+        select(t.c.id, t.c.lease_owner)
         .where(
             t.c.status.in_(ACTIVE_STATUSES),
-            func.coalesce(t.c.lease_expires_at, t.c.created_at + _seconds(s.redispatch_after_s)) < func.now(),
+            or_(
+                t.c.lease_expires_at < func.now(),
+                and_(t.c.lease_expires_at.is_(None), t.c.created_at < func.now() - _seconds(s.redispatch_after_s)),
+            ),
         )
         .order_by(t.c.lease_expires_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
+
+
+def requeue_expired(*, session: Session, job: Job, limit: int = 100) -> list[Requeued]:
+    """Take back active runs whose lease expired, or that no worker claimed in time.
+
+    Each is returned once however many sweepers run: the update moves the expiry forward under a
+    row lock, so a concurrent sweeper no longer matches it. The takeback bumps the fencing token,
+    so a worker that was only paused can no longer renew, checkpoint or finish. A lost worker
+    is charged to each step it had in flight; ``poison`` names a step that has now killed
+    ``max_losses_per_step`` of them.
+    """
+    t, s = job.runs, get_settings()
+    due = due_runs(job=job, limit=limit).cte("due")
     rows = session.execute(
         update(t)
-        .where(t.c.id.in_(due.scalar_subquery()))
+        .where(t.c.id == due.c.id)
         .values(
             lease_owner=None,
             lease_expires_at=func.now() + _seconds(s.redispatch_after_s),
+            fencing_token=t.c.fencing_token + 1,
             last_updated_at=func.now(),
-            **_loss_counted(t),
+            **_count_losses(t),
         )
-        .returning(t.c.id, t.c.losses_at_step, t.c.current_query_index, t.c.lost_at_index)
+        .returning(t.c.id, due.c.lease_owner, t.c.current_query_index, t.c.step_losses)
     ).all()
-    out = []
-    for row in rows:
-        lost_here = row.lost_at_index == row.current_query_index
-        failed = lost_here and row.losses_at_step >= s.max_losses_per_step
-        out.append(Requeued(row.id, failed, row.losses_at_step if lost_here else 0, row.current_query_index))
-    return out
+    return [Requeued(r.id, r.lease_owner, r.current_query_index, poison_step(r.step_losses)) for r in rows]
 
 
-def losses_exhausted(claim: Claim) -> bool:
-    """Whether this claim took over from the last worker allowed to die at the run's current step."""
-    row = claim.row
-    return row.lost_at_index == row.current_query_index and row.losses_at_step >= get_settings().max_losses_per_step
-
+def redispatch_soon(*, session: Session, job: Job, run_ids: list[uuid.UUID]) -> None:
+    """Make taken-back runs due again at the next sweep: their message could not be sent."""
+    t = job.runs
+    session.execute(
+        update(t)
+        .where(t.c.id.in_(run_ids), t.c.lease_owner.is_(None), t.c.status.in_(ACTIVE_STATUSES))
+        .values(lease_expires_at=func.now())
+    )

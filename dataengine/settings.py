@@ -33,6 +33,25 @@ class Settings(BaseSettings):
     )
     redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=_env("REDIS_URL"))
 
+    # The database connection (dataengine.db): pooler mode, pool size, timeouts.
+    #: "transaction" behind PgBouncer or Supabase's pooler in transaction mode (no prepared
+    #: statements, no session state); "auto": transaction when the URL's port is 6543 (Supabase's).
+    db_pooler: Literal["auto", "none", "transaction"] = "auto"
+    #: Connections each process keeps open, and how many more it may open for a moment.
+    db_pool_size: int = Field(5, ge=1)
+    db_max_overflow: int = Field(10, ge=0)
+    #: Server-side limits on every session of the engine, in seconds; 0 turns one off. A session
+    #: idle inside a transaction (a frozen worker holding a run row's lock) is ended after
+    #: ``db_idle_in_transaction_timeout_s``; a lock wait gives up after ``db_lock_timeout_s``
+    #: (longer, so a wait behind a frozen worker ends with that worker's session, not in an error).
+    db_statement_timeout_s: float = Field(30.0, ge=0)
+    db_lock_timeout_s: float = Field(10.0, ge=0)
+    db_idle_in_transaction_timeout_s: float = Field(6.0, ge=0)
+    #: TCP keepalives: a peer that stops answering is dropped after idle + interval × count seconds.
+    db_keepalives_idle_s: int = Field(10, ge=1)
+    db_keepalives_interval_s: int = Field(5, ge=1)
+    db_keepalives_count: int = Field(3, ge=1)
+
     openai_api_key: SecretStr = Field(SecretStr(PLACEHOLDER_API_KEY), validation_alias=_env("OPENAI_API_KEY"))
     openai_base_url: str | None = Field(None, validation_alias=_env("OPENAI_BASE_URL"))
     openai_model: str = Field("gpt-4o-mini", validation_alias=_env("OPENAI_MODEL"))
@@ -58,6 +77,11 @@ class Settings(BaseSettings):
     max_losses_per_step: int = Field(3, ge=1)
     #: Steps of one run in flight at once.
     step_concurrency: int = Field(4, ge=1, le=64)
+    #: A step still running after this long is abandoned and counts as a transient failure.
+    step_timeout_s: float = Field(900.0, gt=0)
+    #: How long a run waits out a database outage (retrying checkpoints, confirming its lease)
+    #: before it is handed back to Celery for a later retry.
+    db_retry_limit_s: float = Field(30.0, gt=0)
     #: Celery retries of a run after a transient error (LLM down, database blip).
     task_max_retries: int = Field(5, ge=0)
     #: Redis hides an unacknowledged message this long; our sweeper recovers runs much sooner.

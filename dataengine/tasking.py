@@ -6,7 +6,14 @@ from typing import Any
 
 from celery import Task
 
-from dataengine.errors import InvalidRunId, LeaseLost, RunNotFound, StepFailed, TransientStepError
+from dataengine.errors import (
+    DatabaseUnavailable,
+    InvalidRunId,
+    LeaseLost,
+    RunNotFound,
+    StepFailed,
+    TransientStepError,
+)
 from dataengine.jobs import Job
 from dataengine.logs import run_logger
 from dataengine.runloop import execute_run
@@ -17,9 +24,9 @@ from dataengine.workerid import worker_id as make_worker_id
 class RunTask(Task):
     """A task that executes one run; transient step failures retry with backoff (Celery's own)."""
 
-    autoretry_for = (TransientStepError,)
-    # Expected outcomes, logged without a traceback: bad input, or a run that ended failed.
-    throws = (InvalidRunId, RunNotFound, StepFailed)
+    autoretry_for = (TransientStepError, DatabaseUnavailable)
+    # Expected outcomes, logged without a traceback: bad input, a run that ended failed, an outage.
+    throws = (InvalidRunId, RunNotFound, StepFailed, DatabaseUnavailable)
     retry_backoff = 2
     retry_backoff_max = 300
     retry_jitter = True
@@ -37,6 +44,13 @@ def run_job(task: Task, job: Job, run_id: object) -> dict[str, Any]:
     except LeaseLost as exc:
         run_logger(run_id=run_id, task_id=task.request.id).warning("[%s] %s", job.name, exc)
         return {"run_id": str(run_id), "status": "lost", "detail": str(exc), "executed": True}
+    except DatabaseUnavailable as exc:
+        if may_retry:
+            raise
+        # Not a failure of the run: it resumes from its last checkpoint once the database is back.
+        detail = f"{exc}; no task retries left, so the recovery sweeper re-enqueues it once the database is back"
+        run_logger(run_id=run_id, task_id=task.request.id).warning("[%s] %s", job.name, detail)
+        return {"run_id": str(run_id), "status": "running", "detail": detail, "executed": True}
     if outcome.requeue:
         task.app.send_task(job.task_name, kwargs={"run_id": outcome.run_id})
     return outcome.as_dict()

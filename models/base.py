@@ -26,7 +26,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
 
 NAMING = {
@@ -94,21 +94,25 @@ class RunMixin:
     heartbeat_at: Mapped[datetime | None] = _ts()
     fencing_token: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
     task_id: Mapped[str | None] = mapped_column(String(64))
-    #: Times a worker died holding this run, counted while it stays at the same step.
-    losses_at_step: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
-    lost_at_index: Mapped[int | None] = mapped_column(Integer)
+    #: Steps started and not yet recorded, as of this worker's last checkpoint: what a dead worker had in flight.
+    in_flight_steps: Mapped[list[int]] = mapped_column(ARRAY(Integer), nullable=False, server_default="{}")
+    #: Times a worker died with a step in flight, by step index (``{"6": 2}``); a poison step ends the run.
+    step_losses: Mapped[dict[str, int]] = mapped_column(JSONB, nullable=False, server_default="{}")
 
     @declared_attr.directive
     def __table_args__(cls) -> tuple:
         statuses = ", ".join(f"'{s.value}'" for s in RunStatus)
+        active = f"status IN ({', '.join(repr(s) for s in ACTIVE_STATUSES)})"
         return (
             CheckConstraint(f"status IN ({statuses})", name="status"),
             CheckConstraint("progress_pct >= 0 AND progress_pct <= 100", name="progress_pct"),
-            # The sweeper's scan: only active runs, ordered by lease expiry.
+            # The sweeper's scan, in two index scans: active runs by lease expiry, and active runs a
+            # producer wrote without a lease (no message seen yet) by creation time.
+            Index(f"ix_{cls.__tablename__}_active_lease", "lease_expires_at", postgresql_where=text(active)),
             Index(
-                f"ix_{cls.__tablename__}_active_lease",
-                "lease_expires_at",
-                postgresql_where=text(f"status IN ({', '.join(repr(s) for s in ACTIVE_STATUSES)})"),
+                f"ix_{cls.__tablename__}_unleased",
+                "created_at",
+                postgresql_where=text(f"{active} AND lease_expires_at IS NULL"),
             ),
         )
 

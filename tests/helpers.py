@@ -64,3 +64,31 @@ def expire_lease(run_id: uuid.UUID | str, *, owner: str | None = "dead-worker/1"
 def answered(fake: Any, query: str) -> int:
     """How many times the stand-in server answered a query's answer prompt."""
     return fake.stats()["answered_prompts"].get(query, 0)
+
+
+def claim(run_id: uuid.UUID, worker: str = "w/1") -> Any:
+    """Claim a PropertyAudit run as worker ``worker``; fails the test if the claim is refused."""
+    from dataengine.db import session_scope
+    from dataengine.runs import Claim, claim_run
+    from tasks.propertyaudit import JOB
+
+    with session_scope() as session:
+        c = claim_run(session=session, job=JOB, run_id=run_id, worker_id=worker, task_id=None)
+    assert isinstance(c, Claim), c
+    return c
+
+
+def result_row(i: int) -> dict[str, Any]:
+    """A recorded PropertyAudit result for query ``i``."""
+    return {"query_index": i, "query_text": f"q{i}", "answer": "a", "evaluation": {}, "mentioned": False}
+
+
+def record(c: Any, indexes: list[int], next_index: int, in_flight: tuple[int, ...] = ()) -> None:
+    """Checkpoint results for ``indexes`` under claim ``c``, with ``in_flight`` steps started."""
+    from dataengine.db import session_scope
+    from dataengine.runs import checkpoint
+    from tasks.propertyaudit import JOB
+
+    with session_scope() as session:
+        checkpoint(session=session, job=JOB, claim=c, results=[result_row(i) for i in indexes],
+                   next_index=next_index, in_flight=list(in_flight), eta_s=None)

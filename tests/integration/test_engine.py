@@ -13,34 +13,17 @@ import uuid
 from decimal import Decimal
 
 import pytest
-from helpers import answered, audit_spec, create_audit, expire_lease, results, run_row
+from helpers import answered, audit_spec, claim, create_audit, expire_lease, record, results, run_row
 
 from dataengine.db import session_scope
 from dataengine.errors import InvalidRunId, LeaseLost, RunNotFound, StepFailed, TransientStepError
 from dataengine.jobs import StepOutcome
-from dataengine.llm import Usage
 from dataengine.recovery import sweep_job
 from dataengine.runloop import execute_run
-from dataengine.runs import Claim, checkpoint, claim_run, request_cancel
+from dataengine.runs import Claim, claim_run, release_run, request_cancel
 from tasks.propertyaudit import JOB
 
 pytestmark = pytest.mark.usefixtures("db_url", "fake_llm")
-
-
-def claim(run_id: uuid.UUID, worker: str = "w/1") -> Claim:
-    with session_scope() as session:
-        c = claim_run(session=session, job=JOB, run_id=run_id, worker_id=worker, task_id=None)
-    assert isinstance(c, Claim), c
-    return c
-
-
-def record(c: Claim, indexes: list[int], next_index: int) -> None:
-    rows = [
-        {"query_index": i, "query_text": f"q{i}", "answer": "a", "evaluation": {}, "mentioned": False}
-        for i in indexes
-    ]
-    with session_scope() as session:
-        checkpoint(session=session, job=JOB, claim=c, results=rows, next_index=next_index, usage=Usage(), eta_s=None)
 
 
 def run(run_id: uuid.UUID, job=JOB, worker: str = "w/1"):
@@ -170,27 +153,55 @@ def test_two_sweepers_requeue_each_expired_run_exactly_once():
 def test_a_run_that_loses_its_worker_three_times_at_one_step_fails_naming_it():
     run_id = create_audit(6)
     c = claim(run_id)
-    record(c, [0, 1], 2)
+    record(c, [0, 1], 2, in_flight=(2,))
     sent: list[str] = []
     for death in range(3):
         if death:
-            claim(run_id, f"doomed/{death}")  # the re-enqueued run, picked up again
-        expire_lease(run_id, owner=f"doomed/{death}")  # ...and that worker dies at the same step
+            record(claim(run_id, f"doomed/{death}"), [], 2, in_flight=(2,))  # picked up again, step 2 started
+        expire_lease(run_id, owner=f"doomed/{death}")  # ...and that worker dies with it in flight
         sweep_job(job=JOB, send=lambda name, kwargs: sent.append(kwargs["run_id"]))
     row = run_row(run_id)
     assert len(sent) == 2 and row["status"] == "failed"
     assert "lost 3 times at query 3" in row["error_message"] and "austin q 2" in row["error_message"]
 
 
+def test_losses_are_charged_to_the_steps_in_flight_not_to_the_resume_point():
+    """Four steps in flight at once: the one that kills its worker is named, not the slow one before it."""
+    run_id = create_audit(14)
+    record(claim(run_id, "w/0"), [0, 1], 2, in_flight=(2, 3, 4, 5))
+    expire_lease(run_id, owner="w/0")
+    sweep_job(job=JOB, send=lambda name, kwargs: None)
+    record(claim(run_id, "w/1"), [2, 4, 5], 3, in_flight=(3, 6, 7, 8))
+    expire_lease(run_id, owner="w/1")
+    sweep_job(job=JOB, send=lambda name, kwargs: None)
+    record(claim(run_id, "w/2"), [6, 7, 8], 3, in_flight=(3, 9, 10, 11))
+    expire_lease(run_id, owner="w/2")
+    sweep_job(job=JOB, send=lambda name, kwargs: None)
+    row = run_row(run_id)
+    assert row["status"] == "failed", row["step_losses"]
+    assert "lost 3 times at query 4 ('best apartments in austin q 3')" in row["error_message"]
+    assert row["step_losses"] == {"2": 1, "3": 3, "4": 1, "5": 1, "6": 1, "7": 1, "8": 1, "9": 1, "10": 1, "11": 1}
+
+
 def test_losses_at_different_steps_do_not_add_up():
     run_id = create_audit(6)
     for step in range(4):
         c = claim(run_id, f"w/{step}")
-        record(c, [step], step + 1)
+        record(c, [step], step + 1, in_flight=(step + 1,))
         expire_lease(run_id, owner=f"w/{step}")
         sweep_job(job=JOB, send=lambda name, kwargs: None)
     row = run_row(run_id)
-    assert row["status"] == "running" and row["losses_at_step"] == 1
+    assert row["status"] == "running" and row["step_losses"] == {"1": 1, "2": 1, "3": 1, "4": 1}
+
+
+def test_a_run_handed_back_or_taken_back_unclaimed_is_not_charged_a_loss():
+    run_id = create_audit(4)
+    c = claim(run_id)
+    record(c, [0], 1, in_flight=(1, 2))
+    with session_scope() as session:
+        release_run(session=session, job=JOB, claim=c, error=None)
+    claim(run_id, "w/2")
+    assert run_row(run_id)["step_losses"] == {}
 
 
 def test_cancelling_a_queued_run_ends_it_at_once(fake_llm):
@@ -276,16 +287,17 @@ def test_a_run_without_steps_fails_with_a_clear_message():
 
 
 def test_a_worker_takes_over_at_once_from_its_own_dead_pool_process(fake_llm):
-    import os
     import subprocess
+
+    from dataengine.workerid import process_space, worker_id
 
     gone = subprocess.Popen(["true"])
     gone.wait()  # a pid that no longer exists, as after an OOM kill
     run_id = create_audit(3)
-    claim(run_id, f"a@host/{gone.pid}")  # its lease is still live
-    outcome = execute_run(job=JOB, run_id=str(run_id), worker_id=f"a@host/{os.getpid()}", task_id="t2")
+    record(claim(run_id, f"a@host/{gone.pid}/{process_space()}/0bad"), [], 0, in_flight=(0, 1))  # lease still live
+    outcome = execute_run(job=JOB, run_id=str(run_id), worker_id=worker_id("a@host"), task_id="t2")
     assert outcome.status == "completed"
-    assert run_row(run_id)["losses_at_step"] == 1  # it still counts as a lost worker
+    assert run_row(run_id)["step_losses"] == {"0": 1, "1": 1}  # it still counts as a lost worker
     other = create_audit(3, tag="other")
-    claim(other, f"b@elsewhere/{gone.pid}")  # another node's process: its lease is respected
-    assert run(other).executed is False
+    claim(other, f"a@host/{gone.pid}/elsewhere.1/0bad")  # another machine's process: its lease is respected
+    assert execute_run(job=JOB, run_id=str(other), worker_id=worker_id("a@host"), task_id="t3").executed is False

@@ -1,0 +1,201 @@
+"""Fencing and the sweeper, made to fail if either is broken: a worker that lost its claim writes
+nothing, a sweep takes each run once, sends each on its own, and resends only what was lost.
+
+Runs execute in this process against the stand-in LLM; no Celery worker is needed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+import pytest
+from helpers import claim, create_audit, expire_lease, record, result_row, results, run_row
+from sqlalchemy import text
+
+from dataengine.db import session_scope
+from dataengine.errors import LeaseLost
+from dataengine.jobs import StepOutcome
+from dataengine.recovery import sweep_job
+from dataengine.runloop import execute_run
+from dataengine.runs import (
+    Claim,
+    checkpoint,
+    due_runs,
+    finish_run,
+    release_run,
+    renew_lease,
+    requeue_expired,
+)
+from models.base import RunStatus
+from tasks.propertyaudit import JOB
+
+pytestmark = pytest.mark.usefixtures("db_url", "fake_llm")
+
+
+def renew(c: Claim) -> bool:
+    with session_scope() as session:
+        return renew_lease(session=session, job=JOB, claim=c)
+
+
+def ignore_sends(name: str, kwargs: dict) -> None:
+    return None
+
+
+def test_a_takeback_by_the_sweeper_fences_the_worker_that_held_the_run():
+    run_id = create_audit(4)
+    paused = claim(run_id, "a/1")
+    expire_lease(run_id, owner="a/1")  # a/1 is only paused (SIGSTOP, a VM pause), not dead
+    sweep_job(job=JOB, send=ignore_sends)
+    with pytest.raises(LeaseLost):
+        renew(paused)  # waking up, it must not renew a lease the sweeper took back
+    with pytest.raises(LeaseLost):
+        record(paused, [0], 1)
+    row = run_row(run_id)
+    assert row["lease_owner"] is None and results(run_id) == {}
+
+
+def test_a_stale_checkpoint_inserts_nothing_even_if_its_transaction_commits():
+    run_id = create_audit(4)
+    stale = claim(run_id, "a/1")
+    expire_lease(run_id, owner="a/1")
+    claim(run_id, "b/2")
+    with session_scope() as session:  # commits when the block ends
+        with pytest.raises(LeaseLost):
+            checkpoint(session=session, job=JOB, claim=stale, results=[result_row(0)], next_index=1,
+                       in_flight=[], eta_s=None)
+    assert results(run_id) == {}
+    assert run_row(run_id)["completed_steps"] == 0
+
+
+def test_a_renewal_after_the_run_was_handed_back_does_not_revive_its_lease():
+    run_id = create_audit(4)
+    c = claim(run_id)
+    with session_scope() as session:
+        release_run(session=session, job=JOB, claim=c, error=None)
+    before = run_row(run_id)
+    with pytest.raises(LeaseLost):
+        renew(c)  # the heartbeat's last renewal, arriving late
+    after = run_row(run_id)
+    assert after["lease_owner"] is None and after["lease_expires_at"] == before["lease_expires_at"]
+
+
+def test_finishing_is_fenced_by_the_claims_token():
+    run_id = create_audit(4)
+    stale = claim(run_id, "a/1")
+    expire_lease(run_id, owner="a/1")
+    claim(run_id, "b/2")
+    with session_scope() as session:
+        assert not finish_run(session=session, job=JOB, run_id=run_id, status=RunStatus.completed, token=stale.token)
+    row = run_row(run_id)
+    assert row["status"] == "running" and row["lease_owner"] == "b/2" and row["finished_at"] is None
+
+
+def test_two_overlapping_sweeps_take_each_expired_run_exactly_once():
+    run_ids = [create_audit(2, tag=str(i)) for i in range(12)]
+    for run_id in run_ids:
+        claim(run_id)
+        expire_lease(run_id)
+    second: list = []
+    with session_scope() as session:
+        first = requeue_expired(session=session, job=JOB)  # its row locks are held until this block ends
+        overlapping = threading.Thread(target=lambda: second.extend(sweep_job(job=JOB, send=ignore_sends)))
+        overlapping.start()
+        overlapping.join(timeout=10)
+        assert not overlapping.is_alive(), "the second sweep waited for the first one's locks"
+    assert sorted(r.run_id for r in first) == sorted(run_ids) and second == []
+    assert sweep_job(job=JOB, send=ignore_sends) == []  # taken back: not due again while a worker may pick it up
+    assert all(run_row(r)["lease_owner"] is None for r in run_ids)
+
+
+def test_a_run_that_cannot_be_sent_is_due_again_and_the_others_still_go():
+    run_ids = [create_audit(2, tag=str(i)) for i in range(3)]
+    for run_id in run_ids:
+        claim(run_id)
+        expire_lease(run_id)
+    sent: list[str] = []
+
+    def flaky_send(name: str, kwargs: dict) -> None:
+        if kwargs["run_id"] == str(run_ids[1]):
+            raise ConnectionError("broker unreachable")
+        sent.append(kwargs["run_id"])
+
+    sweep_job(job=JOB, send=flaky_send)
+    assert sorted(sent) == sorted(str(r) for r in (run_ids[0], run_ids[2]))
+    sent.clear()
+    sweep_job(job=JOB, send=lambda name, kwargs: sent.append(kwargs["run_id"]))
+    assert sent == [str(run_ids[1])]  # at the next sweep, not redispatch_after_s later
+
+
+def test_a_run_no_worker_claimed_is_sent_again_only_when_its_message_is_gone(redis_url):
+    import redis
+
+    from dataengine import app
+    from dataengine.queued import waiting_runs
+
+    queue = redis.Redis.from_url(redis_url)
+    queue.delete("celery")
+    run_id = create_audit(2)  # as submitted: no lease, dispatched once
+    app.send_task(JOB.task_name, kwargs={"run_id": str(run_id)})
+
+    def overdue() -> None:  # no worker has taken it for longer than redispatch_after_s
+        with session_scope() as session:
+            session.execute(text("UPDATE geo_runs SET lease_expires_at = now() - interval '1 s' WHERE id = :id"),
+                            {"id": run_id})
+
+    def still_waiting(ids: set[str]) -> set[str]:
+        return waiting_runs(redis_url=redis_url, queue="celery", run_ids=ids)
+
+    def send(name: str, kwargs: dict) -> None:
+        app.send_task(name, kwargs=kwargs)
+
+    overdue()
+    sweep_job(job=JOB, send=send, waiting=still_waiting)
+    assert queue.llen("celery") == 1  # behind a backlog, still on its way: not sent twice
+    queue.delete("celery")  # the broker lost it (restarted empty)
+    overdue()
+    sweep_job(job=JOB, send=send, waiting=still_waiting)
+    assert queue.llen("celery") == 1 and str(run_id) in queue.lindex("celery", 0).decode()
+    queue.delete("celery")
+
+
+def test_the_sweepers_scan_is_an_index_scan_on_100000_active_runs():
+    with session_scope() as session:
+        session.execute(text("""
+            INSERT INTO geo_runs (id, property_name, status, lease_owner, lease_expires_at, created_at)
+            SELECT gen_random_uuid(), 'p' || i,
+                   CASE WHEN i % 10 = 0 THEN 'completed' WHEN i % 10 = 1 THEN 'queued' ELSE 'running' END,
+                   CASE WHEN i % 10 > 1 THEN 'w/' || i END,
+                   CASE WHEN i % 10 > 1 THEN now() + interval '3 s' END,
+                   now() - interval '1 minute'
+            FROM generate_series(1, 110000) AS i
+        """))
+    with session_scope() as session:
+        session.execute(text("ANALYZE geo_runs"))
+        compiled = due_runs(job=JOB, limit=100).compile(
+            dialect=session.get_bind().dialect, compile_kwargs={"render_postcompile": True}
+        )
+        plan = "\n".join(r[0] for r in session.connection().exec_driver_sql(f"EXPLAIN {compiled}", compiled.params))
+    assert "Seq Scan" not in plan, plan
+    assert "ix_geo_runs_active_lease" in plan and "ix_geo_runs_unleased" in plan, plan
+
+
+def test_a_long_run_is_read_in_pages_and_resumes_mid_page():
+    """450 steps, 200 a page, resumed at 100 with a few later steps already recorded: each step runs once."""
+    run_id = create_audit(450)
+    recorded_before = set(range(100)) | {150, 299, 300, 420}
+    c = claim(run_id)
+    with session_scope() as session:
+        checkpoint(session=session, job=JOB, claim=c, results=[result_row(i) for i in sorted(recorded_before)],
+                   next_index=100, in_flight=[], eta_s=None)
+    expire_lease(run_id)
+    calls: list[int] = []
+
+    def step(ctx, index, item):
+        calls.append(index)
+        return StepOutcome({"query_text": item, "answer": "", "evaluation": {}, "mentioned": False})
+
+    outcome = execute_run(job=dataclasses.replace(JOB, execute_step=step), run_id=run_id, worker_id="w/2", task_id=None)
+    assert outcome.status == "completed"
+    assert sorted(calls) == sorted(set(range(450)) - recorded_before) and len(calls) == len(set(calls))
+    assert run_row(run_id)["completed_steps"] == 450 and sorted(results(run_id)) == list(range(450))
