@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataengine.redis_keys import REDBEAT_KEY_PREFIX
 from dataengine.settings import get_settings
 
 _s = get_settings()
@@ -40,10 +41,11 @@ task_send_sent_event = True
 
 include = ["tasks.propertyaudit"]
 
-# One beat at a time across the fleet (celery-redbeat holds a lock in Redis).
-beat_scheduler = "redbeat.RedBeatScheduler"
+# One beat at a time across the fleet (celery-redbeat holds a lock in Redis); a broker outage
+# pauses the schedule instead of ending beat and the sweeper in it (dataengine.beat).
+beat_scheduler = "dataengine.beat:Scheduler"
 redbeat_redis_url = _s.redis_url
-redbeat_key_prefix = "dataengine:redbeat"
+redbeat_key_prefix = REDBEAT_KEY_PREFIX
 redbeat_lock_timeout = 60
 beat_max_loop_interval = 5
 beat_schedule: dict = {}

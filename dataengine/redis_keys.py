@@ -4,3 +4,5 @@ from __future__ import annotations
 
 #: Messages refused by a worker (malformed, not JSON, unknown task): a capped list, newest first.
 REJECTED_KEY = "dataengine:rejected"
+#: celery-redbeat's keys (schedule, entries, statics, the one-beat lock) start with this.
+REDBEAT_KEY_PREFIX = "dataengine:redbeat"

@@ -1,0 +1,177 @@
+"""The broker goes away (SIGKILL and a restart, or SIGSTOP: a stalled connection) under beat and
+under a worker in the middle of a run; each keeps going and nothing is paid twice.
+
+Each test runs its own ``redis-server`` (tests/redis_server.py) as the broker, so killing it
+touches nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from conftest import wait_for
+from redis_server import RedisServer
+
+from dataengine.redis_keys import REDBEAT_KEY_PREFIX
+
+pytestmark = pytest.mark.timeout(180)
+TICK = "dataengine.tests.beat_tick"  # no such task: beat's messages for it just pile up in the queue
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private redis-server that keeps what it acknowledged over a SIGKILL (append-only file)."""
+    with RedisServer(tmp_path / "redis", persist=True) as server:
+        yield server
+
+
+def ticks(url: str) -> int:
+    """How many of beat's scheduled messages are in the queue (0 while the broker is away)."""
+    try:
+        with redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2) as client:
+            items = client.lrange("celery", 0, -1)
+    except (redis.ConnectionError, redis.TimeoutError):
+        return 0
+    return sum(json.loads(i)["headers"]["task"] == TICK for i in items)
+
+
+def schedule_every_second(url: str) -> None:
+    """A redbeat entry, stored in the broker's Redis as a producer would, that fires every second."""
+    from celery import Celery
+    from celery.schedules import schedule
+    from redbeat import RedBeatSchedulerEntry
+
+    app = Celery("beat-test", set_as_current=False)
+    app.conf.update(redbeat_redis_url=url, redbeat_key_prefix=REDBEAT_KEY_PREFIX, broker_url=url)
+    RedBeatSchedulerEntry("tick", TICK, schedule(run_every=1.0), app=app).save()
+    app.redbeat_redis.close()
+
+
+@pytest.fixture
+def beat(broker: RedisServer, db_url: str, tmp_path: Path) -> Iterator[Any]:
+    """celery beat (redbeat, with its sweeper thread) on the private broker, firing every second."""
+    from dataengine.procs import start_beat
+
+    schedule_every_second(broker.url())
+    proc = start_beat("beat", env={"DATABASE_URL": db_url, "REDIS_URL": broker.url()}, log_dir=tmp_path)
+    proc.wait_ready(marker="beat: Starting")
+    wait_for(lambda: ticks(broker.url()) >= 2, timeout_s=30, what="beat to fire twice")
+    yield proc
+    proc.stop()
+
+
+def fires_again(beat: Any, broker: RedisServer, *, times: int = 3) -> None:
+    """Beat is alive and sends ``times`` more scheduled messages."""
+    before = ticks(broker.url())
+
+    def more() -> bool:
+        if beat.proc.poll() is not None:
+            pytest.fail(f"beat exited with {beat.proc.returncode}:\n{beat.log_text()[-3000:]}")
+        return ticks(broker.url()) >= before + times
+
+    wait_for(more, timeout_s=45, interval_s=0.2, what=f"beat to fire {times} more times")
+
+
+def test_beat_keeps_running_through_a_broker_restart(beat, broker):
+    broker.kill()
+    time.sleep(3)  # beat meets the refused connections
+    broker.start()
+    fires_again(beat, broker)
+    assert beat.proc.poll() is None
+
+
+def test_beat_keeps_running_through_a_stalled_broker(beat, broker):
+    broker.pause()
+    time.sleep(12)  # longer than every socket timeout on beat's side
+    broker.resume()
+    fires_again(beat, broker)
+    assert beat.proc.poll() is None
+
+
+def test_beat_keeps_running_when_the_broker_comes_back_empty(beat, broker, tmp_path):
+    empty = RedisServer(tmp_path / "redis-empty", port=broker.port)  # same port, no data
+    broker.kill()
+    empty.start()
+    try:
+        schedule_every_second(empty.url())  # dynamic entries are the producer's to store again
+        fires_again(beat, empty)
+        assert beat.proc.poll() is None
+    finally:
+        empty.stop()
+
+
+def test_beat_started_while_the_broker_is_down_waits_for_it(broker, db_url, tmp_path):
+    from dataengine.procs import start_beat
+
+    schedule_every_second(broker.url())
+    broker.kill()
+    beat = start_beat("beat", env={"DATABASE_URL": db_url, "REDIS_URL": broker.url()}, log_dir=tmp_path)
+    try:
+        beat.wait_ready(marker="beat: Starting")
+        time.sleep(3)
+        assert beat.proc.poll() is None, beat.log_text()[-3000:]
+        broker.start()
+        fires_again(beat, broker)
+    finally:
+        beat.stop()
+
+
+def test_the_sweeper_in_beat_still_takes_runs_back_after_a_broker_restart(beat, broker):
+    from helpers import create_audit, expire_lease
+
+    broker.restart()
+    fires_again(beat, broker, times=1)
+    run_id = create_audit(3)
+    expire_lease(run_id)
+
+    def requeued() -> bool:
+        with redis.Redis.from_url(broker.url()) as client:
+            return any(str(run_id) in i.decode() for i in client.lrange("celery", 0, -1))
+
+    wait_for(requeued, timeout_s=20, what="beat's sweeper to re-enqueue the run")
+
+
+def test_the_scheduler_takes_its_lock_back_and_restores_static_entries_when_redis_comes_back_empty(tmp_path):
+    from celery import Celery
+    from redbeat import RedBeatSchedulerEntry
+
+    from dataengine.beat import RETRY_S, Scheduler
+
+    broker = RedisServer(tmp_path / "redis").start()  # not persisted: a restart comes back empty
+    app = Celery("beat-unit", set_as_current=False)
+    app.conf.update(broker_url=broker.url(), redbeat_redis_url=broker.url(), redbeat_key_prefix="t:redbeat:",
+                    beat_schedule={"static": {"task": TICK, "schedule": 3600.0}}, beat_max_loop_interval=5)
+    scheduler = Scheduler(app=app, lazy=False)
+    scheduler.lock = scheduler._new_lock()
+    assert scheduler.lock.acquire(blocking=False)
+    entry_key = RedBeatSchedulerEntry.generate_key(app, "static")
+    client = redis.Redis.from_url(broker.url())
+    try:
+        assert scheduler.tick() > 0 and client.exists(entry_key)
+
+        broker.kill()
+        assert scheduler.tick() == RETRY_S  # no exception: beat goes on
+        broker.start()  # empty: no lock, no entries
+        assert not client.exists(entry_key, scheduler.lock_key)
+        scheduler.tick()
+        assert client.exists(entry_key) and scheduler.lock.owned()
+
+        other = scheduler._new_lock()  # a second beat, while this one's lock has been lost
+        client.delete(scheduler.lock_key)
+        assert other.acquire(blocking=False)
+        assert scheduler.tick() == RETRY_S and scheduler.tick() == scheduler.max_interval  # stands by
+        other.release()
+        scheduler.tick()
+        assert scheduler.lock is not None and scheduler.lock.owned()
+    finally:
+        scheduler.close()
+        client.close()
+        app.redbeat_redis.close()
+        app.close()
+        broker.stop()
