@@ -7,6 +7,7 @@ from logging.config import fileConfig
 from sqlalchemy import create_engine, pool
 
 from alembic import context
+from dataengine.db import connect_args
 from dataengine.settings import get_settings
 from models import Base
 
@@ -30,17 +31,16 @@ def run_migrations_offline() -> None:
 
 def run_migrations_online() -> None:
     """Apply migrations on a live connection, serialised by an advisory lock so two migrators never race."""
-    engine = create_engine(_url(), poolclass=pool.NullPool)
+    # No statement or lock timeouts: a migration may rightly take long. Keepalives, and no
+    # prepared statements behind a transaction pooler, as for the engine's own connections.
+    engine = create_engine(_url(), poolclass=pool.NullPool, connect_args=connect_args(_url(), limits=False))
     with engine.connect() as connection:
-        connection.exec_driver_sql("SELECT pg_advisory_lock(7426001)")
-        try:
-            context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
-            with context.begin_transaction():
-                context.run_migrations()
-            connection.commit()
-        finally:
-            connection.exec_driver_sql("SELECT pg_advisory_unlock(7426001)")
-            connection.commit()
+        context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
+        with context.begin_transaction():
+            # Transaction-scoped: held by the migration's own transaction and released by its
+            # commit or rollback, so nothing leaks into a session a transaction pooler reuses.
+            connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7426001)")
+            context.run_migrations()
     engine.dispose()
 
 

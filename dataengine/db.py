@@ -6,11 +6,16 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from dataengine.settings import get_settings
+from dataengine.settings import Settings, get_settings
+
+#: Supabase's pooler in transaction mode listens on this port; a URL with it means such a pooler.
+SUPABASE_TRANSACTION_POOLER_PORT = 6543
 
 #: The loop thread and the heartbeat thread may both ask first; only one may build the engine.
 _lock = threading.Lock()
@@ -26,10 +31,64 @@ def get_engine() -> Engine:
         if _engine is None or _engine_pid != os.getpid():
             if _engine is not None:
                 _engine.dispose(close=False)
-            _engine = create_engine(get_settings().sqlalchemy_url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+            s = get_settings()
+            _engine = create_engine(
+                s.sqlalchemy_url, pool_pre_ping=True, pool_size=s.db_pool_size, max_overflow=s.db_max_overflow,
+                connect_args=connect_args(s.sqlalchemy_url),
+            )
+            if transaction_pooler(s.sqlalchemy_url) and session_limits(s):
+                event.listen(_engine, "begin", _limit_transaction)
             _engine_pid = os.getpid()
             _sessions = sessionmaker(_engine, expire_on_commit=False)
         return _engine
+
+
+def transaction_pooler(url: str | URL) -> bool:
+    """Whether ``url`` reaches PostgreSQL through a transaction-mode pooler (``DATAENGINE_DB_POOLER``,
+    or by default Supabase's pooler port)."""
+    mode = get_settings().db_pooler
+    if mode == "auto":
+        return make_url(url).port == SUPABASE_TRANSACTION_POOLER_PORT
+    return mode == "transaction"
+
+
+def session_limits(settings: Settings) -> dict[str, str]:
+    """The server-side timeouts that are on, in milliseconds, by PostgreSQL setting name."""
+    limits = {
+        "statement_timeout": settings.db_statement_timeout_s,
+        "lock_timeout": settings.db_lock_timeout_s,
+        "idle_in_transaction_session_timeout": settings.db_idle_in_transaction_timeout_s,
+    }
+    return {name: str(round(seconds * 1000)) for name, seconds in limits.items() if seconds > 0}
+
+
+def connect_args(url: str | URL, *, limits: bool = True) -> dict[str, Any]:
+    """psycopg's arguments for connections to ``url``: TCP keepalives both ways, and either the
+    session limits as a startup option (direct) or no prepared statements (transaction pooler)."""
+    s = get_settings()
+    keepalives = {"idle": s.db_keepalives_idle_s, "interval": s.db_keepalives_interval_s, "count": s.db_keepalives_count}
+    args: dict[str, Any] = {"keepalives": 1, **{f"keepalives_{k}": v for k, v in keepalives.items()}}
+    if transaction_pooler(url):
+        # Each transaction may run on another server session: a statement psycopg prepared on one
+        # (after 5 runs: the heartbeat, the checkpoint) is missing or already there on the next.
+        # Poolers also refuse the ``options`` startup parameter; the limits are set per transaction.
+        args["prepare_threshold"] = None
+        return args
+    settings = {f"tcp_keepalives_{k}": str(v) for k, v in keepalives.items()}  # the server drops a silent us
+    if limits:
+        settings |= session_limits(s)
+    given = make_url(url).query.get("options")
+    options = [given] if isinstance(given, str) else list(given or ())
+    args["options"] = " ".join([*options, *(f"-c {name}={value}" for name, value in settings.items())])
+    return args
+
+
+def _limit_transaction(conn: Connection) -> None:
+    # Behind a transaction pooler session settings would stick to whichever server session ran
+    # them, so the limits are set for each transaction: one more round trip per transaction.
+    limits = session_limits(get_settings())
+    query = "SELECT " + ", ".join(["set_config(%s, %s, true)"] * len(limits))
+    conn.connection.driver_connection.execute(query, [v for item in limits.items() for v in item])
 
 
 @contextmanager

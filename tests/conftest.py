@@ -211,15 +211,50 @@ def engine_env(db_url: str, redis_url: str, fake_llm: Any) -> Iterator[dict[str,
     client.set(REDIS_MARKER, os.getpid())
 
 
+@pytest.fixture(scope="session")
+def pgbouncer() -> Iterator[Any]:
+    """A real PgBouncer in transaction mode in front of the test server (Debian's package).
+
+    Missing, the tests that need it skip, saying what to install; under ``CI=true`` they fail.
+    """
+    import pgbouncer as pgb
+    from sqlalchemy.engine import make_url
+
+    if pgb.binary() is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true and pgbouncer is missing: {pgb.INSTALL_HINT}")
+        pytest.skip(f"pgbouncer is not installed: {pgb.INSTALL_HINT}")
+    server = make_url(_server_url())
+    bouncer = pgb.PgBouncer(server_host=server.host or "127.0.0.1", server_port=server.port or 5432).start()
+    yield bouncer
+    bouncer.stop()
+
+
 @pytest.fixture
-def workers(engine_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Any]]:
+def db_route(request: pytest.FixtureRequest) -> dict[str, str]:
+    """How workers reach the database: ``direct`` (default) or ``pgbouncer`` in transaction mode.
+
+    Parametrize it indirectly (``@pytest.mark.parametrize("db_route", ["direct", "pgbouncer"],
+    indirect=True)``); the test process itself always talks to PostgreSQL directly.
+    """
+    route = getattr(request, "param", "direct")
+    if route == "direct":
+        return {}
+    assert route == "pgbouncer", route
+    bouncer = request.getfixturevalue("pgbouncer")
+    return {"DATABASE_URL": bouncer.url_for(request.getfixturevalue("db_url")), "DATAENGINE_DB_POOLER": "transaction"}
+
+
+@pytest.fixture
+def workers(engine_env: dict[str, str], db_route: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Any]]:
     """Start real ``celery -A dataengine worker`` processes; all are stopped after the test."""
     from dataengine.procs import start_worker
 
     started: list[Any] = []
 
     def start(name: str, *, concurrency: int = 1, env: dict[str, str] | None = None, ready: bool = True) -> Any:
-        proc = start_worker(name, env={**engine_env, **(env or {})}, log_dir=tmp_path, concurrency=concurrency)
+        env = {**engine_env, **db_route, **(env or {})}
+        proc = start_worker(name, env=env, log_dir=tmp_path, concurrency=concurrency)
         started.append(proc)
         if ready:
             proc.wait_ready()

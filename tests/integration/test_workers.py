@@ -61,6 +61,7 @@ def audit_on_worker_a(workers: Any, fake_llm: Any, n: int, *, latency_ms: float)
     return a, audit_spec(n)["queries"], run_id
 
 
+@pytest.mark.parametrize("db_route", ["direct", "pgbouncer"], indirect=True)
 def test_a_run_survives_its_pool_process_being_sigkilled(workers, fake_llm):
     a, queries, run_id = audit_on_worker_a(workers, fake_llm, 60, latency_ms=120)
     wait_for(lambda: progressed(run_id, 8), timeout_s=30, what="8 checkpointed queries")
@@ -75,6 +76,7 @@ def test_a_run_survives_its_pool_process_being_sigkilled(workers, fake_llm):
     assert a.proc.poll() is None  # the worker replaced its pool process and went on
 
 
+@pytest.mark.parametrize("db_route", ["direct", "pgbouncer"], indirect=True)
 def test_a_run_resumes_on_another_worker_within_seconds_of_a_main_process_sigkill(workers, fake_llm):
     a, queries, run_id = audit_on_worker_a(workers, fake_llm, 100, latency_ms=120)
     wait_for(lambda: owned_by(run_id, "a"), timeout_s=30, what="worker a to claim the run")
@@ -94,6 +96,7 @@ def test_a_run_resumes_on_another_worker_within_seconds_of_a_main_process_sigkil
     assert_nothing_paid_twice(fake_llm, queries, checkpointed)
 
 
+@pytest.mark.parametrize("db_route", ["direct", "pgbouncer"], indirect=True)
 def test_a_sigstopped_worker_that_wakes_after_a_takeover_writes_nothing(workers, fake_llm):
     a, _, run_id = audit_on_worker_a(workers, fake_llm, 80, latency_ms=150)
     wait_for(lambda: owned_by(run_id, "a"), timeout_s=30, what="worker a to claim the run")
