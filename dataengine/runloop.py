@@ -203,6 +203,9 @@ class _Execution:
         self.in_flight: dict[Future[StepOutcome], _Running] = {}
         self.failure: tuple[int, BaseException] | None = None
         self.cancelled = self.exhausted = False
+        #: Steps that were in flight when a worker died holding this run.
+        self.suspects = {int(i) for i in claim.row.step_losses}
+        self.peeked: tuple[int, Any] | None = None
         self.heartbeat = _Heartbeat(job=job, claim=claim, lease=lease, log=log)
         self.pool = self._new_pool()
 
@@ -327,10 +330,18 @@ class _Execution:
         if free <= 0 or self.cancelled or self.exhausted or self.failure or _draining.is_set():
             return []
         starting: list[tuple[int, Any]] = []
-        while len(starting) < free:
-            step = next(steps, None)
+        while len(starting) < free and not any(r.index in self.suspects for r in self.in_flight.values()):
+            step, self.peeked = self.peeked or next(steps, None), None
             if step is None:
                 self.exhausted = True
+                break
+            if step[0] in self.suspects:
+                # It was in flight when a worker died: it runs alone, so a step that kills its
+                # worker is the only one charged, and an innocent one is cleared.
+                if self.in_flight or starting:
+                    self.peeked = step
+                else:
+                    starting.append(step)
                 break
             starting.append(step)
         if starting:
