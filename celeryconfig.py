@@ -39,7 +39,7 @@ result_expires = 7 * 24 * 3600
 worker_send_task_events = True
 task_send_sent_event = True
 
-include = ["tasks.propertyaudit"]
+include = list(_s.job_modules)  # each registers its job and its tasks
 
 # One beat at a time across the fleet (celery-redbeat holds a lock in Redis); a broker outage
 # pauses the schedule instead of ending beat and the sweeper in it (dataengine.beat).

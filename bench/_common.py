@@ -190,10 +190,12 @@ def audit_spec(queries: int, *, prefix: str = "best apartments near downtown Aus
 def new_audit_run(queries: int) -> str:
     """Create a queued PropertyAudit run row (not enqueued); returns its id."""
     from dataengine.db import session_scope
-    from tasks.propertyaudit import create_run, validate_spec
+    from dataengine.submitting import create_run, validate_spec
+    from tasks.propertyaudit import JOB
 
+    spec, key = validate_spec(JOB, audit_spec(queries))
     with session_scope() as session:
-        run_id, _ = create_run(session=session, spec=validate_spec(audit_spec(queries)))
+        run_id, _ = create_run(session=session, job=JOB, spec=spec, idempotency_key=key)
     return str(run_id)
 
 

@@ -35,11 +35,13 @@ _common.configure("recovery_latency")
 # Imported after configure(): the package reads its settings once, at import.
 from sqlalchemy import text  # noqa: E402
 
+from dataengine.celery_app import enqueue  # noqa: E402
 from dataengine.db import get_engine, session_scope  # noqa: E402
 from dataengine.procs import CeleryProcess, start_worker  # noqa: E402
 from dataengine.runs import parse_run_id, request_cancel  # noqa: E402
 from dataengine.settings import get_settings  # noqa: E402
-from tasks.propertyaudit import JOB, submit_audit  # noqa: E402
+from dataengine.submitting import submit_run  # noqa: E402
+from tasks.propertyaudit import JOB  # noqa: E402
 
 ROW = text(
     """
@@ -178,7 +180,7 @@ def main() -> int:
         try:
             start_standby()
             start_standby()
-            run_id = submit_audit(_common.audit_spec(args.queries))
+            run_id = submit_run(job=JOB, spec=_common.audit_spec(args.queries), send=enqueue)
             watcher = RunWatcher(run_id)
             for round_no in range(1, args.rounds + 1):
                 # Mid-run: the current claim is checkpointing, then a random pause so the kill

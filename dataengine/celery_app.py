@@ -1,4 +1,9 @@
-"""The Celery app, configured from ``celeryconfig``; the sweeper rides along in workers and beat."""
+"""The Celery app, configured from ``celeryconfig``; the sweeper rides along in workers and beat.
+
+Importing this module builds the app: only processes that need it do (``dataengine.app`` is
+resolved lazily). The job modules it serves are imported by the worker (``include``) and
+before the sweeper starts.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from celery.signals import (
 )
 
 from dataengine import llm
+from dataengine.jobs import load_jobs
 from dataengine.queued import waiting_runs
 from dataengine.recovery import Sweeper
 from dataengine.runloop import drain
@@ -47,7 +53,7 @@ def still_queued(run_ids: set[str]) -> set[str]:
 def _start_sweeper(where: str) -> None:
     global _sweeper
     if _sweeper is None:
-        app.loader.import_default_modules()  # the jobs register themselves on import
+        load_jobs()
         _sweeper = Sweeper(send=enqueue, waiting=still_queued)
         _sweeper.start()
         log.info("recovery sweeper started in %s", where)

@@ -16,10 +16,10 @@ cli = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 console = Console()
 
 
-def _jobs() -> None:
-    from dataengine.celery_app import app
+def _jobs() -> list[Any]:
+    from dataengine.jobs import load_jobs
 
-    app.loader.import_default_modules()
+    return load_jobs()
 
 
 def _fail(message: str) -> typer.Exit:
@@ -38,21 +38,25 @@ def migrate() -> None:
 
 @cli.command()
 def submit(
-    job: Annotated[str, typer.Argument(help="propertyaudit")],
+    job: Annotated[str, typer.Argument(help="The job's name: propertyaudit, ...")],
     spec_file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="The run spec as JSON")],
     watch_run: Annotated[bool, typer.Option("--watch", help="Show the progress bar until the run ends")] = False,
 ) -> None:
     """Create a run from a JSON spec and enqueue it; prints the run id."""
     _jobs()
-    if job != "propertyaudit":
-        raise _fail(f"unknown job {job!r}; known: propertyaudit")
-    from tasks.propertyaudit import submit_audit
+    from dataengine.celery_app import enqueue
+    from dataengine.jobs import get_job
+    from dataengine.submitting import submit_run
 
+    try:
+        kind = get_job(job)
+    except KeyError as exc:
+        raise _fail(exc.args[0]) from None
     try:
         spec: Any = json.loads(spec_file.read_text())
         if not isinstance(spec, dict):
             raise _fail(f"{spec_file} must hold a JSON object")
-        run_id = submit_audit(spec)
+        run_id = submit_run(job=kind, spec=spec, send=enqueue)
     except json.JSONDecodeError as exc:
         raise _fail(f"{spec_file} is not JSON: {exc}") from None
     except DataEngineError as exc:

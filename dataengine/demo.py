@@ -22,6 +22,7 @@ from rich.text import Text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from dataengine.celery_app import enqueue
 from dataengine.db import session_scope
 from dataengine.fakellm import FakeConfig, FakeLLMServer
 from dataengine.inspect import find_run, watch
@@ -29,8 +30,9 @@ from dataengine.migrations import migrate
 from dataengine.procs import CeleryProcess, start_beat, start_worker
 from dataengine.runs import finish_run
 from dataengine.settings import get_settings
+from dataengine.submitting import submit_run
 from models.base import RunStatus
-from tasks.propertyaudit import JOB, submit_audit
+from tasks.propertyaudit import JOB
 
 PROPERTY = {"name": "The Monarch at Riverside", "city": "Austin", "aliases": ["Monarch at Riverside"],
             "website": "https://www.the-monarch-at-riverside.example"}
@@ -250,7 +252,7 @@ def _run(console: Console, demo: Demo) -> dict[str, Any]:
             raise DemoError(f"worker demo-1 did not start within {READY_TIMEOUT_S:g}s", log=first) from None
     console.print(f"• worker demo-1 (pid {first.pid}) and celery beat (pid {beat.pid}) running; logs in {LOG_DIR}/")
     spec = {"property": PROPERTY, "queries": demo.queries, "idempotency_key": f"demo-{uuid.uuid4()}"}
-    demo.run_id = submit_audit(spec)
+    demo.run_id = submit_run(job=JOB, spec=spec, send=enqueue)
     console.print(f"• submitted PropertyAudit {demo.run_id}: {len(demo.queries)} queries for "
                   f"{PROPERTY['name']!r}, e.g. {demo.queries[0]!r}")
     try:

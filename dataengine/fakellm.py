@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import importlib
+import importlib.util
 import ipaddress
 import json
 import math
@@ -29,7 +31,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from dataengine.prompts import ANSWER_CLOSE, ANSWER_OPEN
+from dataengine.settings import get_settings
 
 #: Fictional apartment communities the plain answers recommend.
 ROSTER: tuple[str, ...] = (
@@ -163,30 +165,17 @@ def plain_answer(prompt: str) -> str:
     return "\n".join(lines)
 
 
-def evaluate_query(prompt: str, schema: dict[str, Any]) -> dict[str, Any]:
-    """A ``QueryEvaluation`` read off the property, aliases and answer in an evaluation prompt."""
-    header, _, rest = prompt.partition(ANSWER_OPEN)
-    answer = rest.rpartition(ANSWER_CLOSE)[0] if ANSWER_CLOSE in rest else rest
-    prop = re.search(r"^Property:\s*(.*)$", header, re.M)
-    aliases = re.search(r"^Aliases:\s*(.*)$", header, re.M)
-    names = [prop.group(1).strip()] if prop else []
-    if aliases and aliases.group(1).strip().lower() != "none":
-        names += [a.strip() for a in aliases.group(1).split(",") if a.strip()]
-    names = [n.lower() for n in names if n]
-    listed = re.findall(r"^\s*\d+\.\s+\*\*(.+?)\*\*", answer, re.M)
-    ours = [any(n in item.lower() for n in names) for item in listed]
-    mentioned = any(n in answer.lower() for n in names)
-    return {
-        "mentioned": mentioned,
-        "rank": ours.index(True) + 1 if True in ours else None,
-        "sentiment": "positive" if mentioned else None,
-        "competitors": [item for item, is_ours in zip(listed, ours, strict=True) if not is_ours],
-        "citations": list(dict.fromkeys(u.rstrip(".") for u in re.findall(r"https?://[^\s,)>\]]+", answer))),
-    }
+#: Structured-output handlers by JSON schema name: ``(prompt, schema) -> instance``. A job that
+#: wants meaningful stand-in answers ships a ``standin`` module beside it that adds its own; any
+#: other schema gets a valid example instance.
+STRUCTURED_HANDLERS: dict[str, Callable[[str, dict[str, Any]], Any]] = {}
 
 
-#: Structured-output handlers by JSON schema name: ``(prompt, schema) -> instance``.
-STRUCTURED_HANDLERS: dict[str, Callable[[str, dict[str, Any]], Any]] = {"QueryEvaluation": evaluate_query}
+def load_standins() -> None:
+    """Import the ``<job module>.standin`` modules of the configured jobs (they fill ``STRUCTURED_HANDLERS``)."""
+    for module in get_settings().job_modules:
+        if importlib.util.find_spec(f"{module}.standin") is not None:
+            importlib.import_module(f"{module}.standin")
 
 # Strings pydantic would otherwise reject for the format it put in the schema.
 _STRING_FORMATS = {"date-time": "2024-01-01T00:00:00Z", "date": "2024-01-01", "uri": "https://www.example.example"}
@@ -263,6 +252,7 @@ async def _admit(state: _State, prompts: list[str]) -> None:
 
 def create_app(config: FakeConfig | None = None) -> FastAPI:
     """The stand-in server as an ASGI app, its state on ``app.state.fake``."""
+    load_standins()
     app = FastAPI(title="dataengine fake LLM")
     state = app.state.fake = _State(config or FakeConfig())
     authed = [Depends(_require_key)]

@@ -1,20 +1,28 @@
 """What the engine needs to know about a kind of run, and the registry of kinds.
 
-A job module (``tasks/propertyaudit.py``) builds one ``Job`` and registers it; the run loop,
-the sweeper and the CLI find it here by name or by task name.
+A job module (``tasks/propertyaudit``) is its tables, its spec, its step and its summary: it
+builds one ``Job`` and registers it. Everything else is the engine's, driven by the ``Job``:
+creating runs idempotently (``dataengine.submitting``), reading steps in pages, the two Celery
+tasks ``<key>.run`` and ``<key>.submit`` (``dataengine.tasking``), the sweeper and the CLI.
 """
 
 from __future__ import annotations
 
+import importlib
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import Table
+from pydantic import BaseModel
+from sqlalchemy import Table, func, select
 from sqlalchemy.orm import Session
 
 from dataengine.llm import Usage
+from dataengine.settings import get_settings
+
+#: Columns every step table has (``models.base.StepMixin``); the others are the step's item.
+STEP_KEY_COLUMNS = ("run_id", "query_index")
 
 
 @dataclass(frozen=True)
@@ -26,25 +34,34 @@ class StepOutcome:
 
 
 @dataclass(frozen=True)
+class NewRun:
+    """What a validated spec becomes: the run row's own columns, and one row of step columns per step."""
+
+    values: dict[str, Any]
+    steps: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
 class Job:
-    """A kind of run: its tables, how to read its steps, how to do one, how to sum it up."""
+    """A kind of run: its tables, its spec, how to do one step, how to sum a run up."""
 
     name: str  # shown in logs: "[PropertyAudit] Processing query 7/40"
-    key: str  # CLI name: "propertyaudit"
-    task_name: str  # the Celery task that executes a run: "propertyaudit.run"
+    key: str  # CLI name and task prefix: "propertyaudit" -> "propertyaudit.run", "propertyaudit.submit"
     step_noun: str  # "query", "review", "source"
     step_plural: str  # "queries", "reviews", "sources"
-    run_model: type
-    result_model: type
-    #: (session, run_id, start_index, limit) -> [(index, item)] in index order, from start_index on.
-    load_steps: Callable[[Session, uuid.UUID, int, int], Sequence[tuple[int, Any]]]
-    #: (session, run_id) -> how many steps the run has (for rows a producer wrote without the count).
-    count_steps: Callable[[Session, uuid.UUID], int]
+    run_model: type  # a models.base.RunMixin table
+    step_model: type  # a models.base.StepMixin table: the steps' inputs
+    result_model: type  # a models.base.StepResultMixin table: one row per finished step
+    #: What ``<key>.submit`` accepts (the idempotency key aside, which the engine handles).
+    spec_model: type[BaseModel]
+    #: validated spec -> the run row's own columns and its steps.
+    build: Callable[[Any], NewRun]
     #: run row -> an immutable context the steps share (what to audit, which model).
     prepare: Callable[[Any], Any]
-    #: (context, index, item) -> StepOutcome. Runs in a worker thread: no database access.
+    #: (context, index, item) -> StepOutcome. Runs in a worker thread: no database access. The
+    #: item is the step row's own column, or a dict of them when there are several.
     execute_step: Callable[[Any, int, Any], StepOutcome]
-    #: (session, run_id) -> the run's summary, computed in the transaction that completes it.
+    #: (session, run_id) -> the run's summary, computed before the run completes.
     summarize: Callable[[Session, uuid.UUID], dict[str, Any]]
     #: Errors of this job's steps that may pass if the run is retried later (an LLM outage always may).
     transient_errors: tuple[type[BaseException], ...] = ()
@@ -62,23 +79,68 @@ class Job:
             raise ValueError(f"job {self.key}: the 'record' step error policy needs failed_step_values")
 
     @property
+    def task_name(self) -> str:
+        """The Celery task that executes a run: ``propertyaudit.run``."""
+        return f"{self.key}.run"
+
+    @property
+    def submit_task_name(self) -> str:
+        """The Celery task that creates a run from its spec and starts it: ``propertyaudit.submit``."""
+        return f"{self.key}.submit"
+
+    @property
     def runs(self) -> Table:
         """The run table (``geo_runs``...)."""
         return self.run_model.__table__
+
+    @property
+    def steps(self) -> Table:
+        """The step table (``geo_queries``...), unique on (run, query_index)."""
+        return self.step_model.__table__
 
     @property
     def results(self) -> Table:
         """The step-result table, unique on (run, query_index)."""
         return self.result_model.__table__
 
+    def load_steps(self, session: Session, run_id: uuid.UUID, start: int, limit: int) -> list[tuple[int, Any]]:
+        """Up to ``limit`` steps from index ``start`` on, in order, as ``(index, item)``."""
+        t = self.steps
+        own = [c for c in t.columns if c.name not in STEP_KEY_COLUMNS]
+        rows = session.execute(
+            select(t.c.query_index, *own)
+            .where(t.c.run_id == run_id, t.c.query_index >= start)
+            .order_by(t.c.query_index)
+            .limit(limit)
+        ).mappings()
+        if len(own) == 1:
+            return [(r["query_index"], r[own[0].name]) for r in rows]
+        return [(r["query_index"], {c.name: r[c.name] for c in own}) for r in rows]
+
+    def count_steps(self, session: Session, run_id: uuid.UUID) -> int:
+        """How many steps the run has (for rows a producer wrote without the count)."""
+        t = self.steps
+        return session.scalar(select(func.count()).select_from(t).where(t.c.run_id == run_id)) or 0
+
 
 _JOBS: dict[str, Job] = {}
 
 
 def register(job: Job) -> Job:
-    """Make a job known to the sweeper and the CLI."""
+    """Make a job known to the sweeper and the CLI, and define its two Celery tasks."""
+    from dataengine.tasking import define_tasks
+
+    if job.key not in _JOBS:
+        define_tasks(job)
     _JOBS[job.key] = job
     return job
+
+
+def load_jobs() -> list[Job]:
+    """Import the job modules (``DATAENGINE_JOB_MODULES``): each registers its job."""
+    for module in get_settings().job_modules:
+        importlib.import_module(module)
+    return all_jobs()
 
 
 def all_jobs() -> list[Job]:

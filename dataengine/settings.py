@@ -87,9 +87,8 @@ class Settings(BaseSettings):
     #: Redis hides an unacknowledged message this long; our sweeper recovers runs much sooner.
     visibility_timeout_s: int = Field(86400, gt=0)
 
-    # Limits on what a producer may submit.
-    max_queries: int = Field(10_000, ge=1)
-    max_query_chars: int = Field(2_000, ge=1)
+    #: The modules that define the jobs (each registers one ``Job``); workers, beat and the CLI import them.
+    job_modules: list[str] = ["tasks.propertyaudit"]
 
     #: A worker or beat ends with the process that started it (the demo, tests, benchmarks).
     die_with_parent: bool = False

@@ -1,16 +1,18 @@
-"""The base of every run task: Celery's retry policy and the mapping of engine errors to results."""
+"""Every job's two Celery tasks, defined from its ``Job``: Celery's retry policy and the mapping
+of engine errors to task results. Tasks are shared tasks, so defining them builds no app."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from celery import Task
+from celery import Task, current_app, shared_task
 
 from dataengine.errors import (
     DatabaseUnavailable,
     InvalidRunId,
     LeaseLost,
     RunNotFound,
+    SpecInvalid,
     StepFailed,
     TransientStepError,
 )
@@ -30,9 +32,13 @@ class RunTask(Task):
     retry_backoff = 2
     retry_backoff_max = 300
     retry_jitter = True
-    max_retries = get_settings().task_max_retries
     acks_late = True
     reject_on_worker_lost = True
+
+    @property
+    def max_retries(self) -> int:  # type: ignore[override]
+        """``DATAENGINE_TASK_MAX_RETRIES``, read when a task runs, not when the module is imported."""
+        return get_settings().task_max_retries
 
 
 def run_job(task: Task, job: Job, run_id: object) -> dict[str, Any]:
@@ -54,3 +60,20 @@ def run_job(task: Task, job: Job, run_id: object) -> dict[str, Any]:
     if outcome.requeue:
         task.app.send_task(job.task_name, kwargs={"run_id": outcome.run_id})
     return outcome.as_dict()
+
+
+def define_tasks(job: Job) -> None:
+    """Define ``<key>.run`` (execute a run by id) and ``<key>.submit`` (create one from its spec) for ``job``."""
+    from dataengine.submitting import submit_run
+
+    def run(self: RunTask, run_id: str) -> dict[str, Any]:
+        return run_job(self, job, run_id)
+
+    def submit(**spec: Any) -> str:
+        return submit_run(job=job, spec=spec, send=lambda name, kwargs: current_app.send_task(name, kwargs=kwargs))
+
+    run.__doc__ = f"Execute the {job.name} run ``run_id`` (resuming it if it was interrupted)."
+    submit.__doc__ = f"Create a {job.name} run from its JSON spec (once per ``idempotency_key``) and start it."
+    run.__name__, submit.__name__ = f"{job.key}_run", f"{job.key}_submit"
+    shared_task(name=job.task_name, bind=True, base=RunTask)(run)
+    shared_task(name=job.submit_task_name, throws=(SpecInvalid,))(submit)

@@ -10,13 +10,14 @@ import enum
 import uuid
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
     DateTime,
+    ForeignKey,
     Index,
     Integer,
     MetaData,
@@ -87,6 +88,8 @@ class RunMixin:
     #: What the run found, written in the transaction that completes it.
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default="false")
+    #: A producer's key: a second submit with the same key returns the same run.
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
 
     # Lease and fencing: owned by dataengine.runs and dataengine.recovery.
     lease_owner: Mapped[str | None] = mapped_column(String(200))
@@ -117,11 +120,35 @@ class RunMixin:
         )
 
 
-class StepResultMixin:
-    """Columns of a recorded step: unique on (run, step index), stamped with the writer's fencing token."""
+def _run_fk(cls: Any) -> Mapped[uuid.UUID]:
+    return mapped_column(ForeignKey(f"{cls.__run_table__}.id", ondelete="CASCADE"), primary_key=True)
+
+
+class StepMixin:
+    """A step's input row (a query, a review, a source): unique on (run, step index), read in
+    pages from the resume point. Set ``__run_table__`` to the job's run table."""
+
+    __run_table__: ClassVar[str]
+
+    @declared_attr
+    def run_id(cls) -> Mapped[uuid.UUID]:
+        return _run_fk(cls)
 
     #: The column is ``query_index`` in every job, after the run row's ``current_query_index``.
-    step_index: Mapped[int] = mapped_column("query_index", Integer, primary_key=True)
+    query_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+
+
+class StepResultMixin:
+    """Columns of a recorded step: unique on (run, step index), stamped with the writer's fencing
+    token. Set ``__run_table__`` to the job's run table."""
+
+    __run_table__: ClassVar[str]
+
+    @declared_attr
+    def run_id(cls) -> Mapped[uuid.UUID]:
+        return _run_fk(cls)
+
+    query_index: Mapped[int] = mapped_column(Integer, primary_key=True)
     fencing_token: Mapped[int] = mapped_column(BigInteger, nullable=False)
     prompt_tokens: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     completion_tokens: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
-from sqlalchemy import Boolean, ForeignKey, Integer, String, Text
+from sqlalchemy import Boolean, Integer, String, Text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from models.base import Base, RunMixin, StepResultMixin
+from models.base import Base, RunMixin, StepMixin, StepResultMixin
 
 
 class GeoRun(RunMixin, Base):
@@ -24,16 +23,14 @@ class GeoRun(RunMixin, Base):
     #: NULL: the ``OPENAI_MODEL`` setting.
     model: Mapped[str | None] = mapped_column(String(100))
     total_queries: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
-    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
 
 
-class GeoQuery(Base):
+class GeoQuery(StepMixin, Base):
     """A query of a run, as submitted; read in pages from the resume point, never replayed."""
 
     __tablename__ = "geo_queries"
+    __run_table__ = "geo_runs"
 
-    run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("geo_runs.id", ondelete="CASCADE"), primary_key=True)
-    query_index: Mapped[int] = mapped_column(Integer, primary_key=True)
     query_text: Mapped[str] = mapped_column(Text, nullable=False)
 
 
@@ -41,8 +38,8 @@ class GeoQueryResult(StepResultMixin, Base):
     """The recorded outcome of one query: the answer, its evaluation, tokens and latency."""
 
     __tablename__ = "geo_query_results"
+    __run_table__ = "geo_runs"
 
-    run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("geo_runs.id", ondelete="CASCADE"), primary_key=True)
     query_text: Mapped[str] = mapped_column(Text, nullable=False)
     answer: Mapped[str] = mapped_column(Text, nullable=False)
     evaluation: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)

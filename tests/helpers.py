@@ -22,10 +22,12 @@ def audit_spec(n: int = 8, *, name: str = "Cedar Flats", key: str | None = None,
 def create_audit(n: int = 8, **kwargs: Any) -> uuid.UUID:
     """A queued PropertyAudit run in the database (not enqueued)."""
     from dataengine.db import session_scope
-    from tasks.propertyaudit import create_run, validate_spec
+    from dataengine.submitting import create_run, validate_spec
+    from tasks.propertyaudit import JOB
 
+    spec, key = validate_spec(JOB, audit_spec(n, **kwargs))
     with session_scope() as session:
-        run_id, _ = create_run(session=session, spec=validate_spec(audit_spec(n, **kwargs)))
+        run_id, _ = create_run(session=session, job=JOB, spec=spec, idempotency_key=key)
     return run_id
 
 

@@ -19,7 +19,7 @@ import pytest
 from pydantic import BaseModel
 
 from dataengine.fakellm import ROSTER, FakeConfig, FakeLLMServer, example_from_schema, plain_answer, serve
-from dataengine.prompts import QueryEvaluation, answer_messages, evaluation_messages
+from tasks.propertyaudit.prompts import QueryEvaluation, answer_messages, evaluation_messages
 
 MODEL = "gpt-4o-mini"
 EMBEDDING_MODEL = "text-embedding-3-small"

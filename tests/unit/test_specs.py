@@ -8,12 +8,14 @@ from helpers import audit_spec
 from dataengine.errors import InvalidRunId, SpecInvalid
 from dataengine.runs import parse_run_id
 from dataengine.settings import PLACEHOLDER_API_KEY, Settings
-from tasks.propertyaudit import validate_spec
+from dataengine.submitting import validate_spec
+from tasks.propertyaudit import JOB
 
 
 def test_a_valid_spec_is_normalised():
-    spec = validate_spec({**audit_spec(2), "model": " gpt-4o "})
+    spec, key = validate_spec(JOB, {**audit_spec(2, key=" order-7 "), "model": " gpt-4o "})
     assert spec.property.name == "Cedar Flats" and spec.model == "gpt-4o" and len(spec.queries) == 2
+    assert key == "order-7"
 
 
 @pytest.mark.parametrize(
@@ -27,12 +29,22 @@ def test_a_valid_spec_is_normalised():
         ({"queries": [f"q{i}" for i in range(10_001)]}, "queries: at most 10000 queries per run, got 10001"),
         ({"queries": ["x" * 2001]}, "queries: query 0 is 2001 characters; the limit is 2000"),
         ({"priority": "high"}, "priority: Extra inputs are not permitted"),
+        # PostgreSQL text cannot hold NUL: refused here, not with a raw DataError at insert time.
+        ({"queries": ["ok", "pool\x00gym"]}, "queries.1: text must not contain NUL (\\x00) characters"),
+        ({"property": {"name": "Cedar\x00"}}, "property.name: text must not contain NUL"),
+        ({"idempotency_key": 7}, "idempotency_key: must be a non-empty string"),
+        ({"idempotency_key": "k" * 201}, "idempotency_key: at most 200 characters"),
     ],
 )
 def test_a_bad_spec_gets_a_message_naming_the_field(change, message):
     with pytest.raises(SpecInvalid, match="The run spec is invalid") as err:
-        validate_spec({**audit_spec(2), **change})
+        validate_spec(JOB, {**audit_spec(2), **change})
     assert message in str(err.value)
+
+
+def test_a_spec_that_is_not_an_object_is_refused():
+    with pytest.raises(SpecInvalid, match="spec: must be a JSON object, got list"):
+        validate_spec(JOB, ["best pool"])
 
 
 def test_run_ids_must_be_uuids():

@@ -1,7 +1,7 @@
-"""Prompt formats and structured-output schemas shared by the jobs and the stand-in LLM server.
+"""PropertyAudit's prompts and the schema of its structured evaluation.
 
-The stand-in server (``dataengine.fakellm``) reads these formats back to give answers that
-mean something; a real model just reads them as instructions.
+The job's stand-in evaluator (``standin.py``) reads these formats back, so the stand-in LLM
+server gives evaluations that mean something; a real model just reads them as instructions.
 """
 
 from __future__ import annotations
