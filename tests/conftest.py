@@ -263,3 +263,12 @@ def workers(engine_env: dict[str, str], db_route: dict[str, str], tmp_path: Path
     yield start
     for proc in started:
         proc.stop(timeout_s=5)
+
+
+@pytest.fixture
+def echo(db_url: str) -> Any:
+    """The engine tests' own job (``tests/enginejob.py``), its tables created in this test's database."""
+    from enginejob import ECHO, create_tables
+
+    create_tables(db_url)
+    return ECHO

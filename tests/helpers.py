@@ -1,11 +1,22 @@
-"""Helpers for building runs and reading them back in tests."""
+"""Helpers for building runs and reading them back in tests.
+
+Every helper works on any job (``job=``); without one it means PropertyAudit.
+"""
 
 from __future__ import annotations
 
 import uuid
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import select, update
+
+
+def _job(job: Any) -> Any:
+    if job is not None:
+        return job
+    from tasks.propertyaudit import JOB
+
+    return JOB
 
 
 def audit_spec(n: int = 8, *, name: str = "Cedar Flats", key: str | None = None, tag: str = "q") -> dict[str, Any]:
@@ -19,47 +30,54 @@ def audit_spec(n: int = 8, *, name: str = "Cedar Flats", key: str | None = None,
     return spec
 
 
-def create_audit(n: int = 8, **kwargs: Any) -> uuid.UUID:
-    """A queued PropertyAudit run in the database (not enqueued)."""
+def create(spec: dict[str, Any], *, job: Any = None) -> uuid.UUID:
+    """A queued run of ``job`` made from ``spec``, in the database (not enqueued)."""
     from dataengine.db import session_scope
     from dataengine.submitting import create_run, validate_spec
-    from tasks.propertyaudit import JOB
 
-    spec, key = validate_spec(JOB, audit_spec(n, **kwargs))
+    job = _job(job)
+    validated, key = validate_spec(job, spec)
     with session_scope() as session:
-        run_id, _ = create_run(session=session, job=JOB, spec=spec, idempotency_key=key)
+        run_id, _ = create_run(session=session, job=job, spec=validated, idempotency_key=key)
     return run_id
 
 
-def run_row(run_id: uuid.UUID | str) -> dict[str, Any]:
-    """The run's ``geo_runs`` row."""
-    from dataengine.db import session_scope
-    from models import GeoRun
+def create_audit(n: int = 8, **kwargs: Any) -> uuid.UUID:
+    """A queued PropertyAudit run in the database (not enqueued)."""
+    return create(audit_spec(n, **kwargs))
 
+
+def run_row(run_id: uuid.UUID | str, *, job: Any = None) -> dict[str, Any]:
+    """The run's row."""
+    from dataengine.db import session_scope
+
+    t = _job(job).runs
     with session_scope() as session:
-        return dict(session.execute(select(GeoRun.__table__).where(GeoRun.id == uuid.UUID(str(run_id)))).mappings().one())
+        return dict(session.execute(select(t).where(t.c.id == uuid.UUID(str(run_id)))).mappings().one())
 
 
-def results(run_id: uuid.UUID | str) -> dict[int, dict[str, Any]]:
-    """The run's recorded results by query index."""
+def results(run_id: uuid.UUID | str, *, job: Any = None) -> dict[int, dict[str, Any]]:
+    """The run's recorded results by step index."""
     from dataengine.db import session_scope
-    from models import GeoQueryResult
 
-    t = GeoQueryResult.__table__
+    t = _job(job).results
     with session_scope() as session:
         rows = session.execute(select(t).where(t.c.run_id == uuid.UUID(str(run_id)))).mappings().all()
     return {r["query_index"]: dict(r) for r in rows}
 
 
-def expire_lease(run_id: uuid.UUID | str, *, owner: str | None = "dead-worker/1") -> None:
+def expire_lease(run_id: uuid.UUID | str, *, owner: str | None = "dead-worker/1", job: Any = None) -> None:
     """Make the run look held by a worker that died (lease in the past)."""
+    from sqlalchemy import func, text
+
     from dataengine.db import session_scope
 
+    t = _job(job).runs
     with session_scope() as session:
         session.execute(
-            text("UPDATE geo_runs SET status='running', lease_owner=:o, lease_expires_at=now() - interval '1 second' "
-                 "WHERE id=:id"),
-            {"o": owner, "id": uuid.UUID(str(run_id))},
+            update(t)
+            .where(t.c.id == uuid.UUID(str(run_id)))
+            .values(status="running", lease_owner=owner, lease_expires_at=func.now() - text("interval '1 second'"))
         )
 
 
@@ -68,29 +86,29 @@ def answered(fake: Any, query: str) -> int:
     return fake.stats()["answered_prompts"].get(query, 0)
 
 
-def claim(run_id: uuid.UUID, worker: str = "w/1") -> Any:
-    """Claim a PropertyAudit run as worker ``worker``; fails the test if the claim is refused."""
+def claim(run_id: uuid.UUID, worker: str = "w/1", *, job: Any = None) -> Any:
+    """Claim a run as worker ``worker``; fails the test if the claim is refused."""
     from dataengine.db import session_scope
     from dataengine.runs import Claim, claim_run
-    from tasks.propertyaudit import JOB
 
     with session_scope() as session:
-        c = claim_run(session=session, job=JOB, run_id=run_id, worker_id=worker, task_id=None)
+        c = claim_run(session=session, job=_job(job), run_id=run_id, worker_id=worker, task_id=None)
     assert isinstance(c, Claim), c
     return c
 
 
-def result_row(i: int) -> dict[str, Any]:
-    """A recorded PropertyAudit result for query ``i``."""
+def result_row(i: int, *, job: Any = None) -> dict[str, Any]:
+    """A recorded result for step ``i`` (PropertyAudit's columns, or Echo's)."""
+    if _job(job).key == "echo":
+        return {"query_index": i, "echoed": f"T{i}"}
     return {"query_index": i, "query_text": f"q{i}", "answer": "a", "evaluation": {}, "mentioned": False}
 
 
-def record(c: Any, indexes: list[int], next_index: int, in_flight: tuple[int, ...] = ()) -> None:
+def record(c: Any, indexes: list[int], next_index: int, in_flight: tuple[int, ...] = (), *, job: Any = None) -> None:
     """Checkpoint results for ``indexes`` under claim ``c``, with ``in_flight`` steps started."""
     from dataengine.db import session_scope
     from dataengine.runs import checkpoint
-    from tasks.propertyaudit import JOB
 
     with session_scope() as session:
-        checkpoint(session=session, job=JOB, claim=c, results=[result_row(i) for i in indexes],
+        checkpoint(session=session, job=_job(job), claim=c, results=[result_row(i, job=job) for i in indexes],
                    next_index=next_index, in_flight=list(in_flight), eta_s=None)

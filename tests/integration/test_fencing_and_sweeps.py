@@ -1,16 +1,23 @@
 """Fencing and the sweeper, made to fail if either is broken: a worker that lost its claim writes
 nothing, a sweep takes each run once, sends each on its own, and resends only what was lost.
 
-Runs execute in this process against the stand-in LLM; no Celery worker is needed.
+They run on the engine tests' own job (Echo, ``tests/enginejob.py``), in this process.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import threading
+import uuid
 
 import pytest
-from helpers import claim, create_audit, expire_lease, record, result_row, results, run_row
+from enginejob import ECHO as JOB
+from helpers import claim as claim_of
+from helpers import create, result_row
+from helpers import expire_lease as expire_of
+from helpers import record as record_of
+from helpers import results as results_of
+from helpers import run_row as row_of
 from sqlalchemy import text
 
 from dataengine.db import session_scope
@@ -28,9 +35,32 @@ from dataengine.runs import (
     requeue_expired,
 )
 from models.base import RunStatus
-from tasks.propertyaudit import JOB
 
-pytestmark = pytest.mark.usefixtures("db_url", "fake_llm")
+pytestmark = pytest.mark.usefixtures("echo")
+
+
+def create_texts(n: int, *, tag: str = "t") -> uuid.UUID:
+    return create({"texts": [f"text {tag} {i}" for i in range(n)]}, job=JOB)
+
+
+def claim(run_id: uuid.UUID, worker: str = "w/1") -> Claim:
+    return claim_of(run_id, worker, job=JOB)
+
+
+def record(c: Claim, indexes: list[int], next_index: int) -> None:
+    record_of(c, indexes, next_index, job=JOB)
+
+
+def expire_lease(run_id: uuid.UUID, *, owner: str = "dead-worker/1") -> None:
+    expire_of(run_id, owner=owner, job=JOB)
+
+
+def run_row(run_id: uuid.UUID) -> dict:
+    return row_of(run_id, job=JOB)
+
+
+def results(run_id: uuid.UUID) -> dict:
+    return results_of(run_id, job=JOB)
 
 
 def renew(c: Claim) -> bool:
@@ -43,7 +73,7 @@ def ignore_sends(name: str, kwargs: dict) -> None:
 
 
 def test_a_takeback_by_the_sweeper_fences_the_worker_that_held_the_run():
-    run_id = create_audit(4)
+    run_id = create_texts(4)
     paused = claim(run_id, "a/1")
     expire_lease(run_id, owner="a/1")  # a/1 is only paused (SIGSTOP, a VM pause), not dead
     sweep_job(job=JOB, send=ignore_sends)
@@ -56,20 +86,20 @@ def test_a_takeback_by_the_sweeper_fences_the_worker_that_held_the_run():
 
 
 def test_a_stale_checkpoint_inserts_nothing_even_if_its_transaction_commits():
-    run_id = create_audit(4)
+    run_id = create_texts(4)
     stale = claim(run_id, "a/1")
     expire_lease(run_id, owner="a/1")
     claim(run_id, "b/2")
     with session_scope() as session:  # commits when the block ends
         with pytest.raises(LeaseLost):
-            checkpoint(session=session, job=JOB, claim=stale, results=[result_row(0)], next_index=1,
+            checkpoint(session=session, job=JOB, claim=stale, results=[result_row(0, job=JOB)], next_index=1,
                        in_flight=[], eta_s=None)
     assert results(run_id) == {}
     assert run_row(run_id)["completed_steps"] == 0
 
 
 def test_a_renewal_after_the_run_was_handed_back_does_not_revive_its_lease():
-    run_id = create_audit(4)
+    run_id = create_texts(4)
     c = claim(run_id)
     with session_scope() as session:
         release_run(session=session, job=JOB, claim=c, error=None)
@@ -81,7 +111,7 @@ def test_a_renewal_after_the_run_was_handed_back_does_not_revive_its_lease():
 
 
 def test_finishing_is_fenced_by_the_claims_token():
-    run_id = create_audit(4)
+    run_id = create_texts(4)
     stale = claim(run_id, "a/1")
     expire_lease(run_id, owner="a/1")
     claim(run_id, "b/2")
@@ -92,7 +122,7 @@ def test_finishing_is_fenced_by_the_claims_token():
 
 
 def test_two_overlapping_sweeps_take_each_expired_run_exactly_once():
-    run_ids = [create_audit(2, tag=str(i)) for i in range(12)]
+    run_ids = [create_texts(2, tag=str(i)) for i in range(12)]
     for run_id in run_ids:
         claim(run_id)
         expire_lease(run_id)
@@ -109,7 +139,7 @@ def test_two_overlapping_sweeps_take_each_expired_run_exactly_once():
 
 
 def test_a_run_that_cannot_be_sent_is_due_again_and_the_others_still_go():
-    run_ids = [create_audit(2, tag=str(i)) for i in range(3)]
+    run_ids = [create_texts(2, tag=str(i)) for i in range(3)]
     for run_id in run_ids:
         claim(run_id)
         expire_lease(run_id)
@@ -135,12 +165,12 @@ def test_a_run_no_worker_claimed_is_sent_again_only_when_its_message_is_gone(red
 
     queue = redis.Redis.from_url(redis_url)
     queue.delete("celery")
-    run_id = create_audit(2)  # as submitted: no lease, dispatched once
+    run_id = create_texts(2)  # as submitted: no lease, dispatched once
     app.send_task(JOB.task_name, kwargs={"run_id": str(run_id)})
 
     def overdue() -> None:  # no worker has taken it for longer than redispatch_after_s
         with session_scope() as session:
-            session.execute(text("UPDATE geo_runs SET lease_expires_at = now() - interval '1 s' WHERE id = :id"),
+            session.execute(text("UPDATE echo_runs SET lease_expires_at = now() - interval '1 s' WHERE id = :id"),
                             {"id": run_id})
 
     def still_waiting(ids: set[str]) -> set[str]:
@@ -162,7 +192,7 @@ def test_a_run_no_worker_claimed_is_sent_again_only_when_its_message_is_gone(red
 def test_the_sweepers_scan_is_an_index_scan_on_100000_active_runs():
     with session_scope() as session:
         session.execute(text("""
-            INSERT INTO geo_runs (id, property_name, status, lease_owner, lease_expires_at, created_at)
+            INSERT INTO echo_runs (id, label, status, lease_owner, lease_expires_at, created_at)
             SELECT gen_random_uuid(), 'p' || i,
                    CASE WHEN i % 10 = 0 THEN 'completed' WHEN i % 10 = 1 THEN 'queued' ELSE 'running' END,
                    CASE WHEN i % 10 > 1 THEN 'w/' || i END,
@@ -171,29 +201,29 @@ def test_the_sweepers_scan_is_an_index_scan_on_100000_active_runs():
             FROM generate_series(1, 110000) AS i
         """))
     with session_scope() as session:
-        session.execute(text("ANALYZE geo_runs"))
+        session.execute(text("ANALYZE echo_runs"))
         compiled = due_runs(job=JOB, limit=100).compile(
             dialect=session.get_bind().dialect, compile_kwargs={"render_postcompile": True}
         )
         plan = "\n".join(r[0] for r in session.connection().exec_driver_sql(f"EXPLAIN {compiled}", compiled.params))
     assert "Seq Scan" not in plan, plan
-    assert "ix_geo_runs_active_lease" in plan and "ix_geo_runs_unleased" in plan, plan
+    assert "ix_echo_runs_active_lease" in plan and "ix_echo_runs_unleased" in plan, plan
 
 
 def test_a_long_run_is_read_in_pages_and_resumes_mid_page():
     """450 steps, 200 a page, resumed at 100 with a few later steps already recorded: each step runs once."""
-    run_id = create_audit(450)
+    run_id = create_texts(450)
     recorded_before = set(range(100)) | {150, 299, 300, 420}
     c = claim(run_id)
     with session_scope() as session:
-        checkpoint(session=session, job=JOB, claim=c, results=[result_row(i) for i in sorted(recorded_before)],
+        checkpoint(session=session, job=JOB, claim=c, results=[result_row(i, job=JOB) for i in sorted(recorded_before)],
                    next_index=100, in_flight=[], eta_s=None)
     expire_lease(run_id)
     calls: list[int] = []
 
     def step(ctx, index, item):
         calls.append(index)
-        return StepOutcome({"query_text": item, "answer": "", "evaluation": {}, "mentioned": False})
+        return StepOutcome({"echoed": item})
 
     outcome = execute_run(job=dataclasses.replace(JOB, execute_step=step), run_id=run_id, worker_id="w/2", task_id=None)
     assert outcome.status == "completed"

@@ -1,0 +1,115 @@
+"""What a new job can ask of the engine, on the engine tests' own job (Echo): result columns
+with server defaults, its own transient errors, a step timeout, a record-and-go-on policy for
+failed steps, and rows of its own written inside the fenced checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+
+import pytest
+from enginejob import ECHO, HANG_S, EchoChunk
+from helpers import create, results, run_row
+from sqlalchemy import func, select
+
+from dataengine.db import session_scope
+from dataengine.errors import StepFailed, TransientStepError
+from dataengine.runloop import execute_run
+
+pytestmark = pytest.mark.usefixtures("echo")
+
+
+def texts(*items: str) -> uuid.UUID:
+    return create({"texts": list(items)}, job=ECHO)
+
+
+def run(run_id: uuid.UUID, job=ECHO):
+    return execute_run(job=job, run_id=run_id, worker_id="w/1", task_id=None)
+
+
+def chunks(run_id: uuid.UUID) -> int:
+    with session_scope() as session:
+        return session.scalar(select(func.count()).select_from(EchoChunk.__table__).where(EchoChunk.run_id == run_id))
+
+
+def test_result_columns_a_step_leaves_out_take_their_server_defaults():
+    run_id = texts("a b", "c")
+    assert run(run_id).status == "completed"
+    recorded = results(run_id, job=ECHO)
+    assert {i: (r["echoed"], r["label"], r["meta"]) for i, r in recorded.items()} == {
+        0: ("A B", "pending", {"source": "echo"}),
+        1: ("C", "pending", {"source": "echo"}),
+    }
+
+
+def test_the_jobs_own_rows_are_written_with_the_checkpoint_and_summed_up():
+    run_id = texts("one two three", "four")
+    run(run_id)
+    assert chunks(run_id) == 4 and run_row(run_id, job=ECHO)["summary"] == {"chunks": 4}
+
+
+def test_the_jobs_own_rows_and_the_results_commit_together_or_not_at_all():
+    def broken(session, run_id, done):
+        if any(index == 1 for index, _ in done):
+            raise RuntimeError("chunk store refused the batch")
+        ECHO.record_step_rows(session, run_id, done)
+
+    job = dataclasses.replace(ECHO, record_step_rows=broken)
+    run_id = texts("a", "b c", "d")
+    with pytest.raises(RuntimeError, match="chunk store refused"):
+        execute_run(job=job, run_id=run_id, worker_id="w/1", task_id=None)
+    recorded = set(results(run_id, job=ECHO))
+    assert 1 not in recorded  # the batch with step 1 left neither results nor chunks
+    with session_scope() as session:
+        indexes = set(session.scalars(select(EchoChunk.query_index).where(EchoChunk.run_id == run_id)))
+    assert indexes == recorded
+
+
+def test_a_jobs_own_transient_error_hands_the_run_back_for_a_retry():
+    run_id = texts("a", "later:echo service restarting", "c")
+    with pytest.raises(TransientStepError, match="EchoUnavailable: echo service restarting"):
+        run(run_id)
+    row = run_row(run_id, job=ECHO)
+    assert row["status"] == "running" and row["lease_owner"] is None and "text 2/3" in row["error_message"]
+
+
+def test_a_step_failing_for_good_fails_the_run_under_the_default_policy():
+    run_id = texts("a", "fail:unreadable", "c")
+    with pytest.raises(StepFailed, match="text 2/3 failed: ValueError: unreadable"):
+        run(run_id)
+    assert run_row(run_id, job=ECHO)["status"] == "failed"
+
+
+def test_under_the_record_policy_a_failed_step_is_recorded_and_the_run_goes_on():
+    job = dataclasses.replace(
+        ECHO,
+        step_error_policy="record",
+        failed_step_values=lambda index, item, exc: {"error": f"{type(exc).__name__}: {exc}"},
+    )
+    run_id = texts("a", "fail:unreadable", "c")
+    assert run(run_id, job).status == "completed"
+    recorded = results(run_id, job=ECHO)
+    assert [(r["echoed"], r["error"]) for _, r in sorted(recorded.items())] == [
+        ("A", None), (None, "ValueError: unreadable"), ("C", None)
+    ]
+    assert run_row(run_id, job=ECHO)["completed_steps"] == 3
+
+
+def test_the_record_policy_needs_the_failed_steps_values():
+    with pytest.raises(ValueError, match="needs failed_step_values"):
+        dataclasses.replace(ECHO, step_error_policy="record")
+
+
+def test_a_step_that_hangs_is_abandoned_after_the_step_timeout(monkeypatch):
+    from conftest import reload_settings
+
+    monkeypatch.setenv("DATAENGINE_STEP_TIMEOUT_S", "0.5")
+    reload_settings()
+    run_id = texts("a", "hang", "c")
+    started = time.monotonic()
+    with pytest.raises(TransientStepError, match="text 2/3 failed: StepTimedOut"):
+        run(run_id)
+    assert time.monotonic() - started < HANG_S  # the run did not wait for the hung step
+    row = run_row(run_id, job=ECHO)
+    assert row["lease_owner"] is None and set(results(run_id, job=ECHO)) <= {0, 2}
