@@ -51,7 +51,7 @@ AT_RESUME_POINT = text(
            progress_pct = round(100.0 * :done / total_steps, 2), prompt_tokens = 120 * :done,
            completion_tokens = 80 * :done, cost_usd = 0.000066 * :done, started_at = now() - interval '1 hour',
            finished_at = NULL, error_message = NULL, eta_s = NULL, lease_owner = NULL, lease_expires_at = NULL,
-           fencing_token = 1, losses_at_step = 0, lost_at_index = NULL, cancel_requested = false
+           fencing_token = 1, step_losses = '{}', in_flight_steps = '{}', cancel_requested = false
     WHERE id = :id
     """
 )
