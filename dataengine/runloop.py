@@ -84,7 +84,15 @@ def execute_run(*, job: Job, run_id: object, worker_id: str, task_id: str | None
 def _claim(*, job: Job, rid: Any, worker_id: str, task_id: str | None, log: RunLogger) -> Claim | Refusal:
     with session_scope() as session:
         claim = claim_run(session=session, job=job, run_id=rid, worker_id=worker_id, task_id=task_id)
-    if isinstance(claim, Refusal) and claim.owner and dead_sibling(claim.owner, worker_id):
+    if isinstance(claim, Refusal) and claim.owner == worker_id:
+        # This process's own lease, left by an execution that gave up (a database outage longer
+        # than db_retry_limit_s, then a Celery retry): nothing else works under it.
+        log.info("[%s] Taking back this process's own lease", job.name)
+        with session_scope() as session:
+            claim = claim_run(
+                session=session, job=job, run_id=rid, worker_id=worker_id, task_id=task_id, dead_owner=worker_id
+            )
+    elif isinstance(claim, Refusal) and claim.owner and dead_sibling(claim.owner, worker_id):
         # A process of this machine died holding the run (OOM, SIGKILL) and Celery redelivered it.
         log.warning("[%s] Taking over from %s, a process of this machine that died", job.name, claim.owner)
         with session_scope() as session:

@@ -15,7 +15,7 @@ from datetime import timedelta
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Select, TextClause, and_, func, literal, literal_column, or_, select, text, update
+from sqlalchemy import Select, TextClause, and_, case, func, literal, literal_column, or_, select, text, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
@@ -74,14 +74,22 @@ def _seconds(s: float) -> Any:
     return literal(timedelta(seconds=s))
 
 
-def _count_losses(t: Any) -> dict[str, Any]:
-    """SET clauses that count a lost worker against every step it had in flight, when the lease had an
-    owner (a handed-back run has none), and forget those steps: the next holder records its own."""
+def _count_losses(t: Any, *, claimant: str | None = None) -> dict[str, Any]:
+    """SET clauses that charge a lost worker to every step it had in flight, and forget those steps
+    (the next holder records its own). Nobody is charged when the lease had no owner (a run handed
+    back) or when its owner is ``claimant`` taking its own lease back (a retry in the same process)."""
     n = t.name
-    counted = f"""CASE WHEN {n}.lease_owner IS NULL THEN {n}.step_losses ELSE {n}.step_losses || COALESCE(
-        (SELECT jsonb_object_agg(i::text, COALESCE(({n}.step_losses ->> i::text)::int, 0) + 1)
-         FROM unnest({n}.in_flight_steps) AS i), '{{}}'::jsonb) END"""
-    return {"step_losses": literal_column(counted, JSONB), "in_flight_steps": literal_column("'{}'::integer[]")}
+    charged = literal_column(
+        f"""{n}.step_losses || COALESCE(
+            (SELECT jsonb_object_agg(i::text, COALESCE(({n}.step_losses ->> i::text)::int, 0) + 1)
+             FROM unnest({n}.in_flight_steps) AS i), '{{}}'::jsonb)""",
+        JSONB,
+    )
+    lost = t.c.lease_owner.is_not(None)
+    if claimant is not None:
+        lost = and_(lost, t.c.lease_owner != claimant)
+    return {"step_losses": case((lost, charged), else_=t.c.step_losses),
+            "in_flight_steps": literal_column("'{}'::integer[]")}
 
 
 def poison_step(step_losses: dict[str, int]) -> tuple[int, int] | None:
@@ -123,7 +131,7 @@ def claim_run(
             task_id=task_id,
             started_at=func.coalesce(t.c.started_at, func.now()),
             last_updated_at=func.now(),
-            **_count_losses(t),
+            **_count_losses(t, claimant=worker_id),
         )
         .returning(*t.c)
     ).one_or_none()

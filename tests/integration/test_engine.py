@@ -301,3 +301,15 @@ def test_a_worker_takes_over_at_once_from_its_own_dead_pool_process(fake_llm):
     other = create_audit(3, tag="other")
     claim(other, f"a@host/{gone.pid}/elsewhere.1/0bad")  # another machine's process: its lease is respected
     assert execute_run(job=JOB, run_id=str(other), worker_id=worker_id("a@host"), task_id="t3").executed is False
+
+
+def test_a_retry_in_the_same_process_takes_its_own_lease_back_and_is_charged_nothing():
+    """After a database outage outlasted db_retry_limit_s the run was abandoned with its lease live;
+    Celery's retry lands in the same pool process, which must not wait for its own lease."""
+    from dataengine.workerid import worker_id
+
+    me = worker_id("a@host")
+    run_id = create_audit(3)
+    record(claim(run_id, me), [], 0, in_flight=(0, 1))
+    outcome = execute_run(job=JOB, run_id=str(run_id), worker_id=me, task_id="t2")
+    assert outcome.status == "completed" and run_row(run_id)["step_losses"] == {}
