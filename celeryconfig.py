@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataengine.broker import BROKER_CONNECT_TIMEOUT_S, BROKER_SOCKET_TIMEOUT_S, RESULT_RETRY_MAX_SLEEP_MS
 from dataengine.redis_keys import REDBEAT_KEY_PREFIX
 from dataengine.settings import get_settings
 
@@ -13,9 +14,22 @@ result_backend = _s.redis_url
 # worker (dataengine.broker); an explicit transport wins over the URL's scheme.
 broker_transport = "dataengine.broker:Transport"
 broker_connection_retry_on_startup = True
+# A run needs no broker while it works (its lease lives in PostgreSQL): a broker outage only
+# pauses the flow of messages. The consumer reconnects for ever, no socket waits without a
+# limit, and a finished task's result is stored once Redis answers again.
+broker_connection_max_retries = None
+broker_connection_timeout = BROKER_CONNECT_TIMEOUT_S
+redis_socket_timeout = BROKER_SOCKET_TIMEOUT_S
+redis_socket_connect_timeout = BROKER_CONNECT_TIMEOUT_S
+result_backend_always_retry = True
+result_backend_max_sleep_between_retries_ms = RESULT_RETRY_MAX_SLEEP_MS
 # Redis hides an unacknowledged message this long; it must outlast the longest run, or Redis
 # hands a live run to a second worker. Recovery of dead workers is the sweeper's job, in seconds.
-broker_transport_options = {"visibility_timeout": _s.visibility_timeout_s}
+broker_transport_options = {
+    "visibility_timeout": _s.visibility_timeout_s,
+    "socket_timeout": BROKER_SOCKET_TIMEOUT_S,
+    "socket_connect_timeout": BROKER_CONNECT_TIMEOUT_S,
+}
 result_backend_transport_options = {"visibility_timeout": _s.visibility_timeout_s}
 
 # JSON only: a producer in any language can send, nobody can smuggle a pickle.
@@ -28,7 +42,9 @@ result_accept_content = ["json"]
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
-worker_cancel_long_running_tasks_on_connection_loss = True
+# Not True: Celery would terminate the pool process of every running run on a Redis blip, and
+# the steps it had in flight would be paid again.
+worker_cancel_long_running_tasks_on_connection_loss = False
 task_track_started = True
 # Every task checks its message before Celery builds the request: a malformed one is rejected
 # and set aside with its reason, not allowed to end the worker (dataengine.broker).
@@ -46,6 +62,7 @@ include = list(_s.job_modules)  # each registers its job and its tasks
 beat_scheduler = "dataengine.beat:Scheduler"
 redbeat_redis_url = _s.redis_url
 redbeat_key_prefix = REDBEAT_KEY_PREFIX
+redbeat_redis_options = {"socket_timeout": BROKER_SOCKET_TIMEOUT_S, "socket_connect_timeout": BROKER_CONNECT_TIMEOUT_S}
 redbeat_lock_timeout = 60
 beat_max_loop_interval = 5
 beat_schedule: dict = {}

@@ -59,10 +59,16 @@ class Scheduler(RedBeatScheduler):
 
     def close(self) -> None:
         """Release the lock if Redis still answers; a beat stopping during an outage just stops."""
-        try:
-            super().close()
-        except OUTAGE_ERRORS as exc:
-            log.warning("beat: could not release the lock (%s: %s); it expires by itself", type(exc).__name__, exc)
+        if self.lock is not None:
+            log.info("beat: Releasing lock")
+            try:
+                if self.lock.owned():
+                    self.lock.release()
+            except OUTAGE_ERRORS as exc:
+                log.warning("beat: could not release the lock (%s: %s); it expires by itself",
+                            type(exc).__name__, exc)
+            self.lock = None
+        super().close()
 
     def _went_down(self, exc: BaseException) -> None:
         if self._down_since is None:

@@ -42,6 +42,13 @@ log = logging.getLogger("dataengine.broker")
 REJECTED_MAX = 1000
 #: Characters of a rejected item kept in its entry.
 RAW_MAX_CHARS = 4000
+#: A command to Redis that gets no answer for this long fails (a stalled or partitioned broker)
+#: and is retried, instead of blocking its thread for ever.
+BROKER_SOCKET_TIMEOUT_S = 10.0
+#: Connecting to Redis gives up after this, and is tried again.
+BROKER_CONNECT_TIMEOUT_S = 5.0
+#: Storing a task's result while Redis is away is retried with backoff up to this interval.
+RESULT_RETRY_MAX_SLEEP_MS = 5000
 #: What a producer is told when it sends anything but JSON (pickle above all).
 ONLY_JSON = "only JSON is accepted: send with serializer='json' (content type application/json)"
 

@@ -25,9 +25,10 @@ TICK = "dataengine.tests.beat_tick"  # no such task: beat's messages for it just
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[RedisServer]:
-    """A private redis-server that keeps what it acknowledged over a SIGKILL (append-only file)."""
-    with RedisServer(tmp_path / "redis", persist=True) as server:
+def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisServer]:
+    """A private redis-server that keeps what it acknowledged over a SIGKILL (an append-only file),
+    unless parametrized with False. Ask for it before ``workers``, so that it outlives them."""
+    with RedisServer(tmp_path / "redis", persist=getattr(request, "param", True)) as server:
         yield server
 
 
@@ -87,8 +88,10 @@ def test_beat_keeps_running_through_a_broker_restart(beat, broker):
 
 
 def test_beat_keeps_running_through_a_stalled_broker(beat, broker):
+    from dataengine.broker import BROKER_SOCKET_TIMEOUT_S
+
     broker.pause()
-    time.sleep(12)  # longer than every socket timeout on beat's side
+    time.sleep(BROKER_SOCKET_TIMEOUT_S + 2)  # longer than every socket timeout on beat's side
     broker.resume()
     fires_again(beat, broker)
     assert beat.proc.poll() is None
@@ -175,3 +178,95 @@ def test_the_scheduler_takes_its_lock_back_and_restores_static_entries_when_redi
         app.redbeat_redis.close()
         app.close()
         broker.stop()
+
+
+RUN = "propertyaudit.run"
+
+
+def progressed(run_id: Any, steps: int) -> dict[str, Any] | None:
+    """The run row once it has ``steps`` checkpointed steps, else None."""
+    from helpers import run_row
+
+    row = run_row(run_id)
+    return row if row["completed_steps"] >= steps else None
+
+
+def ended(run_id: Any) -> dict[str, Any] | None:
+    """The run row once the run has ended, else None."""
+    from helpers import run_row
+
+    row = run_row(run_id)
+    return row if row["status"] in ("completed", "failed", "cancelled") else None
+
+
+@pytest.fixture
+def producer(broker: RedisServer) -> Iterator[Any]:
+    """A Celery client of the private broker, as a web app would hold one."""
+    from celery import Celery
+
+    app = Celery("producer", broker=broker.url(), backend=broker.url(), set_as_current=False)
+    yield app
+    app.close()
+
+
+def audit_on_worker(workers: Any, fake_llm: Any, broker: RedisServer, producer: Any, n: int) -> tuple[Any, Any, list]:
+    """A worker on the private broker, working a PropertyAudit of ``n`` queries that has 8 done."""
+    from helpers import audit_spec, create_audit
+
+    fake_llm.configure(latency_ms=100)
+    worker = workers("a", env={"REDIS_URL": broker.url()})
+    run_id = create_audit(n)
+    task = producer.send_task(RUN, kwargs={"run_id": str(run_id)})
+    wait_for(lambda: progressed(run_id, 8), timeout_s=30, what="8 checkpointed queries")
+    return worker, (run_id, task), audit_spec(n)["queries"]
+
+
+def a_new_run_completes(producer: Any) -> None:
+    """The worker consumes again: a run sent now is done, and its caller gets the result."""
+    from helpers import create_audit
+
+    run_id = create_audit(3, tag="after")
+    assert producer.send_task(RUN, kwargs={"run_id": str(run_id)}).get(timeout=60)["status"] == "completed"
+
+
+def assert_each_asked_once(fake_llm: Any, queries: list[str]) -> None:
+    from helpers import answered
+
+    counts = {q: answered(fake_llm, q) for q in queries}
+    assert all(c == 1 for c in counts.values()), {q: c for q, c in counts.items() if c != 1}
+
+
+@pytest.mark.parametrize("broker", [True, False], ids=["persisted", "back-empty"], indirect=True)
+def test_a_run_goes_on_through_a_broker_restart_and_asks_nothing_twice(broker, producer, workers, fake_llm):
+    from helpers import results
+
+    worker, (run_id, task), queries = audit_on_worker(workers, fake_llm, broker, producer, 40)
+    broker.restart()
+    assert not progressed(run_id, 40), "the run was done before the restart; the test proves nothing"
+    row = wait_for(lambda: ended(run_id), timeout_s=60, what="the run to finish")
+    assert row["status"] == "completed" and sorted(results(run_id)) == list(range(40))
+    assert_each_asked_once(fake_llm, queries)
+    assert worker.proc.poll() is None and "Terminating it instead" not in worker.log_text()
+    assert task.get(timeout=30)["status"] == "completed"  # the result reached the caller after all
+    a_new_run_completes(producer)
+
+
+def test_a_run_goes_on_while_the_broker_is_stalled(broker, producer, workers, fake_llm):
+    from helpers import results
+
+    from dataengine.broker import BROKER_SOCKET_TIMEOUT_S
+
+    worker, (run_id, task), queries = audit_on_worker(workers, fake_llm, broker, producer, 40)
+    broker.pause()
+    paused_at = time.monotonic()
+    try:
+        # The run needs no broker while it works: it finishes with Redis frozen.
+        row = wait_for(lambda: ended(run_id), timeout_s=60, what="the run to finish, broker stalled")
+        time.sleep(max(0.0, paused_at + BROKER_SOCKET_TIMEOUT_S + 2 - time.monotonic()))  # past every socket timeout
+    finally:
+        broker.resume()
+    assert row["status"] == "completed" and sorted(results(run_id)) == list(range(40))
+    assert_each_asked_once(fake_llm, queries)
+    assert task.get(timeout=60)["status"] == "completed"  # stored once the broker answered again
+    a_new_run_completes(producer)
+    assert worker.proc.poll() is None
