@@ -15,6 +15,9 @@ Every rejected message is kept in a capped Redis list (``REJECTED_KEY``, newest 
 time, queue, reason, task name and id when known, and the raw item truncated; ``dataengine
 rejected`` lists them. A rejected task message with an id also gets a FAILURE result saying
 why, so a producer waiting on it does not wait in PENDING for ever.
+
+The broker connection's time limits (``BROKER_SOCKET_TIMEOUT_S`` and friends, read by
+``celeryconfig.py``) live here too.
 """
 
 from __future__ import annotations
