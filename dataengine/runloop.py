@@ -3,9 +3,10 @@
 Steps run in a small thread pool (``step_concurrency``); results are checkpointed from the
 loop's own thread, in the order they finish, each batch in one transaction that also records
 the steps about to start, so a worker that dies is charged to the steps it really had in
-flight. A heartbeat thread keeps the lease alive and notices cancellation or a takeover; no
-step starts unless the lease is known to still be this worker's. Database outages are waited
-out (``db_retry_limit_s``): every write is fenced and idempotent, so retrying is safe.
+flight; being fenced, that write also proves the lease is still this worker's before any step
+starts. A heartbeat thread keeps the lease alive and notices cancellation or a takeover.
+Database outages are waited out (``db_retry_limit_s``): every write is fenced and idempotent,
+so retrying is safe.
 """
 
 from __future__ import annotations
@@ -103,7 +104,6 @@ def _claim(*, job: Job, rid: Any, worker_id: str, task_id: str | None, log: RunL
 
 
 def _execute(*, job: Job, rid: Any, worker_id: str, task_id: str | None, may_retry: bool, log: RunLogger) -> RunOutcome:
-    claimed_at = time.monotonic()
     claim = _claim(job=job, rid=rid, worker_id=worker_id, task_id=task_id, log=log)
     if isinstance(claim, Refusal):
         log.info("[%s] Not running: %s", job.name, claim.reason)
@@ -124,25 +124,7 @@ def _execute(*, job: Job, rid: Any, worker_id: str, task_id: str | None, may_ret
         with session_scope() as session:
             finish_run(session=session, job=job, run_id=rid, status=RunStatus.failed, token=claim.token, error=error)
         raise StepFailed(error)
-    lease = _Lease(claimed_at)
-    return _Execution(job=job, claim=claim, log=log, may_retry=may_retry, total=total, lease=lease).run()
-
-
-class _Lease:
-    """Until when this worker's lease surely holds: the moment a renewal was sent, plus ``lease_s``
-    (the database's clock starts later, so this errs early)."""
-
-    def __init__(self, since: float) -> None:
-        self.lease_s = get_settings().lease_s
-        self.valid_until = since + self.lease_s
-        self._lock = threading.Lock()
-
-    def renewed(self, sent_at: float) -> None:
-        with self._lock:
-            self.valid_until = max(self.valid_until, sent_at + self.lease_s)
-
-    def live(self) -> bool:
-        return time.monotonic() < self.valid_until
+    return _Execution(job=job, claim=claim, log=log, may_retry=may_retry, total=total).run()
 
 
 class _Heartbeat(threading.Thread):
@@ -152,15 +134,14 @@ class _Heartbeat(threading.Thread):
     no step meanwhile, and gives up after ``db_retry_limit_s``.
     """
 
-    def __init__(self, *, job: Job, claim: Claim, lease: _Lease, log: RunLogger) -> None:
+    def __init__(self, *, job: Job, claim: Claim, log: RunLogger) -> None:
         super().__init__(name=f"heartbeat-{claim.run_id}", daemon=True)
-        self.job, self.claim, self.lease, self.log = job, claim, lease, log
+        self.job, self.claim, self.log = job, claim, log
         self.stopped, self.lost, self.cancel = threading.Event(), threading.Event(), threading.Event()
 
     def run(self) -> None:
         failing = False
         while not self.stopped.wait(get_settings().heartbeat_interval_s):
-            sent = time.monotonic()
             try:
                 with session_scope() as session:
                     cancel = renew_lease(session=session, job=self.job, claim=self.claim)
@@ -175,7 +156,6 @@ class _Heartbeat(threading.Thread):
             if failing:
                 self.log.info("[%s] heartbeat renewed the lease again", self.job.name)
             failing = False
-            self.lease.renewed(sent)
             if cancel:
                 self.cancel.set()
 
@@ -200,10 +180,9 @@ class _Running:
 class _Execution:
     """One claimed run being worked by this worker."""
 
-    def __init__(self, *, job: Job, claim: Claim, log: RunLogger, may_retry: bool, total: int, lease: _Lease) -> None:
+    def __init__(self, *, job: Job, claim: Claim, log: RunLogger, may_retry: bool, total: int) -> None:
         self.job, self.claim, self.log, self.may_retry, self.total = job, claim, log, may_retry, total
         self.s = get_settings()
-        self.lease = lease
         self.cursor: int = claim.row.current_query_index
         self.completed: int = claim.row.completed_steps
         self.done_here = 0
@@ -214,7 +193,7 @@ class _Execution:
         #: Steps that were in flight when a worker died holding this run.
         self.suspects = {int(i) for i in claim.row.step_losses}
         self.peeked: tuple[int, Any] | None = None
-        self.heartbeat = _Heartbeat(job=job, claim=claim, lease=lease, log=log)
+        self.heartbeat = _Heartbeat(job=job, claim=claim, log=log)
         self.pool = self._new_pool()
 
     def _new_pool(self) -> ThreadPoolExecutor:
@@ -322,7 +301,11 @@ class _Execution:
             self.failure = (step.index, exc)
 
     def _advance(self, results: list[tuple[int, StepOutcome]], steps: Iterator[tuple[int, Any]], context: Any) -> None:
-        """Checkpoint finished steps together with the steps about to start, then start them."""
+        """Checkpoint finished steps together with the steps about to start, then start them.
+
+        The checkpoint is fenced, so it is also the proof that the lease is still ours: a worker
+        that was paused past its lease and taken over gets ``LeaseLost`` here and starts nothing.
+        """
         starting = self._next_steps(steps)
         if not results and not starting:
             return
@@ -352,27 +335,7 @@ class _Execution:
                     starting.append(step)
                 break
             starting.append(step)
-        if starting:
-            self._confirm_lease()
         return starting
-
-    def _confirm_lease(self) -> None:
-        """Before paying for a step: the lease must surely still be ours, or be renewed now."""
-        if self.heartbeat.lost.is_set():
-            raise LeaseLost(run_id=self.claim.run_id, token=self.claim.token)
-        if self.lease.live():
-            return
-        # Paused (SIGSTOP, a VM pause) or cut off from the database for longer than the lease:
-        # the run may be another worker's by now. LeaseLost if it is.
-        sent = time.monotonic()
-
-        def renew() -> bool:
-            with session_scope() as session:
-                return renew_lease(session=session, job=self.job, claim=self.claim)
-
-        if self._db(renew, "confirming the lease"):
-            self.cancelled = True
-        self.lease.renewed(sent)
 
     def _checkpoint(self, results: list[tuple[int, StepOutcome]], in_flight: list[int]) -> None:
         self.recorded.update(index for index, _ in results)
@@ -404,9 +367,7 @@ class _Execution:
                     self.job.record_step_rows(session, self.claim.run_id, results)
                 return state
 
-        sent = time.monotonic()
         state = self._db(write, "checkpointing")
-        self.lease.renewed(sent)
         self.completed = state.completed_steps
         self.cancelled = self.cancelled or state.cancel_requested
 

@@ -34,6 +34,7 @@ from dataengine.runs import (
     renew_lease,
     requeue_expired,
 )
+from dataengine.settings import get_settings
 from models.base import RunStatus
 
 pytestmark = pytest.mark.usefixtures("echo")
@@ -229,3 +230,44 @@ def test_a_long_run_is_read_in_pages_and_resumes_mid_page():
     assert outcome.status == "completed"
     assert sorted(calls) == sorted(set(range(450)) - recorded_before) and len(calls) == len(set(calls))
     assert run_row(run_id)["completed_steps"] == 450 and sorted(results(run_id)) == list(range(450))
+
+
+def test_a_worker_whose_lease_may_have_run_out_confirms_it_before_starting_a_step(monkeypatch):
+    """As after a SIGSTOP: the whole process, heartbeat included, stood still past its lease, and
+    another worker took the run over. Waking, it finishes what was in flight but starts nothing."""
+    from dataengine import runloop
+
+    monkeypatch.setattr(runloop._Heartbeat, "run", lambda self: self.stopped.wait())  # frozen
+    run_id = create_texts(6)
+    release, started = threading.Event(), []
+
+    def step(ctx, index, item):
+        started.append(index)
+        release.wait(timeout=30)
+        return StepOutcome({"echoed": item})
+
+    monkeypatch.setenv("DATAENGINE_STEP_CONCURRENCY", "2")
+    from conftest import reload_settings
+
+    reload_settings()
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            execute_run(job=dataclasses.replace(JOB, execute_step=step), run_id=run_id, worker_id="a/1", task_id=None)
+        except BaseException as exc:
+            failure.append(exc)
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    deadline = threading.Event()
+    while len(started) < 2 and not deadline.wait(0.02):
+        pass
+    expire_lease(run_id, owner="a/1")
+    claim(run_id, "b/2")
+    deadline.wait(get_settings().lease_s + 0.3)  # a's own view of its lease runs out too
+    release.set()
+    worker.join(timeout=30)
+    assert sorted(started) == [0, 1], "a step was started under a lease that was no longer ours"
+    assert failure and isinstance(failure[0], LeaseLost)
+    assert results(run_id) == {}
