@@ -14,13 +14,8 @@ import time
 import uuid
 
 import pytest
+from echoruns import claim, create_texts, expire_lease, record, results, run_row
 from enginejob import ECHO
-from helpers import claim as claim_of
-from helpers import create
-from helpers import expire_lease as expire_of
-from helpers import record as record_of
-from helpers import results as results_of
-from helpers import run_row as row_of
 
 from dataengine.db import session_scope
 from dataengine.errors import InvalidRunId, LeaseLost, RunNotFound, StepFailed
@@ -32,30 +27,6 @@ from dataengine.workerid import process_space, worker_id
 
 pytestmark = pytest.mark.usefixtures("echo")
 JOB = ECHO
-
-
-def create_texts(n: int) -> uuid.UUID:
-    return create({"texts": [f"text {i}" for i in range(n)]}, job=JOB)
-
-
-def claim(run_id: uuid.UUID, worker: str = "w/1") -> Claim:
-    return claim_of(run_id, worker, job=JOB)
-
-
-def record(c: Claim, indexes: list[int], next_index: int, in_flight: tuple[int, ...] = ()) -> None:
-    record_of(c, indexes, next_index, in_flight, job=JOB)
-
-
-def expire_lease(run_id: uuid.UUID, *, owner: str = "dead-worker/1") -> None:
-    expire_of(run_id, owner=owner, job=JOB)
-
-
-def run_row(run_id: uuid.UUID) -> dict:
-    return row_of(run_id, job=JOB)
-
-
-def results(run_id: uuid.UUID) -> dict:
-    return results_of(run_id, job=JOB)
 
 
 def run(run_id: object, job=JOB, worker: str = "w/1"):

@@ -8,16 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import uuid
 
 import pytest
+from echoruns import claim, create_texts, expire_lease, record, results, run_row
 from enginejob import ECHO as JOB
-from helpers import claim as claim_of
-from helpers import create, result_row
-from helpers import expire_lease as expire_of
-from helpers import record as record_of
-from helpers import results as results_of
-from helpers import run_row as row_of
+from helpers import result_row
 from sqlalchemy import text
 
 from dataengine.db import session_scope
@@ -38,30 +33,6 @@ from dataengine.settings import get_settings
 from models.base import RunStatus
 
 pytestmark = pytest.mark.usefixtures("echo")
-
-
-def create_texts(n: int, *, tag: str = "t") -> uuid.UUID:
-    return create({"texts": [f"text {tag} {i}" for i in range(n)]}, job=JOB)
-
-
-def claim(run_id: uuid.UUID, worker: str = "w/1") -> Claim:
-    return claim_of(run_id, worker, job=JOB)
-
-
-def record(c: Claim, indexes: list[int], next_index: int) -> None:
-    record_of(c, indexes, next_index, job=JOB)
-
-
-def expire_lease(run_id: uuid.UUID, *, owner: str = "dead-worker/1") -> None:
-    expire_of(run_id, owner=owner, job=JOB)
-
-
-def run_row(run_id: uuid.UUID) -> dict:
-    return row_of(run_id, job=JOB)
-
-
-def results(run_id: uuid.UUID) -> dict:
-    return results_of(run_id, job=JOB)
 
 
 def renew(c: Claim) -> bool:
@@ -123,7 +94,7 @@ def test_finishing_is_fenced_by_the_claims_token():
 
 
 def test_two_overlapping_sweeps_take_each_expired_run_exactly_once():
-    run_ids = [create_texts(2, tag=str(i)) for i in range(12)]
+    run_ids = [create_texts(2, tag=f"text {i}") for i in range(12)]
     for run_id in run_ids:
         claim(run_id)
         expire_lease(run_id)
@@ -140,7 +111,7 @@ def test_two_overlapping_sweeps_take_each_expired_run_exactly_once():
 
 
 def test_a_run_that_cannot_be_sent_is_due_again_and_the_others_still_go():
-    run_ids = [create_texts(2, tag=str(i)) for i in range(3)]
+    run_ids = [create_texts(2, tag=f"text {i}") for i in range(3)]
     for run_id in run_ids:
         claim(run_id)
         expire_lease(run_id)
