@@ -270,3 +270,24 @@ def test_a_run_goes_on_while_the_broker_is_stalled(broker, producer, workers, fa
     assert task.get(timeout=60)["status"] == "completed"  # stored once the broker answered again
     a_new_run_completes(producer)
     assert worker.proc.poll() is None
+
+
+def test_three_short_broker_cuts_during_one_slow_query_are_not_three_lost_workers(broker, producer, workers, fake_llm):
+    """The run's resume point is held by a query that takes 12 s; the broker is cut three times
+    for 2 s meanwhile. Nobody died: the run completes and no step is charged a loss."""
+    from helpers import audit_spec, create_audit, results
+
+    queries = audit_spec(20)["queries"]
+    fake_llm.configure(latency_ms=50, hang_substrings=[queries[6]], hang_s=12)
+    workers("a", env={"REDIS_URL": broker.url()})
+    run_id = create_audit(20)
+    producer.send_task(RUN, kwargs={"run_id": str(run_id)})
+    wait_for(lambda: fake_llm.stats()["prompts"].get(queries[6]), timeout_s=30, what="the slow query to be asked")
+    for _ in range(3):
+        broker.kill()
+        time.sleep(2)
+        broker.start()
+    row = wait_for(lambda: ended(run_id), timeout_s=90, what="the run to finish")
+    assert row["status"] == "completed" and row["step_losses"] == {}, row["error_message"]
+    assert sorted(results(run_id)) == list(range(20))
+    assert_each_asked_once(fake_llm, queries)
