@@ -73,6 +73,9 @@ class Job:
     #: (session, run_id, [(index, outcome)]) -> None: writes the job's own rows for finished steps
     #: (a source's chunks) in the checkpoint's transaction, after the fenced update: all or nothing.
     record_step_rows: Callable[[Session, uuid.UUID, list[tuple[int, StepOutcome]]], None] | None = None
+    #: The name of the task that executes a run, when the public contract names it otherwise
+    #: than ``<key>.run`` (``reviewflow.analyze``).
+    run_task_name: str | None = None
 
     def __post_init__(self) -> None:
         if self.step_error_policy == "record" and self.failed_step_values is None:
@@ -81,7 +84,7 @@ class Job:
     @property
     def task_name(self) -> str:
         """The Celery task that executes a run: ``propertyaudit.run``."""
-        return f"{self.key}.run"
+        return self.run_task_name or f"{self.key}.run"
 
     @property
     def submit_task_name(self) -> str:

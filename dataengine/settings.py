@@ -88,7 +88,7 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = Field(86400, gt=0)
 
     #: The modules that define the jobs (each registers one ``Job``); workers, beat and the CLI import them.
-    job_modules: list[str] = ["tasks.propertyaudit"]
+    job_modules: list[str] = ["tasks.propertyaudit", "tasks.reviewflow"]
 
     #: A worker or beat ends with the process that started it (the demo, tests, benchmarks).
     die_with_parent: bool = False

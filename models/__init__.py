@@ -2,5 +2,9 @@
 
 from models.base import Base, RunMixin, RunStatus, StepMixin, StepResultMixin
 from models.propertyaudit import GeoQuery, GeoQueryResult, GeoRun
+from models.reviewflow import Review, ReviewAnalysisRow, ReviewFlowRun
 
-__all__ = ["Base", "GeoQuery", "GeoQueryResult", "GeoRun", "RunMixin", "RunStatus", "StepMixin", "StepResultMixin"]
+__all__ = [
+    "Base", "GeoQuery", "GeoQueryResult", "GeoRun", "Review", "ReviewAnalysisRow", "ReviewFlowRun", "RunMixin",
+    "RunStatus", "StepMixin", "StepResultMixin",
+]

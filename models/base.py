@@ -22,6 +22,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     Numeric,
+    PrimaryKeyConstraint,
     String,
     Text,
     func,
@@ -124,6 +125,11 @@ def _run_fk(cls: Any) -> Mapped[uuid.UUID]:
     return mapped_column(ForeignKey(f"{cls.__run_table__}.id", ondelete="CASCADE"), primary_key=True)
 
 
+def _run_step_key() -> tuple[PrimaryKeyConstraint]:
+    # Spelled out: the key's index must lead with run_id, for "this run's steps from index N on".
+    return (PrimaryKeyConstraint("run_id", "query_index"),)
+
+
 class StepMixin:
     """A step's input row (a query, a review, a source): unique on (run, step index), read in
     pages from the resume point. Set ``__run_table__`` to the job's run table."""
@@ -133,6 +139,10 @@ class StepMixin:
     @declared_attr
     def run_id(cls) -> Mapped[uuid.UUID]:
         return _run_fk(cls)
+
+    @declared_attr.directive
+    def __table_args__(cls) -> tuple:
+        return _run_step_key()
 
     #: The column is ``query_index`` in every job, after the run row's ``current_query_index``.
     query_index: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -147,6 +157,10 @@ class StepResultMixin:
     @declared_attr
     def run_id(cls) -> Mapped[uuid.UUID]:
         return _run_fk(cls)
+
+    @declared_attr.directive
+    def __table_args__(cls) -> tuple:
+        return _run_step_key()
 
     query_index: Mapped[int] = mapped_column(Integer, primary_key=True)
     fencing_token: Mapped[int] = mapped_column(BigInteger, nullable=False)

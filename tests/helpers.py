@@ -30,6 +30,29 @@ def audit_spec(n: int = 8, *, name: str = "Cedar Flats", key: str | None = None,
     return spec
 
 
+#: Reviews the stand-in analyst reads as they would be read: praise, a complaint, an emergency, Spanish.
+SAMPLE_REVIEWS = (
+    "Great location and friendly staff, I love the rooftop pool.",
+    "The hallway is dirty and the neighbours are loud every night.",
+    "There is a leak under the sink and mold on the wall, nobody came to fix it.",
+    "El departamento es muy limpio y el personal es amable.",
+    "Parking is fine, rent went up again.",
+)
+
+
+def review_spec(n: int = 8, *, key: str | None = None, tag: str = "r") -> dict[str, Any]:
+    """A valid ReviewFlow spec with ``n`` distinct reviews (cycling through ``SAMPLE_REVIEWS``)."""
+    reviews = [
+        {"text": f"{SAMPLE_REVIEWS[i % len(SAMPLE_REVIEWS)]} ({tag} {i})", "rating": 1 + (i * 2) % 5,
+         "author": f"resident {i}", "source": "google", "date": "2026-11-01"}
+        for i in range(n)
+    ]
+    spec: dict[str, Any] = {"property": {"name": "Cedar Flats", "city": "Austin"}, "reviews": reviews}
+    if key:
+        spec["idempotency_key"] = key
+    return spec
+
+
 def create(spec: dict[str, Any], *, job: Any = None) -> uuid.UUID:
     """A queued run of ``job`` made from ``spec``, in the database (not enqueued)."""
     from dataengine.db import session_scope

@@ -18,7 +18,7 @@ from echoruns import results, run_row
 from dataengine import app
 
 TESTS = Path(__file__).resolve().parents[1]
-JOB_ENV = {"PYTHONPATH": str(TESTS), "DATAENGINE_JOB_MODULES": json.dumps(["tasks.propertyaudit", "echojob"])}
+JOB_ENV = {"PYTHONPATH": str(TESTS), "DATAENGINE_JOB_MODULES": json.dumps(["tasks.propertyaudit", "tasks.reviewflow", "echojob"])}
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -65,3 +65,37 @@ def test_production_refuses_the_placeholder_key_and_bad_timings():
 def test_the_api_key_never_shows_in_settings_output():
     settings = Settings(openai_api_key="sk-very-secret")
     assert "sk-very-secret" not in repr(settings) and "sk-very-secret" not in str(settings.model_dump())
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"reviews": []}, "reviews: List should have at least 1 item"),
+        ({"reviews": [{"rating": 5}]}, "reviews.0.text: Field required"),
+        ({"reviews": [{"text": "ok", "rating": 6}]}, "reviews.0.rating: Input should be less than or equal to 5"),
+        ({"reviews": [{"text": "ok", "date": "last week"}]}, "reviews.0.date: Input should be a valid date"),
+        ({"reviews": [{"text": "ok", "stars": 4}]}, "reviews.0.stars: Extra inputs are not permitted"),
+        ({"reviews": [{"text": "x" * 10_001}]}, "reviews: review 0 is 10001 characters; the limit is 10000"),
+        ({"reviews": [{"text": "ok"}] * 50_001}, "reviews: at most 50000 reviews per run, got 50001"),
+        ({"reviews": [{"text": "bad\x00byte"}]}, "reviews.0.text: text must not contain NUL"),
+    ],
+)
+def test_a_bad_reviewflow_spec_gets_a_message_naming_the_field(change, message):
+    from helpers import review_spec
+
+    from tasks.reviewflow import JOB as REVIEWFLOW
+
+    with pytest.raises(SpecInvalid, match="The run spec is invalid") as err:
+        validate_spec(REVIEWFLOW, {**review_spec(2), **change})
+    assert message in str(err.value)
+
+
+def test_a_valid_reviewflow_spec_becomes_a_run_and_its_reviews():
+    from helpers import review_spec
+
+    from tasks.reviewflow import JOB as REVIEWFLOW
+
+    spec, key = validate_spec(REVIEWFLOW, review_spec(3, key="batch-1"))
+    new = REVIEWFLOW.build(spec)
+    assert key == "batch-1" and new.values["total_reviews"] == 3 and len(new.steps) == 3
+    assert new.steps[0]["review_text"].startswith("Great location") and str(new.steps[0]["review_date"]) == "2026-11-01"
