@@ -10,9 +10,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, StringConstraints, ValidationError
 from sqlalchemy import func, insert, literal, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
@@ -25,6 +25,8 @@ from models.base import ACTIVE_STATUSES
 
 #: Longest idempotency key a producer may send (the column's width).
 MAX_IDEMPOTENCY_KEY_CHARS = 200
+#: Text in a spec: stripped, and not empty (a job adds ``StringConstraints(max_length=...)``).
+SpecText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 
 
 def _nul_paths(value: Any, path: str = "") -> list[str]:

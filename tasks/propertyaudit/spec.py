@@ -10,8 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dataengine.jobs import NewRun
 from dataengine.settings import get_settings
-
-Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+from dataengine.submitting import SpecText
 
 
 class AuditLimits(BaseSettings):
@@ -34,10 +33,10 @@ class PropertySpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: Annotated[Text, StringConstraints(max_length=300)]
-    city: Annotated[Text, StringConstraints(max_length=200)] | None = None
-    website: Annotated[Text, StringConstraints(max_length=500)] | None = None
-    aliases: list[Annotated[Text, StringConstraints(max_length=300)]] = Field(default_factory=list, max_length=50)
+    name: Annotated[SpecText, StringConstraints(max_length=300)]
+    city: Annotated[SpecText, StringConstraints(max_length=200)] | None = None
+    website: Annotated[SpecText, StringConstraints(max_length=500)] | None = None
+    aliases: list[Annotated[SpecText, StringConstraints(max_length=300)]] = Field(default_factory=list, max_length=50)
 
 
 class AuditSpec(BaseModel):
@@ -46,8 +45,8 @@ class AuditSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     property: PropertySpec
-    queries: list[Text] = Field(min_length=1)
-    model: Annotated[Text, StringConstraints(max_length=100)] | None = None
+    queries: list[SpecText] = Field(min_length=1)
+    model: Annotated[SpecText, StringConstraints(max_length=100)] | None = None
 
     @field_validator("queries")
     @classmethod

@@ -11,8 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dataengine.jobs import NewRun
 from dataengine.settings import get_settings
-
-Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+from dataengine.submitting import SpecText
 
 
 class ReviewLimits(BaseSettings):
@@ -35,8 +34,8 @@ class PropertyRef(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: Annotated[Text, StringConstraints(max_length=300)]
-    city: Annotated[Text, StringConstraints(max_length=200)] | None = None
+    name: Annotated[SpecText, StringConstraints(max_length=300)]
+    city: Annotated[SpecText, StringConstraints(max_length=200)] | None = None
 
 
 class ReviewIn(BaseModel):
@@ -44,12 +43,12 @@ class ReviewIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    text: Text
+    text: SpecText
     rating: int | None = Field(None, ge=1, le=5)
-    author: Annotated[Text, StringConstraints(max_length=200)] | None = None
-    source: Annotated[Text, StringConstraints(max_length=100)] | None = None
+    author: Annotated[SpecText, StringConstraints(max_length=200)] | None = None
+    source: Annotated[SpecText, StringConstraints(max_length=100)] | None = None
     date: dt.date | None = None
-    external_id: Annotated[Text, StringConstraints(max_length=200)] | None = None
+    external_id: Annotated[SpecText, StringConstraints(max_length=200)] | None = None
 
 
 class ReviewFlowSpec(BaseModel):
@@ -59,7 +58,7 @@ class ReviewFlowSpec(BaseModel):
 
     property: PropertyRef
     reviews: list[ReviewIn] = Field(min_length=1)
-    model: Annotated[Text, StringConstraints(max_length=100)] | None = None
+    model: Annotated[SpecText, StringConstraints(max_length=100)] | None = None
 
     @field_validator("reviews")
     @classmethod
