@@ -12,11 +12,13 @@ import os
 import signal
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from conftest import wait_for
-from helpers import answered, audit_spec, create_audit, results, run_row
+from helpers import answered, audit_spec, create, create_audit, results, review_spec, run_row
 
 from dataengine import app
 from dataengine.settings import get_settings
@@ -25,114 +27,151 @@ pytestmark = pytest.mark.timeout(120)
 RUN = "propertyaudit.run"
 
 
-def enqueue(run_id: uuid.UUID) -> Any:
-    return app.send_task(RUN, kwargs={"run_id": str(run_id)})
+@dataclass(frozen=True)
+class Kind:
+    """A job the crash tests run on: how to make a spec of n steps, and the prompts its steps send
+    (what the stand-in counts, to prove nothing was paid twice)."""
+
+    key: str
+    spec: Callable[[int], dict[str, Any]]
+    prompts: Callable[[dict[str, Any]], list[str]]
+    calls_per_step: int
+
+    @property
+    def job(self) -> Any:
+        from dataengine.jobs import get_job, load_jobs
+
+        load_jobs()
+        return get_job(self.key)
 
 
-def owned_by(run_id: uuid.UUID, worker: str) -> dict[str, Any] | None:
-    row = run_row(run_id)
+KINDS = {
+    "propertyaudit": Kind("propertyaudit", audit_spec, lambda spec: spec["queries"], 2),
+    "reviewflow": Kind("reviewflow", review_spec, lambda spec: [r["text"] for r in spec["reviews"]], 1),
+}
+
+
+@pytest.fixture(params=list(KINDS))
+def kind(request: pytest.FixtureRequest) -> Kind:
+    """Each job in turn: the crash tests hold for every job the engine runs."""
+    return KINDS[request.param]
+
+
+def enqueue(run_id: uuid.UUID, job: Any = None) -> Any:
+    return app.send_task(job.task_name if job else RUN, kwargs={"run_id": str(run_id)})
+
+
+def owned_by(run_id: uuid.UUID, worker: str, job: Any = None) -> dict[str, Any] | None:
+    row = run_row(run_id, job=job)
     return row if (row["lease_owner"] or "").startswith(f"{worker}@") else None
 
 
-def progressed(run_id: uuid.UUID, steps: int) -> dict[str, Any] | None:
-    row = run_row(run_id)
+def progressed(run_id: uuid.UUID, steps: int, job: Any = None) -> dict[str, Any] | None:
+    row = run_row(run_id, job=job)
     return row if row["completed_steps"] >= steps else None
 
 
-def finished(run_id: uuid.UUID) -> dict[str, Any] | None:
-    row = run_row(run_id)
+def finished(run_id: uuid.UUID, job: Any = None) -> dict[str, Any] | None:
+    row = run_row(run_id, job=job)
     return row if row["status"] in ("completed", "failed", "cancelled") else None
 
 
-def assert_nothing_paid_twice(fake_llm: Any, queries: list[str], checkpointed: set[int]) -> None:
-    """Every query answered; none recorded before the crash asked again; at most the in-flight ones twice."""
-    counts = {i: answered(fake_llm, q) for i, q in enumerate(queries)}
+def assert_nothing_paid_twice(fake_llm: Any, prompts: list[str], checkpointed: set[int]) -> None:
+    """Every step answered; none recorded before the crash asked again; at most the in-flight ones twice."""
+    counts = {i: answered(fake_llm, q) for i, q in enumerate(prompts)}
     assert all(c >= 1 for c in counts.values()), counts
     assert {i: counts[i] for i in checkpointed} == dict.fromkeys(checkpointed, 1)
     assert sum(c - 1 for c in counts.values()) <= get_settings().step_concurrency
 
 
-def audit_on_worker_a(workers: Any, fake_llm: Any, n: int, *, latency_ms: float) -> tuple[Any, list[str], uuid.UUID]:
-    """Worker ``a`` started and working an audit of ``n`` queries, each LLM call taking ``latency_ms``."""
+def run_on_worker_a(workers: Any, fake_llm: Any, n: int, *, latency_ms: float, kind: Kind = KINDS["propertyaudit"]
+                    ) -> tuple[Any, list[str], uuid.UUID]:
+    """Worker ``a`` started and working a run of ``n`` steps of ``kind``, each LLM call taking ``latency_ms``."""
     fake_llm.configure(latency_ms=latency_ms)
     a = workers("a")
-    run_id = create_audit(n)
-    enqueue(run_id)
-    return a, audit_spec(n)["queries"], run_id
+    spec = kind.spec(n)
+    run_id = create(spec, job=kind.job)
+    enqueue(run_id, kind.job)
+    return a, kind.prompts(spec), run_id
 
 
 @pytest.mark.parametrize("db_route", ["direct", "pgbouncer"], indirect=True)
-def test_a_run_survives_its_pool_process_being_sigkilled(workers, fake_llm):
-    a, queries, run_id = audit_on_worker_a(workers, fake_llm, 60, latency_ms=120)
-    wait_for(lambda: progressed(run_id, 8), timeout_s=30, what="8 checkpointed queries")
+def test_a_run_survives_its_pool_process_being_sigkilled(workers, fake_llm, kind):
+    job = kind.job
+    a, prompts, run_id = run_on_worker_a(workers, fake_llm, 60, latency_ms=120, kind=kind)
+    wait_for(lambda: progressed(run_id, 8, job), timeout_s=30, what="8 checkpointed steps")
     (child,) = a.children()
     os.kill(child, signal.SIGKILL)
-    checkpointed = set(results(run_id))
+    checkpointed = set(results(run_id, job=job))
     assert len(checkpointed) < 50, "the run was nearly done before the kill; the test proves nothing"
-    row = wait_for(lambda: finished(run_id), timeout_s=60, what="the run to finish after the kill")
+    row = wait_for(lambda: finished(run_id, job), timeout_s=60, what="the run to finish after the kill")
     assert row["status"] == "completed" and row["fencing_token"] >= 2
-    assert sorted(results(run_id)) == list(range(60))
-    assert_nothing_paid_twice(fake_llm, queries, checkpointed)
+    assert sorted(results(run_id, job=job)) == list(range(60))
+    assert_nothing_paid_twice(fake_llm, prompts, checkpointed)
     assert a.proc.poll() is None  # the worker replaced its pool process and went on
 
 
 @pytest.mark.parametrize("db_route", ["direct", "pgbouncer"], indirect=True)
-def test_a_run_resumes_on_another_worker_within_seconds_of_a_main_process_sigkill(workers, fake_llm):
-    a, queries, run_id = audit_on_worker_a(workers, fake_llm, 100, latency_ms=120)
-    wait_for(lambda: owned_by(run_id, "a"), timeout_s=30, what="worker a to claim the run")
+def test_a_run_resumes_on_another_worker_within_seconds_of_a_main_process_sigkill(workers, fake_llm, kind):
+    job = kind.job
+    a, prompts, run_id = run_on_worker_a(workers, fake_llm, 100, latency_ms=120, kind=kind)
+    wait_for(lambda: owned_by(run_id, "a", job), timeout_s=30, what="worker a to claim the run")
     workers("b")
-    start = run_row(run_id)["completed_steps"]
-    wait_for(lambda: progressed(run_id, start + 4), timeout_s=30, what="4 more checkpointed queries")
+    start = run_row(run_id, job=job)["completed_steps"]
+    wait_for(lambda: progressed(run_id, start + 4, job), timeout_s=30, what="4 more checkpointed steps")
     killed_at = time.monotonic()
     a.kill_main()
-    checkpointed = set(results(run_id))
+    checkpointed = set(results(run_id, job=job))
     assert len(checkpointed) < 90, "the run was nearly done before the kill; the test proves nothing"
-    wait_for(lambda: owned_by(run_id, "b") and progressed(run_id, len(checkpointed) + 1), timeout_s=15,
-             what="worker b to checkpoint a new query")
+    wait_for(lambda: owned_by(run_id, "b", job) and progressed(run_id, len(checkpointed) + 1, job), timeout_s=15,
+             what="worker b to checkpoint a new step")
     resumed_after_s = time.monotonic() - killed_at
-    row = wait_for(lambda: finished(run_id), timeout_s=60, what="the run to finish")
-    assert row["status"] == "completed" and sorted(results(run_id)) == list(range(100))
+    row = wait_for(lambda: finished(run_id, job), timeout_s=60, what="the run to finish")
+    assert row["status"] == "completed" and sorted(results(run_id, job=job)) == list(range(100))
     assert resumed_after_s < 10, f"resumed only {resumed_after_s:.1f}s after the SIGKILL"
-    assert_nothing_paid_twice(fake_llm, queries, checkpointed)
+    assert_nothing_paid_twice(fake_llm, prompts, checkpointed)
 
 
 @pytest.mark.parametrize("db_route", ["direct", "pgbouncer"], indirect=True)
-def test_a_sigstopped_worker_that_wakes_after_a_takeover_writes_nothing(workers, fake_llm):
-    a, _, run_id = audit_on_worker_a(workers, fake_llm, 80, latency_ms=150)
-    wait_for(lambda: owned_by(run_id, "a"), timeout_s=30, what="worker a to claim the run")
+def test_a_sigstopped_worker_that_wakes_after_a_takeover_writes_nothing(workers, fake_llm, kind):
+    job = kind.job
+    a, _, run_id = run_on_worker_a(workers, fake_llm, 80, latency_ms=150, kind=kind)
+    wait_for(lambda: owned_by(run_id, "a", job), timeout_s=30, what="worker a to claim the run")
     workers("b")
-    wait_for(lambda: progressed(run_id, 4), timeout_s=30, what="4 checkpointed queries")
+    wait_for(lambda: progressed(run_id, 4, job), timeout_s=30, what="4 checkpointed steps")
     a.signal_group(signal.SIGSTOP)
-    started_by_a = a.log_text().count("Processing query")
-    a_token = run_row(run_id)["fencing_token"]
-    written_by_a = {i for i, r in results(run_id).items() if r["fencing_token"] == a_token}
-    taken = wait_for(lambda: owned_by(run_id, "b"), timeout_s=15, what="worker b to take the run over")
-    wait_for(lambda: progressed(run_id, len(written_by_a) + 2), timeout_s=15, what="worker b to make progress")
+    started_by_a = a.log_text().count(f"Processing {job.step_noun}")
+    a_token = run_row(run_id, job=job)["fencing_token"]
+    written_by_a = {i for i, r in results(run_id, job=job).items() if r["fencing_token"] == a_token}
+    taken = wait_for(lambda: owned_by(run_id, "b", job), timeout_s=15, what="worker b to take the run over")
+    wait_for(lambda: progressed(run_id, len(written_by_a) + 2, job), timeout_s=15, what="worker b to make progress")
     a.signal_group(signal.SIGCONT)
-    row = wait_for(lambda: finished(run_id), timeout_s=60, what="the run to finish")
-    recorded = results(run_id)
+    row = wait_for(lambda: finished(run_id, job), timeout_s=60, what="the run to finish")
+    recorded = results(run_id, job=job)
     assert {i for i, r in recorded.items() if r["fencing_token"] == a_token} == written_by_a
     assert {r["fencing_token"] for r in recorded.values()} <= {a_token, taken["fencing_token"]}
     assert row["status"] == "completed" and row["fencing_token"] == taken["fencing_token"]
     assert sorted(recorded) == list(range(80)) and row["completed_steps"] == 80
     wait_for(lambda: "taken over by another worker" in a.log_text(), timeout_s=10, what="worker a to notice")
-    assert a.log_text().count("Processing query") == started_by_a  # waking up, it started no step before noticing
+    # Waking up, it started no step before noticing.
+    assert a.log_text().count(f"Processing {job.step_noun}") == started_by_a
 
 
-def test_a_run_enqueued_twice_has_one_executor(workers, fake_llm):
+def test_a_run_enqueued_twice_has_one_executor(workers, fake_llm, kind):
+    job = kind.job
     fake_llm.configure(latency_ms=100)
-    spec = audit_spec(40)
+    spec = kind.spec(40)
     workers("a", concurrency=2)
-    run_id = create_audit(40)
-    first = enqueue(run_id)
-    wait_for(lambda: owned_by(run_id, "a"), timeout_s=30, what="the first delivery to claim the run")
-    second = enqueue(run_id).get(timeout=60)  # delivered to the other pool process while the first works
+    run_id = create(spec, job=job)
+    first = enqueue(run_id, job)
+    wait_for(lambda: owned_by(run_id, "a", job), timeout_s=30, what="the first delivery to claim the run")
+    second = enqueue(run_id, job).get(timeout=60)  # delivered to the other pool process while the first works
     assert second["executed"] is False and "being executed by a@" in second["detail"]
     assert first.get(timeout=60)["status"] == "completed"
-    assert all(answered(fake_llm, q) == 1 for q in spec["queries"])
-    again = enqueue(run_id).get(timeout=30)
+    assert all(answered(fake_llm, p) == 1 for p in kind.prompts(spec))
+    again = enqueue(run_id, job).get(timeout=30)
     assert again["executed"] is False and "already completed" in again["detail"]
-    assert fake_llm.stats()["answered"] == 80
+    assert fake_llm.stats()["answered"] == 40 * kind.calls_per_step
 
 
 def test_submit_creates_the_run_once_per_idempotency_key(workers, fake_llm):
@@ -221,7 +260,7 @@ def test_beat_alone_takes_back_a_run_whose_worker_died(engine_env, tmp_path):
 
 
 def test_a_warm_shutdown_hands_the_run_over_without_waiting_for_it_or_paying_twice(workers, fake_llm):
-    a, queries, run_id = audit_on_worker_a(workers, fake_llm, 60, latency_ms=100)
+    a, queries, run_id = run_on_worker_a(workers, fake_llm, 60, latency_ms=100)
     wait_for(lambda: progressed(run_id, 6), timeout_s=30, what="6 checkpointed queries")
     os.kill(a.pid, signal.SIGTERM)  # what `docker stop` or a deploy sends: the main process only
     a.proc.wait(timeout=15)
