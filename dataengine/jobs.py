@@ -76,6 +76,10 @@ class Job:
     #: The name of the task that executes a run, when the public contract names it otherwise
     #: than ``<key>.run`` (``reviewflow.analyze``).
     run_task_name: str | None = None
+    #: (**kwargs) -> [(run id, created)]: what the run task does when sent without a ``run_id``
+    #: (``knowledge.refresh`` with ``property_id=`` or nothing). It validates its arguments
+    #: (``SpecInvalid``), finds or creates the runs, and the engine enqueues the created ones.
+    start_runs: Callable[..., list[tuple[uuid.UUID, bool]]] | None = None
 
     def __post_init__(self) -> None:
         if self.step_error_policy == "record" and self.failed_step_values is None:

@@ -28,7 +28,7 @@ class RunTask(Task):
 
     autoretry_for = (TransientStepError, DatabaseUnavailable)
     # Expected outcomes, logged without a traceback: bad input, a run that ended failed, an outage.
-    throws = (InvalidRunId, RunNotFound, StepFailed, DatabaseUnavailable)
+    throws = (InvalidRunId, RunNotFound, SpecInvalid, StepFailed, DatabaseUnavailable)
     retry_backoff = 2
     retry_backoff_max = 300
     retry_jitter = True
@@ -62,11 +62,24 @@ def run_job(task: Task, job: Job, run_id: object) -> dict[str, Any]:
     return outcome.as_dict()
 
 
+def start_runs(job: Job, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The run task sent without a ``run_id``: the job finds or creates its runs, the new ones are enqueued."""
+    started = job.start_runs(**kwargs) if job.start_runs is not None else []
+    for run_id, created in started:
+        if created:
+            current_app.send_task(job.task_name, kwargs={"run_id": str(run_id)})
+    return {"run_ids": [str(run_id) for run_id, _ in started], "created": sum(created for _, created in started)}
+
+
 def define_tasks(job: Job) -> None:
     """Define ``<key>.run`` (execute a run by id) and ``<key>.submit`` (create one from its spec) for ``job``."""
     from dataengine.submitting import submit_run
 
-    def run(self: RunTask, run_id: str) -> dict[str, Any]:
+    def run(self: RunTask, run_id: str | None = None, **kwargs: Any) -> dict[str, Any]:
+        if run_id is None and job.start_runs is not None:
+            return start_runs(job, kwargs)
+        if kwargs:
+            raise SpecInvalid(details=f"unexpected arguments {', '.join(sorted(kwargs))}: send only run_id")
         return run_job(self, job, run_id)
 
     def submit(**spec: Any) -> str:

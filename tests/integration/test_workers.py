@@ -205,6 +205,8 @@ def test_bad_input_gets_a_clear_error_and_harms_no_other_run(workers, fake_llm, 
     unknown = uuid.uuid4()
     assert f"No PropertyAudit run with id {unknown}" in _failure(enqueue(unknown))
     assert "not a UUID" in _failure(app.send_task(RUN, kwargs={"run_id": "../../etc/passwd"}))
+    extra = _failure(app.send_task(RUN, kwargs={"run_id": str(unknown), "priority": "high"}))
+    assert "unexpected arguments priority: send only run_id" in extra
     malformed = _failure(app.send_task("propertyaudit.submit", kwargs={"property": {}, "queries": "best pool"}))
     assert "property.name: Field required" in malformed and "queries:" in malformed
     too_many = {**audit_spec(1), "queries": [f"q{i}" for i in range(10_001)]}
