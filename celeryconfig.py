@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataengine.broker import BROKER_CONNECT_TIMEOUT_S, BROKER_SOCKET_TIMEOUT_S, RESULT_RETRY_MAX_SLEEP_MS
 from dataengine.redis_keys import REDBEAT_KEY_PREFIX
+from dataengine.schedules import parse_schedule
 from dataengine.settings import get_settings
 
 _s = get_settings()
@@ -66,3 +67,9 @@ redbeat_redis_options = {"socket_timeout": BROKER_SOCKET_TIMEOUT_S, "socket_conn
 redbeat_lock_timeout = 60
 beat_max_loop_interval = 5
 beat_schedule: dict = {}
+if _s.knowledge_refresh_schedule and "tasks.knowledge" in _s.job_modules:
+    # redbeat's lock: two beats running by accident still fire each tick once.
+    beat_schedule["knowledge-refresh"] = {
+        "task": "knowledge.refresh",  # no arguments: every property that has sources
+        "schedule": parse_schedule(_s.knowledge_refresh_schedule),
+    }

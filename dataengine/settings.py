@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The key the stand-in LLM server accepts; refused outside development.
@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     #: Redis hides an unacknowledged message this long; our sweeper recovers runs much sooner.
     visibility_timeout_s: int = Field(86400, gt=0)
 
+    #: When beat starts ``knowledge.refresh`` for every property with sources: a five-field cron
+    #: expression (UTC) or a number of seconds; empty turns the schedule off.
+    knowledge_refresh_schedule: str = "0 3 * * *"
+
     #: The modules that define the jobs (each registers one ``Job``); workers, beat and the CLI import them.
     job_modules: list[str] = ["tasks.propertyaudit", "tasks.reviewflow"]
 
@@ -94,6 +98,15 @@ class Settings(BaseSettings):
     die_with_parent: bool = False
 
     log_level: str = "INFO"
+
+    @field_validator("knowledge_refresh_schedule")
+    @classmethod
+    def _valid_schedule(cls, value: str) -> str:
+        if value.strip():
+            from dataengine.schedules import parse_schedule
+
+            parse_schedule(value)
+        return value.strip()
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -99,3 +99,20 @@ def test_a_valid_reviewflow_spec_becomes_a_run_and_its_reviews():
     new = REVIEWFLOW.build(spec)
     assert key == "batch-1" and new.values["total_reviews"] == 3 and len(new.steps) == 3
     assert new.steps[0]["review_text"].startswith("Great location") and str(new.steps[0]["review_date"]) == "2026-11-01"
+
+
+def test_schedules_are_cron_expressions_or_seconds_and_bad_ones_are_named():
+    from celery.schedules import crontab, schedule
+
+    from dataengine.schedules import parse_schedule
+
+    nightly = parse_schedule("0 3 * * *")
+    assert isinstance(nightly, crontab) and nightly.hour == {3} and nightly.minute == {0}
+    assert isinstance(parse_schedule(" 90 "), schedule) and parse_schedule("90").run_every.total_seconds() == 90
+    for bad, message in [("0 3 * *", "neither a number of seconds nor a five-field cron"),
+                         ("61 3 * * *", "not a valid cron expression"), ("-5", "must be positive")]:
+        with pytest.raises(ValueError, match=message):
+            parse_schedule(bad)
+    with pytest.raises(ValueError, match="neither a number of seconds"):
+        Settings(knowledge_refresh_schedule="nightly")
+    assert Settings(knowledge_refresh_schedule="").knowledge_refresh_schedule == ""
