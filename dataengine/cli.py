@@ -68,13 +68,17 @@ def submit(
 
 @cli.command()
 def status(
-    run_id: str,
+    run_id: Annotated[str | None, typer.Argument(help="A run of any job; without one, the latest runs")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run row as JSON")] = False,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many of the latest runs to list")] = 20,
 ) -> None:
-    """Show a run's row: status, progress, ETA, tokens, cost, error."""
+    """Show a run's row (status, progress, ETA, tokens, cost, error), or list the latest runs of every job."""
     _jobs()
     from dataengine.inspect import STATUS_COLUMNS, describe, find_run
 
+    if run_id is None:
+        _list_runs(limit=limit, as_json=as_json)
+        return
     try:
         job, row = find_run(run_id)
     except DataEngineError as exc:
@@ -86,6 +90,28 @@ def status(
     for column in STATUS_COLUMNS:
         if row[column] is not None:
             console.print(f"  {column:<20} {row[column]}", highlight=False)
+
+
+def _list_runs(*, limit: int, as_json: bool) -> None:
+    from rich.table import Table
+
+    from dataengine.inspect import latest_runs
+
+    runs = latest_runs(limit)
+    if as_json:
+        print(json.dumps([{"job": job.key, **row} for job, row in runs], default=str, indent=2))
+        return
+    table = Table(title=f"latest {len(runs)} runs, newest first", highlight=False)
+    for name in ("job", "id"):
+        table.add_column(name, no_wrap=True)
+    for name in ("status", "steps", "cost", "created", "error"):
+        table.add_column(name, overflow="ellipsis")
+    for job, row in runs:
+        table.add_row(
+            job.key, str(row["id"]), row["status"], f"{row['completed_steps']}/{row['total_steps']}",
+            f"${float(row['cost_usd']):.4f}", f"{row['created_at']:%Y-%m-%d %H:%M}", (row["error_message"] or "")[:80],
+        )
+    console.print(table)
 
 
 @cli.command()

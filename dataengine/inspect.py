@@ -36,6 +36,24 @@ def find_run(run_id: object) -> tuple[Job, dict[str, Any]]:
     raise RunNotFound(job="known", run_id=rid)
 
 
+#: Columns of the latest-runs listing, after the job's name.
+LISTED_COLUMNS = ("id", "status", "progress_pct", "completed_steps", "total_steps", "cost_usd", "created_at",
+                  "finished_at", "error_message")
+
+
+def latest_runs(limit: int = 20) -> list[tuple[Job, dict[str, Any]]]:
+    """The newest ``limit`` runs of every job, newest first."""
+    rows: list[tuple[Job, dict[str, Any]]] = []
+    with session_scope() as session:
+        for job in all_jobs():
+            t = job.runs
+            found = session.execute(
+                select(*(t.c[c] for c in LISTED_COLUMNS)).order_by(t.c.created_at.desc()).limit(limit)
+            ).mappings()
+            rows += [(job, dict(r)) for r in found]
+    return sorted(rows, key=lambda jr: jr[1]["created_at"], reverse=True)[:limit]
+
+
 def describe(job: Job, row: dict[str, Any]) -> str:
     """One line: where the run is, what it costs, how long it still needs."""
     eta = f", ETA {row['eta_s']}s" if row["eta_s"] and row["status"] == "running" else ""
