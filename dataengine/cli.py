@@ -203,13 +203,17 @@ def fake_llm(
 
 @cli.command()
 def demo(
-    queries: Annotated[int, typer.Option(min=4, max=500, help="How many queries the demo audit asks")] = 30,
+    job: Annotated[str, typer.Argument(help="propertyaudit or reviewflow")] = "propertyaudit",
+    steps: Annotated[int, typer.Option("--steps", "--queries", min=4, max=500,
+                                       help="How many steps (queries, reviews) the demo run has")] = 30,
     latency_ms: Annotated[float, typer.Option(help="Stand-in LLM latency per call")] = 300.0,
 ) -> None:
-    """Run a PropertyAudit end to end, SIGKILL its worker half-way, and show it resume."""
-    from dataengine.demo import run_demo
+    """Run a PropertyAudit (or a ReviewFlow) end to end, SIGKILL its worker half-way, and show it resume."""
+    from dataengine.demo import KINDS, run_demo
 
-    raise typer.Exit(code=run_demo(console=console, queries=queries, latency_ms=latency_ms))
+    if job not in KINDS:
+        raise _fail(f"no demo for {job!r}; known: {', '.join(KINDS)}")
+    raise typer.Exit(code=run_demo(console=console, job_key=job, steps=steps, latency_ms=latency_ms))
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""``dataengine demo``: a PropertyAudit end to end on real local processes, its worker SIGKILLed half-way.
+"""``dataengine demo [JOB]``: a PropertyAudit (or a ReviewFlow) end to end on real local processes,
+its worker SIGKILLed half-way.
 
 Everything runs on this machine: the LLM is the project's stand-in server (``dataengine.fakellm``)
 in this process; worker and beat are real ``celery`` subprocesses on the user's PostgreSQL and Redis.
@@ -11,7 +12,9 @@ import random
 import signal
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +29,13 @@ from dataengine.celery_app import enqueue
 from dataengine.db import session_scope
 from dataengine.fakellm import FakeConfig, FakeLLMServer
 from dataengine.inspect import find_run, watch
+from dataengine.jobs import Job, get_job, load_jobs
 from dataengine.migrations import migrate
 from dataengine.procs import CeleryProcess, start_beat, start_worker
 from dataengine.runs import finish_run
 from dataengine.settings import get_settings
 from dataengine.submitting import submit_run
 from models.base import RunStatus
-from tasks.propertyaudit import JOB
 
 PROPERTY = {"name": "The Monarch at Riverside", "city": "Austin", "aliases": ["Monarch at Riverside"],
             "website": "https://www.the-monarch-at-riverside.example"}
@@ -47,6 +50,16 @@ PLACES = ("downtown", "South Congress", "the Domain", "Zilker Park", "Mueller", 
           "Lady Bird Lake", "East Cesar Chavez", "Riverside Drive")
 AMENITIES = ("a pool", "a gym", "a dog park", "in-unit laundry", "covered parking", "a rooftop deck",
              "EV charging", "a coworking space", "short-term leases", "utilities included")
+REVIEWS = (
+    ("Love the rooftop pool and the staff at the front office are always friendly.", 5),
+    ("There is a leak under the kitchen sink and mold on the wall; nobody came to fix it.", 1),
+    ("The neighbours are loud every night and the hallway is dirty.", 2),
+    ("El departamento es muy limpio y el personal es amable.", 5),
+    ("Parking is fine but the rent went up again this year.", 3),
+    ("The gym is great, quiet and clean, I recommend it.", 4),
+    ("My heater is broken, no heat for three days in this cold.", 1),
+    ("Spacious units with a great view of the lake.", 5),
+)
 LOG_DIR = Path(".dataengine") / "demo"
 READY_TIMEOUT_S = 30.0
 RUN_TIMEOUT_S = 120.0
@@ -67,6 +80,58 @@ def demo_queries(n: int) -> list[str]:
     combos = list(itertools.product(TEMPLATES, PLACES, AMENITIES))
     random.Random(7).shuffle(combos)  # neighbouring queries differ in every part
     return [t.format(place=p, amenity=a) for t, p, a in combos[:n]]
+
+
+def demo_reviews(n: int) -> list[tuple[str, int]]:
+    """``n`` distinct resident reviews with their ratings, the same on every demo."""
+    return [(f"{text} (unit {101 + i})", rating) for i, (text, rating) in
+            ((i, REVIEWS[i % len(REVIEWS)]) for i in range(n))]
+
+
+@dataclass(frozen=True)
+class DemoKind:
+    """What the demo runs for one job: its LLM inputs, the spec they make, and how its result reads."""
+
+    key: str
+    inputs: Callable[[int], list[str]]
+    spec: Callable[[list[str]], dict[str, Any]]
+    result_rows: Callable[[dict[str, Any]], list[tuple[str, str]]]
+
+
+def _audit_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    return [
+        ("Visibility score", f"{summary['visibility_score']:.0%} "
+                             f"({summary['mentions']} of {summary['queries_answered']} answers mention it)"),
+        ("Mean rank", "—" if summary["mean_rank"] is None else f"{summary['mean_rank']:g} when mentioned"),
+        ("Top competitors", ", ".join(f"{c['name']} ({c['mentions']})" for c in summary["top_competitors"])),
+    ]
+
+
+def _review_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    return [
+        ("Sentiment", ", ".join(f"{label} {n}" for label, n in summary["sentiment"].items())),
+        ("Top topics", ", ".join(f"{t['topic']} ({t['reviews']})" for t in summary["top_topics"])),
+        ("Urgent, need a reply", f"{summary['urgent_needing_reply']}: "
+                                 + "; ".join(u["excerpt"][:50] for u in summary["urgent"][:3])),
+        ("Rating vs sentiment", f"{summary['average_rating']} stars on average, sentiment "
+                                f"{summary['average_sentiment']:+.2f}"),
+    ]
+
+
+KINDS = {
+    "propertyaudit": DemoKind(
+        "propertyaudit", demo_queries, lambda queries: {"property": PROPERTY, "queries": queries}, _audit_rows,
+    ),
+    "reviewflow": DemoKind(
+        "reviewflow",
+        lambda n: [text for text, _ in demo_reviews(n)],
+        lambda texts: {
+            "property": {"name": PROPERTY["name"], "city": PROPERTY["city"]},
+            "reviews": [{"text": t, "rating": r} for t, (_, r) in zip(texts, demo_reviews(len(texts)), strict=True)],
+        },
+        _review_rows,
+    ),
+}
 
 
 def _redacted(url: str) -> str:
@@ -106,8 +171,8 @@ def worker_env(base_url: str) -> dict[str, str]:
 class Demo:
     """The demo's processes and run, and the watch callback that kills the first worker half-way."""
 
-    def __init__(self, console: Console, queries: list[str], env: dict[str, str]) -> None:
-        self.console, self.queries, self.env = console, queries, env
+    def __init__(self, console: Console, job: Job, inputs: list[str], env: dict[str, str]) -> None:
+        self.console, self.job, self.inputs, self.env = console, job, inputs, env
         self.procs: dict[str, CeleryProcess] = {}
         self.run_id: str | None = None
         self.killed_at: float | None = None
@@ -124,8 +189,8 @@ class Demo:
         return self.procs.get("demo-2") or self.procs["demo-1"]
 
     def on_update(self, row: dict[str, Any]) -> None:
-        """Kill demo-1 once half the queries are checkpointed, start demo-2, and report when it takes over."""
-        n = len(self.queries)
+        """Kill demo-1 once half the steps are checkpointed, start demo-2, and report when it takes over."""
+        n, noun = len(self.inputs), self.job.step_noun
         if self.worker().proc.poll() is not None:
             raise DemoError(f"worker {self.worker().name} exited unexpectedly", log=self.worker())
         if self.killed_at is None and row["status"] == "running" and row["completed_steps"] >= n // 2:
@@ -136,14 +201,14 @@ class Demo:
             _, row = find_run(self.run_id)
             self.checkpointed = row["current_query_index"]
             self.console.print(
-                f"[bold red]SIGKILL[/bold red] worker demo-1 (pid {victim.pid}) at query {self.checkpointed + 1}/{n}"
-                f" — {row['completed_steps']} answers already checkpointed")
+                f"[bold red]SIGKILL[/bold red] worker demo-1 (pid {victim.pid}) at {noun} {self.checkpointed + 1}/{n}"
+                f" — {row['completed_steps']} {self.job.step_plural} already checkpointed")
             self.start("demo-2")
             self.console.print("started worker demo-2; the run is taken back once demo-1's lease "
                                f"({get_settings().lease_s:g} s) expires", style="dim")
         elif self.killed_at and self.recovered_after is None and (row["lease_owner"] or "").startswith("demo-2@"):
             self.recovered_after = time.monotonic() - self.killed_at
-            self.console.print(f"[bold green]demo-2 resumed[/bold green] at query {self.checkpointed + 1}/{n} "
+            self.console.print(f"[bold green]demo-2 resumed[/bold green] at {noun} {self.checkpointed + 1}/{n} "
                                f"after {self.recovered_after:.1f}s")
 
     def cleanup(self) -> None:
@@ -152,21 +217,18 @@ class Demo:
             list(pool.map(CeleryProcess.stop, self.procs.values()))
         if self.run_id is not None:  # a no-op when the run is already final
             with session_scope() as session:
-                finish_run(session=session, job=JOB, run_id=uuid.UUID(self.run_id), status=RunStatus.cancelled,
+                finish_run(session=session, job=self.job, run_id=uuid.UUID(self.run_id), status=RunStatus.cancelled,
                            error="the demo stopped before the run finished")
 
 
-def summary_table(row: dict[str, Any], recovered_after: float | None) -> Table:
-    """What the audit found, what it cost, and how long it took."""
-    summary = row["summary"]
-    table = Table(title="PropertyAudit result", show_header=False, title_justify="left")
+def summary_table(job: Job, kind: DemoKind, row: dict[str, Any], recovered_after: float | None) -> Table:
+    """What the run found, what it cost, and how long it took."""
+    table = Table(title=f"{job.name} result", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
     table.add_row("Property", f"{PROPERTY['name']} ({PROPERTY['city']})")
-    table.add_row("Visibility score", f"{summary['visibility_score']:.0%} "
-                                      f"({summary['mentions']} of {summary['queries_answered']} answers mention it)")
-    table.add_row("Mean rank", "—" if summary["mean_rank"] is None else f"{summary['mean_rank']:g} when mentioned")
-    table.add_row("Top competitors", ", ".join(f"{c['name']} ({c['mentions']})" for c in summary["top_competitors"]))
+    for name, value in kind.result_rows(row["summary"]):
+        table.add_row(name, value)
     table.add_row("Tokens", f"{row['prompt_tokens']:,} in + {row['completion_tokens']:,} out")
     table.add_row("Cost", f"${float(row['cost_usd']):.4f} at {row['model']} prices (the stand-in charged nothing)")
     duration = f"{(row['finished_at'] - row['started_at']).total_seconds():.1f}s"
@@ -177,34 +239,36 @@ def summary_table(row: dict[str, Any], recovered_after: float | None) -> Table:
 
 
 def report_paid_twice(console: Console, demo: Demo, answered: dict[str, int]) -> bool:
-    """Print which queries the stand-in answered more than once; True unless a checkpointed one was."""
-    c = demo.checkpointed
-    again = [i for i, q in enumerate(demo.queries) if answered.get(q, 0) > 1]
+    """Print which steps the stand-in answered more than once; True unless a checkpointed one was."""
+    c, noun, plural = demo.checkpointed, demo.job.step_noun, demo.job.step_plural
+    again = [i for i, q in enumerate(demo.inputs) if answered.get(q, 0) > 1]
     if demo.killed_at is None:
-        console.print(f"The run ended before half-way was seen, so no worker was killed; {len(again)} queries "
+        console.print(f"The run ended before half-way was seen, so no worker was killed; {len(again)} {plural} "
                       "were asked more than once.")
         return not again
-    repeated = [demo.queries[i] for i in again if i < c]
+    repeated = [demo.inputs[i] for i in again if i < c]
     if repeated:
-        console.print(f"[bold red]Paid twice:[/bold red] {len(repeated)} of the {c} queries checkpointed before "
+        console.print(f"[bold red]Paid twice:[/bold red] {len(repeated)} of the {c} {plural} checkpointed before "
                       f"the kill were asked again: {repeated}")
         return False
     if again:
         one = len(again) == 1
-        what = (f"{len(again)} {'query was' if one else 'queries were'} in flight when the worker died and "
+        what = (f"{len(again)} {f'{noun} was' if one else f'{plural} were'} in flight when the worker died and "
                 f"{'was' if one else 'were'} asked again")
     else:
-        what = "no query was asked twice"
-    console.print(f"[bold green]Nothing paid twice:[/bold green] {what}; the {c} checkpointed queries were not "
+        what = f"no {noun} was asked twice"
+    console.print(f"[bold green]Nothing paid twice:[/bold green] {what}; the {c} checkpointed {plural} were not "
                   "(counted by the stand-in server, which sees every LLM call).")
     return True
 
 
-def run_demo(*, console: Console, queries: int = 30, latency_ms: float = 300.0) -> int:
+def run_demo(*, console: Console, job_key: str = "propertyaudit", steps: int = 30, latency_ms: float = 300.0) -> int:
     """Run the demo end to end; returns the exit code (0 if the run completed and nothing was paid twice)."""
-    console.rule("[bold]dataengine demo")
-    console.print(f"A PropertyAudit of {queries} queries runs on a real Celery worker; half-way through, the worker "
-                  "is SIGKILLed and a second worker resumes the run from its last checkpoint.")
+    load_jobs()
+    job, kind = get_job(job_key), KINDS[job_key]
+    console.rule(f"[bold]dataengine demo {job_key}")
+    console.print(f"A {job.name} of {steps} {job.step_plural} runs on a real Celery worker; half-way through, the "
+                  "worker is SIGKILLed and a second worker resumes the run from its last checkpoint.")
     console.print("[yellow]The LLM answers come from dataengine's local stand-in server (dataengine.fakellm), not a "
                   "real model: no internet and no API key are needed.[/yellow]")
     # A closed terminal (SIGHUP) or a kill (SIGTERM) must still stop the workers the demo started.
@@ -216,12 +280,12 @@ def run_demo(*, console: Console, queries: int = 30, latency_ms: float = 300.0) 
             console.print(f"• PostgreSQL {_redacted(s.database_url)} at the latest schema; Redis "
                           f"{_redacted(s.redis_url)} reachable")
             console.print(f"• stand-in LLM at {llm.base_url}, {latency_ms:g} ms per call")
-            demo = Demo(console, demo_queries(queries), worker_env(llm.base_url))
+            demo = Demo(console, job, kind.inputs(steps), worker_env(llm.base_url))
             try:
-                row = _run(console, demo)
+                row = _run(console, demo, kind)
             finally:
                 demo.cleanup()
-            return _report(console, demo, row, llm.stats()["answered_prompts"])
+            return _report(console, demo, kind, row, llm.stats()["answered_prompts"])
     except DemoError as exc:
         console.print(f"[red]error:[/red] {exc}")
         if exc.log_path is not None:
@@ -240,7 +304,7 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _run(console: Console, demo: Demo) -> dict[str, Any]:
+def _run(console: Console, demo: Demo, kind: DemoKind) -> dict[str, Any]:
     for old in LOG_DIR.glob("*.log"):  # so every log there is this demo's
         old.unlink()
     first = demo.start("demo-1")
@@ -251,18 +315,18 @@ def _run(console: Console, demo: Demo) -> dict[str, Any]:
         except (TimeoutError, RuntimeError):  # not ready in time, or exited
             raise DemoError(f"worker demo-1 did not start within {READY_TIMEOUT_S:g}s", log=first) from None
     console.print(f"• worker demo-1 (pid {first.pid}) and celery beat (pid {beat.pid}) running; logs in {LOG_DIR}/")
-    spec = {"property": PROPERTY, "queries": demo.queries, "idempotency_key": f"demo-{uuid.uuid4()}"}
-    demo.run_id = submit_run(job=JOB, spec=spec, send=enqueue)
-    console.print(f"• submitted PropertyAudit {demo.run_id}: {len(demo.queries)} queries for "
-                  f"{PROPERTY['name']!r}, e.g. {demo.queries[0]!r}")
+    spec = {**kind.spec(demo.inputs), "idempotency_key": f"demo-{uuid.uuid4()}"}
+    demo.run_id = submit_run(job=demo.job, spec=spec, send=enqueue)
+    console.print(f"• submitted {demo.job.name} {demo.run_id}: {len(demo.inputs)} {demo.job.step_plural} for "
+                  f"{PROPERTY['name']!r}, e.g. {demo.inputs[0]!r}")
     try:
         return watch(demo.run_id, console=console, on_update=demo.on_update, timeout_s=RUN_TIMEOUT_S)
     except TimeoutError:
         raise DemoError(f"the run did not finish in {RUN_TIMEOUT_S:g}s", log=demo.worker()) from None
 
 
-def _report(console: Console, demo: Demo, row: dict[str, Any], answered: dict[str, int]) -> int:
+def _report(console: Console, demo: Demo, kind: DemoKind, row: dict[str, Any], answered: dict[str, int]) -> int:
     if row["status"] != "completed":
         raise DemoError(f"the run ended {row['status']}: {row['error_message']} (worker logs in {LOG_DIR}/)")
-    console.print(summary_table(row, demo.recovered_after))
+    console.print(summary_table(demo.job, kind, row, demo.recovered_after))
     return 0 if report_paid_twice(console, demo, answered) else 1
