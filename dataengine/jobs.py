@@ -76,6 +76,14 @@ class Job:
     #: The name of the task that executes a run, when the public contract names it otherwise
     #: than ``<key>.run`` (``reviewflow.analyze``).
     run_task_name: str | None = None
+    #: (context, [(index, item), ...]) -> one StepOutcome per step, in order: a few small steps in
+    #: one call (short reviews in one LLM request). Each step is still recorded on its own, and a
+    #: step that was in flight when a worker died never shares a call.
+    execute_group: Callable[[Any, list[tuple[int, Any]]], list[StepOutcome]] | None = None
+    #: item -> whether the step may share a call with others.
+    groupable: Callable[[Any], bool] = lambda item: True
+    #: Steps in one call at most.
+    group_size: int = 1
     #: (**kwargs) -> [(run id, created)]: what the run task does when sent without a ``run_id``
     #: (``knowledge.refresh`` with ``property_id=`` or nothing). It validates its arguments
     #: (``SpecInvalid``), finds or creates the runs, and the engine enqueues the created ones.

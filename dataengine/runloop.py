@@ -170,11 +170,14 @@ def drain() -> None:
 
 @dataclass(frozen=True)
 class _Running:
-    """A step in the thread pool."""
+    """A step, or a group of steps sharing one call, in the thread pool."""
 
-    index: int
-    item: Any
+    steps: list[tuple[int, Any]]
     deadline: float
+
+    @property
+    def indexes(self) -> list[int]:
+        return [index for index, _ in self.steps]
 
 
 class _Execution:
@@ -187,7 +190,7 @@ class _Execution:
         self.completed: int = claim.row.completed_steps
         self.done_here = 0
         self.started = time.monotonic()
-        self.in_flight: dict[Future[StepOutcome], _Running] = {}
+        self.in_flight: dict[Future[Any], _Running] = {}
         self.failure: tuple[int, BaseException] | None = None
         self.cancelled = self.exhausted = False
         #: Steps that were in flight when a worker died holding this run.
@@ -269,21 +272,28 @@ class _Execution:
             finished, _ = wait(self.in_flight, timeout=timeout, return_when=FIRST_COMPLETED)
             self._advance(self._collect(finished), steps, context)
 
-    def _collect(self, finished: set[Future[StepOutcome]]) -> list[tuple[int, StepOutcome]]:
+    def _collect(self, finished: set[Future[Any]]) -> list[tuple[int, StepOutcome]]:
         results: list[tuple[int, StepOutcome]] = []
         for future in finished:
-            step = self.in_flight.pop(future)
+            running = self.in_flight.pop(future)
             exc = future.exception()
+            outcomes = [] if exc is not None else future.result()
+            if exc is None and len(running.steps) == 1:
+                outcomes = [outcomes]
+            if exc is None and len(outcomes) != len(running.steps):
+                exc = ValueError(f"a group of {len(running.steps)} steps returned {len(outcomes)} outcomes")
             if exc is None:
-                results.append((step.index, future.result()))
+                results += zip(running.indexes, outcomes, strict=True)
             else:
-                self._step_failed(step, exc, results)
+                for step in running.steps:
+                    self._step_failed(step, exc, results)
         now = time.monotonic()
-        for future, step in list(self.in_flight.items()):
-            if now >= step.deadline:
+        for future, running in list(self.in_flight.items()):
+            if now >= running.deadline:
                 # A thread cannot be stopped: it is left to end on its own, in a pool of its own.
                 del self.in_flight[future]
-                self._step_failed(step, StepTimedOut(timeout_s=self.s.step_timeout_s), results)
+                for step in running.steps:
+                    self._step_failed(step, StepTimedOut(timeout_s=self.s.step_timeout_s), results)
                 self.pool.shutdown(wait=False)
                 self.pool = self._new_pool()
         return results
@@ -291,14 +301,15 @@ class _Execution:
     def _transient(self, exc: BaseException) -> bool:
         return llm.is_transient(exc) or isinstance(exc, self.job.transient_errors) or bool(getattr(exc, "retryable", False))
 
-    def _step_failed(self, step: _Running, exc: BaseException, results: list[tuple[int, StepOutcome]]) -> None:
+    def _step_failed(self, step: tuple[int, Any], exc: BaseException, results: list[tuple[int, StepOutcome]]) -> None:
+        index, item = step
         if self.job.step_error_policy == "record" and not self._transient(exc):
             assert self.job.failed_step_values is not None
             self.log.warning("[%s] %s %d/%d failed, recorded: %s: %s", self.job.name, self.job.step_noun,
-                             step.index + 1, self.total, type(exc).__name__, exc)
-            results.append((step.index, StepOutcome(values=self.job.failed_step_values(step.index, step.item, exc))))
-        elif self.failure is None or step.index < self.failure[0]:
-            self.failure = (step.index, exc)
+                             index + 1, self.total, type(exc).__name__, exc)
+            results.append((index, StepOutcome(values=self.job.failed_step_values(index, item, exc))))
+        elif self.failure is None or index < self.failure[0]:
+            self.failure = (index, exc)
 
     def _advance(self, results: list[tuple[int, StepOutcome]], steps: Iterator[tuple[int, Any]], context: Any) -> None:
         """Checkpoint finished steps together with the steps about to start, then start them.
@@ -306,36 +317,60 @@ class _Execution:
         The checkpoint is fenced, so it is also the proof that the lease is still ours: a worker
         that was paused past its lease and taken over gets ``LeaseLost`` here and starts nothing.
         """
-        starting = self._next_steps(steps)
+        starting = self._next_units(steps)
         if not results and not starting:
             return
-        in_flight = sorted({r.index for r in self.in_flight.values()} | {index for index, _ in starting})
-        self._checkpoint(results, in_flight)
+        busy = [index for r in self.in_flight.values() for index in r.indexes]
+        self._checkpoint(results, sorted(busy + [index for unit in starting for index, _ in unit]))
         deadline = time.monotonic() + self.s.step_timeout_s
-        for index, item in starting:
-            self.log.info("[%s] Processing %s %d/%d", self.job.name, self.job.step_noun, index + 1, self.total)
-            self.in_flight[self.pool.submit(self.job.execute_step, context, index, item)] = _Running(index, item, deadline)
+        for unit in starting:
+            for index, _ in unit:
+                self.log.info("[%s] Processing %s %d/%d", self.job.name, self.job.step_noun, index + 1, self.total)
+            if len(unit) == 1:
+                future = self.pool.submit(self.job.execute_step, context, *unit[0])
+            else:
+                future = self.pool.submit(self.job.execute_group, context, unit)
+            self.in_flight[future] = _Running(unit, deadline)
 
-    def _next_steps(self, steps: Iterator[tuple[int, Any]]) -> list[tuple[int, Any]]:
+    def _take(self, steps: Iterator[tuple[int, Any]]) -> tuple[int, Any] | None:
+        step, self.peeked = self.peeked or next(steps, None), None
+        if step is None:
+            self.exhausted = True
+        return step
+
+    def _groupable(self, step: tuple[int, Any]) -> bool:
+        job = self.job
+        return job.execute_group is not None and step[0] not in self.suspects and bool(job.groupable(step[1]))
+
+    def _next_units(self, steps: Iterator[tuple[int, Any]]) -> list[list[tuple[int, Any]]]:
+        """The steps to start now, each unit a step alone or a group of steps sharing one call."""
         free = self.s.step_concurrency - len(self.in_flight)
         if free <= 0 or self.cancelled or self.exhausted or self.failure or _draining.is_set():
             return []
-        starting: list[tuple[int, Any]] = []
-        while len(starting) < free and not any(r.index in self.suspects for r in self.in_flight.values()):
-            step, self.peeked = self.peeked or next(steps, None), None
+        units: list[list[tuple[int, Any]]] = []
+        while len(units) < free and not any(i in self.suspects for r in self.in_flight.values() for i in r.indexes):
+            step = self._take(steps)
             if step is None:
-                self.exhausted = True
                 break
             if step[0] in self.suspects:
                 # It was in flight when a worker died: it runs alone, so a step that kills its
                 # worker is the only one charged, and an innocent one is cleared.
-                if self.in_flight or starting:
+                if self.in_flight or units:
                     self.peeked = step
                 else:
-                    starting.append(step)
+                    units.append([step])
                 break
-            starting.append(step)
-        return starting
+            unit = [step]
+            while self._groupable(step) and len(unit) < self.job.group_size:
+                more = self._take(steps)
+                if more is None:
+                    break
+                if not self._groupable(more):
+                    self.peeked = more
+                    break
+                unit.append(more)
+            units.append(unit)
+        return units
 
     def _checkpoint(self, results: list[tuple[int, StepOutcome]], in_flight: list[int]) -> None:
         self.recorded.update(index for index, _ in results)

@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 
 from dataengine.db import session_scope
 from dataengine.errors import StepFailed, TransientStepError
+from dataengine.jobs import StepOutcome
 from dataengine.runloop import execute_run
 
 pytestmark = pytest.mark.usefixtures("echo")
@@ -113,3 +114,55 @@ def test_a_step_that_hangs_is_abandoned_after_the_step_timeout(monkeypatch):
     assert time.monotonic() - started < HANG_S  # the run did not wait for the hung step
     row = run_row(run_id, job=ECHO)
     assert row["lease_owner"] is None and set(results(run_id, job=ECHO)) <= {0, 2}
+
+
+def grouping(calls: list[list[int]], *, size: int = 3, fail_with: BaseException | None = None):
+    """Echo with short texts sharing one call, ``size`` at most (long texts go alone)."""
+
+    def execute_group(ctx, steps):
+        calls.append([index for index, _ in steps])
+        if fail_with is not None:
+            raise fail_with
+        return [StepOutcome({"echoed": item.upper()}) for _, item in steps]
+
+    def execute_step(ctx, index, item):
+        calls.append([index])
+        return ECHO.execute_step(ctx, index, item)
+
+    return dataclasses.replace(ECHO, execute_group=execute_group, execute_step=execute_step,
+                               groupable=lambda item: len(item) < 10, group_size=size)
+
+
+def test_small_steps_share_a_call_and_each_is_still_recorded_once():
+    calls: list[list[int]] = []
+    run_id = texts("a", "b", "c", "d", "a much longer text", "e", "f")
+    assert run(run_id, grouping(calls)).status == "completed"
+    assert sorted(calls) == [[0, 1, 2], [3], [4], [5, 6]]  # a long text breaks a group and goes alone
+    assert [r["echoed"] for _, r in sorted(results(run_id, job=ECHO).items())] == [
+        "A", "B", "C", "D", "A MUCH LONGER TEXT", "E", "F"]
+    assert run_row(run_id, job=ECHO)["completed_steps"] == 7
+
+
+def test_a_failed_group_records_each_of_its_steps_under_the_record_policy():
+    calls: list[list[int]] = []
+    job = dataclasses.replace(
+        grouping(calls, fail_with=ValueError("the model mixed the reviews up")),
+        step_error_policy="record", failed_step_values=lambda index, item, exc: {"error": str(exc)},
+    )
+    run_id = texts("a", "b", "c")
+    assert run(run_id, job).status == "completed"
+    assert {r["error"] for r in results(run_id, job=ECHO).values()} == {"the model mixed the reviews up"}
+
+
+def test_steps_in_flight_when_a_worker_died_never_share_a_call():
+    from echoruns import claim, expire_lease, record
+
+    from dataengine.recovery import sweep_job
+
+    run_id = texts("a", "b", "c", "d", "e", "f")
+    record(claim(run_id, "w/0"), [], 0, in_flight=(1, 2))
+    expire_lease(run_id, owner="w/0")
+    sweep_job(job=ECHO, send=lambda name, kwargs: None)  # the lost worker is charged for steps 1 and 2
+    calls: list[list[int]] = []
+    assert run(run_id, grouping(calls)).status == "completed"
+    assert [1] in calls and [2] in calls and all(len(c) == 1 for c in calls if 1 in c or 2 in c)
