@@ -92,7 +92,11 @@ class Settings(BaseSettings):
     knowledge_refresh_schedule: str = "0 3 * * *"
 
     #: The modules that define the jobs (each registers one ``Job``); workers, beat and the CLI import them.
-    job_modules: list[str] = ["tasks.propertyaudit", "tasks.reviewflow"]
+    job_modules: list[str] = ["tasks.propertyaudit", "tasks.reviewflow", "tasks.knowledge"]
+
+    #: Knowledge Refresh may fetch loopback, private, link-local and metadata addresses (tests, the demo).
+    #: Off, such URLs are refused after DNS resolution and on every redirect: the sources are user input.
+    knowledge_allow_private_urls: bool = False
 
     #: A worker or beat ends with the process that started it (the demo, tests, benchmarks).
     die_with_parent: bool = False
@@ -114,6 +118,8 @@ class Settings(BaseSettings):
             raise ValueError("DATAENGINE_HEARTBEAT_INTERVAL_S must be shorter than DATAENGINE_LEASE_S")
         if self.environment == "production" and self.openai_api_key.get_secret_value() == PLACEHOLDER_API_KEY:
             raise ValueError("OPENAI_API_KEY is the local placeholder; set a real key in production")
+        if self.environment == "production" and self.knowledge_allow_private_urls:
+            raise ValueError("DATAENGINE_KNOWLEDGE_ALLOW_PRIVATE_URLS is for tests and the demo, never production")
         return self
 
     @property

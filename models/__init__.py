@@ -1,10 +1,18 @@
 """SQLAlchemy 2.x models. The schema itself is owned by the Alembic migrations in ``alembic/``."""
 
 from models.base import Base, RunMixin, RunStatus, StepMixin, StepResultMixin
+from models.knowledge import (
+    DocumentChunk,
+    KnowledgeRefreshResult,
+    KnowledgeRefreshRun,
+    KnowledgeRefreshSource,
+    KnowledgeSource,
+)
 from models.propertyaudit import GeoQuery, GeoQueryResult, GeoRun
 from models.reviewflow import Review, ReviewAnalysisRow, ReviewFlowRun
 
 __all__ = [
-    "Base", "GeoQuery", "GeoQueryResult", "GeoRun", "Review", "ReviewAnalysisRow", "ReviewFlowRun", "RunMixin",
+    "Base", "DocumentChunk", "GeoQuery", "GeoQueryResult", "GeoRun", "KnowledgeRefreshResult", "KnowledgeRefreshRun",
+    "KnowledgeRefreshSource", "KnowledgeSource", "Review", "ReviewAnalysisRow", "ReviewFlowRun", "RunMixin",
     "RunStatus", "StepMixin", "StepResultMixin",
 ]

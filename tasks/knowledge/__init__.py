@@ -1,0 +1,43 @@
+"""Knowledge Refresh: re-read each property's knowledge sources, skip what has not changed, chunk,
+embed and upsert the document chunks.
+
+The job is its tables (``models.knowledge``), its spec and run starting (``spec.py``), its step
+(``step.py``: fetch with the SSRF guard of ``fetch.py``, chunk, embed) and its summary; the engine
+does the rest, including the task ``knowledge.refresh``. A source that cannot be fetched is
+recorded with its error and the run goes on; only an LLM outage (or the database's) retries the run.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from dataengine.jobs import Job, register
+from models.knowledge import KnowledgeRefreshResult, KnowledgeRefreshRun, KnowledgeRefreshSource
+from tasks.knowledge.spec import KnowledgeRunSpec, build, start_runs
+from tasks.knowledge.step import failed_source, prepare, record_source_rows, refresh_source
+from tasks.knowledge.summary import summarize
+
+JOB = register(
+    Job(
+        name="KnowledgeRefresh",
+        key="knowledge",
+        step_noun="source",
+        step_plural="sources",
+        run_model=KnowledgeRefreshRun,
+        step_model=KnowledgeRefreshSource,
+        result_model=KnowledgeRefreshResult,
+        spec_model=KnowledgeRunSpec,
+        build=build,
+        prepare=prepare,
+        execute_step=refresh_source,
+        summarize=summarize,
+        # A fetch that times out is the source's failure, recorded; the step's own database reads
+        # failing is an outage, retried with the run.
+        transient_errors=(OperationalError, InterfaceError),
+        step_error_policy="record",
+        failed_step_values=failed_source,
+        record_step_rows=record_source_rows,
+        run_task_name="knowledge.refresh",
+        start_runs=start_runs,
+    )
+)

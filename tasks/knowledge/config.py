@@ -1,0 +1,48 @@
+"""Knowledge Refresh's own limits: fetch timeouts and size, redirects, chunk sizes, embedding batches.
+
+Read from ``DATAENGINE_KNOWLEDGE_*`` on first use. Whether private addresses may be fetched is an
+engine setting (``DATAENGINE_KNOWLEDGE_ALLOW_PRIVATE_URLS``, ``dataengine.settings``), refused in production.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class KnowledgeLimits(BaseSettings):
+    """How a source is fetched, chunked and embedded."""
+
+    model_config = SettingsConfigDict(env_prefix="DATAENGINE_KNOWLEDGE_", extra="ignore")
+
+    connect_timeout_s: float = Field(5.0, gt=0)
+    #: The longest wait for the next bytes of an answer.
+    read_timeout_s: float = Field(15.0, gt=0)
+    #: The whole fetch, redirects included: a server that trickles bytes cannot hold a step for ever.
+    fetch_timeout_s: float = Field(60.0, gt=0)
+    #: The largest answer read (after decompression); a larger one fails the source as too large.
+    max_bytes: int = Field(5_000_000, ge=1)
+    max_redirects: int = Field(5, ge=0)
+    #: Tokens per chunk (the embedding model's tokenizer) and how many consecutive chunks share.
+    chunk_tokens: int = Field(400, ge=16)
+    chunk_overlap_tokens: int = Field(50, ge=0)
+    #: Chunks per embeddings request.
+    embed_batch: int = Field(64, ge=1, le=2048)
+    #: Sources one refresh request may register.
+    max_sources: int = Field(1000, ge=1)
+    #: Characters of a text source.
+    max_text_chars: int = Field(1_000_000, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> KnowledgeLimits:
+        if self.chunk_overlap_tokens >= self.chunk_tokens:
+            raise ValueError("DATAENGINE_KNOWLEDGE_CHUNK_OVERLAP_TOKENS must be smaller than _CHUNK_TOKENS")
+        return self
+
+
+@lru_cache(maxsize=1)
+def limits() -> KnowledgeLimits:
+    """The limits, read from the environment on first use (``limits.cache_clear()`` reads them again)."""
+    return KnowledgeLimits()

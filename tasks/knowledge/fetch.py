@@ -1,0 +1,187 @@
+"""Fetching one URL source: conditional GET, a size cap, time limits, and the SSRF guard.
+
+The URLs are user input, so every hop (the first and each redirect, followed here by hand) is
+checked after DNS resolution: only http and https, and only public addresses unless
+``DATAENGINE_KNOWLEDGE_ALLOW_PRIVATE_URLS`` is on. The connection goes to the address that was
+checked (the host name kept for the Host header and TLS), so a second DNS answer cannot swap it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+import httpx
+from selectolax.lexbor import LexborHTMLParser
+
+from tasks.knowledge.config import KnowledgeLimits
+
+USER_AGENT = "dataengine-knowledge-refresh/1"
+REDIRECTS = (301, 302, 303, 307, 308)
+HTML_TYPES = ("text/html", "application/xhtml+xml")
+#: Elements whose text is not the page's content.
+NOT_CONTENT = "script, style, noscript, template, svg, canvas, iframe, nav, header, footer, form, aside"
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class FetchError(Exception):
+    """The source could not be fetched."""
+
+
+class URLRefused(FetchError):
+    """The URL is not one the refresh may fetch (scheme, or an address that is not public)."""
+
+
+class HTTPError(FetchError):
+    """The server answered with an error status."""
+
+
+class TooLarge(FetchError):
+    """The answer is larger than the size cap."""
+
+
+class NotText(FetchError):
+    """The answer is neither HTML nor text."""
+
+
+class FetchTimedOut(FetchError):
+    """The server did not answer within the time limits."""
+
+
+class TooManyRedirects(FetchError):
+    """The redirects went on past the limit."""
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A source's answer: its readable text (``None`` when the server said 304 Not Modified) and validators."""
+
+    text: str | None
+    title: str | None
+    etag: str | None
+    last_modified: str | None
+    url: str
+
+
+def resolve(host: str, port: int) -> list[IPAddress]:
+    """Every address ``host`` resolves to (an IP literal resolves to itself)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise FetchError(f"cannot resolve {host}: {exc.strerror or exc}") from None
+    return list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos))
+
+
+def is_public(ip: IPAddress) -> bool:
+    """Whether ``ip`` is a public unicast address: not loopback, private, link-local (cloud metadata's
+    169.254.169.254), shared (100.64/10), multicast, reserved or unspecified."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+def _checked(url: str, *, allow_private: bool) -> tuple[str, str | None]:
+    """The URL to connect to (pinned to a checked address) and the Host to send, or ``URLRefused``."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise URLRefused(f"refused {url}: only http and https URLs are fetched")
+    host = parts.hostname
+    if not host:
+        raise URLRefused(f"refused {url}: no host")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    addresses = resolve(host, port)
+    if not addresses:
+        raise FetchError(f"cannot resolve {host}")
+    if allow_private:
+        return url, None
+    for ip in addresses:
+        if not is_public(ip):
+            raise URLRefused(f"refused {url}: {host} resolves to {ip}, which is not a public address")
+    ip = addresses[0]
+    literal = f"[{ip}]" if ip.version == 6 else str(ip)
+    netloc = f"{literal}:{parts.port}" if parts.port else literal
+    return urlunsplit(parts._replace(netloc=netloc)), parts.netloc.rpartition("@")[2]
+
+
+def fetch(url: str, *, etag: str | None, last_modified: str | None, limits: KnowledgeLimits,
+          allow_private: bool) -> Fetched:
+    """GET ``url`` (conditionally, when validators are known) and return its readable text."""
+    timeout = httpx.Timeout(connect=limits.connect_timeout_s, read=limits.read_timeout_s,
+                            write=limits.read_timeout_s, pool=limits.connect_timeout_s)
+    deadline = time.monotonic() + limits.fetch_timeout_s
+    conditional = {"If-None-Match": etag, "If-Modified-Since": last_modified}
+    # trust_env=False: no proxy from the environment sits between the check and the connection.
+    with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
+        for _ in range(limits.max_redirects + 1):
+            target, host = _checked(url, allow_private=allow_private)
+            headers = {"User-Agent": USER_AGENT, "Accept": "text/html, application/xhtml+xml, text/*;q=0.8"}
+            headers |= {k: v for k, v in conditional.items() if v}
+            extensions = {}
+            if host is not None:
+                headers["Host"] = host
+                extensions["sni_hostname"] = urlsplit(url).hostname
+            try:
+                with client.stream("GET", target, headers=headers, extensions=extensions) as response:
+                    if response.status_code in REDIRECTS and response.headers.get("location"):
+                        url = urljoin(url, response.headers["location"])
+                        continue
+                    return _read(response, url=url, limits=limits, deadline=deadline)
+            except httpx.TimeoutException as exc:
+                raise FetchTimedOut(f"{url}: no answer in time ({type(exc).__name__})") from None
+            except httpx.TransportError as exc:
+                raise FetchError(f"{url}: {type(exc).__name__}: {exc}") from None
+    raise TooManyRedirects(f"{url}: more than {limits.max_redirects} redirects")
+
+
+def _read(response: httpx.Response, *, url: str, limits: KnowledgeLimits, deadline: float) -> Fetched:
+    etag, last_modified = response.headers.get("etag"), response.headers.get("last-modified")
+    if response.status_code == 304:
+        return Fetched(None, None, etag, last_modified, url)
+    if response.status_code >= 400:
+        raise HTTPError(f"{url}: HTTP {response.status_code} {response.reason_phrase}".rstrip())
+    if response.status_code != 200:
+        raise HTTPError(f"{url}: unexpected HTTP {response.status_code}")
+    mime = response.headers.get("content-type", "").split(";")[0].strip().lower()
+    if not (mime.startswith("text/") or mime in HTML_TYPES):
+        raise NotText(f"{url}: content type {mime or 'missing'} is not HTML or text")
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limits.max_bytes:
+        raise TooLarge(f"{url}: {declared} bytes, the limit is {limits.max_bytes}")
+    body = bytearray()
+    for piece in response.iter_bytes():
+        body += piece
+        if len(body) > limits.max_bytes:
+            raise TooLarge(f"{url}: more than {limits.max_bytes} bytes")
+        if time.monotonic() > deadline:
+            raise FetchTimedOut(f"{url}: not read within {limits.fetch_timeout_s:g}s")
+    decoded = bytes(body).decode(response.encoding or "utf-8", errors="replace")
+    if mime in HTML_TYPES:
+        title, text = html_text(decoded)
+    else:
+        title, text = None, decoded
+    return Fetched(clean(text), title, etag, last_modified, url)
+
+
+def html_text(html: str) -> tuple[str | None, str]:
+    """The title and the readable text of an HTML page (scripts, navigation, headers and footers left out)."""
+    tree = LexborHTMLParser(html)
+    title_node = tree.css_first("title")
+    title = title_node.text(strip=True) if title_node is not None else None
+    for node in tree.css(NOT_CONTENT):
+        node.decompose()
+    root = tree.body or tree.root
+    text = root.text(separator="\n", strip=True) if root is not None else ""
+    return title or None, text
+
+
+def clean(text: str) -> str:
+    """Text as stored: no NUL characters (PostgreSQL refuses them), lines stripped, runs of blank lines cut to one."""
+    lines = [line.strip() for line in text.replace("\x00", "").splitlines()]
+    out: list[str] = []
+    for line in lines:
+        if line or (out and out[-1]):
+            out.append(line)
+    return "\n".join(out).strip()

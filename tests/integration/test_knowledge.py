@@ -1,0 +1,306 @@
+"""Knowledge Refresh on the engine, in this process, against the stand-in LLM and a local HTTP server:
+fetch, chunk, embed; unchanged sources cost no embedding; changed ones update and delete their chunks;
+failures are recorded and the run completes; one refresh per property at a time; bad input; the SSRF
+guard; a source's chunks commit with its result; search.
+
+This machine's PostgreSQL has no pgvector, so these tests cover the ``real[]`` fallback of
+``tasks/knowledge/vectors.py``; the pgvector test runs only where the extension is installed.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from typing import Any
+
+import pytest
+from conftest import reload_settings
+from helpers import claim, expire_lease, results, run_row
+from knowledgeserver import KnowledgeSite, page
+from sqlalchemy import select, text
+
+from dataengine.db import session_scope
+from dataengine.errors import LeaseLost, SpecInvalid
+from dataengine.runloop import execute_run
+from dataengine.runs import checkpoint
+from models.knowledge import DocumentChunk, KnowledgeSource
+from tasks.knowledge import JOB, fetch, vectors
+from tasks.knowledge.config import KnowledgeLimits, limits
+from tasks.knowledge.search import search_knowledge
+from tasks.knowledge.spec import start_runs
+from tasks.knowledge.step import record_source_rows, refresh_source
+
+PROPERTY = "monarch-riverside"
+TEXT_SOURCE = {"title": "House rules", "text": "Quiet hours start at 10 pm. Grills are allowed on the ground floor patios."}
+
+
+@pytest.fixture
+def site():
+    with KnowledgeSite() as s:
+        yield s
+
+
+@pytest.fixture
+def knowledge(db_url, fake_llm, monkeypatch):
+    """Small chunks, a short read timeout and size cap, and private addresses allowed (the site is on loopback)."""
+    for name, value in {"ALLOW_PRIVATE_URLS": "true", "READ_TIMEOUT_S": "0.5", "MAX_BYTES": "100000",
+                        "CHUNK_TOKENS": "60", "CHUNK_OVERLAP_TOKENS": "10", "EMBED_BATCH": "4"}.items():
+        monkeypatch.setenv(f"DATAENGINE_KNOWLEDGE_{name}", value)
+    reload_settings()
+    limits.cache_clear()
+    yield fake_llm
+    limits.cache_clear()
+
+
+def refresh(**kwargs: Any) -> list[uuid.UUID]:
+    """``knowledge.refresh`` without a run id, then each run it created executed here; the run ids."""
+    started = start_runs(**kwargs)
+    for run_id, created in started:
+        if created:
+            execute_run(job=JOB, run_id=str(run_id), worker_id="w/1", task_id="task-1")
+    return [run_id for run_id, _ in started]
+
+
+def chunks(property_id: str = PROPERTY) -> list[dict[str, Any]]:
+    with session_scope() as session:
+        rows = session.execute(select(DocumentChunk.__table__).where(DocumentChunk.property_id == property_id)
+                               .order_by(DocumentChunk.source_id, DocumentChunk.position)).mappings().all()
+    return [dict(r) for r in rows]
+
+
+def sources(property_id: str = PROPERTY) -> dict[str, dict[str, Any]]:
+    with session_scope() as session:
+        rows = session.execute(select(KnowledgeSource.__table__).where(KnowledgeSource.property_id == property_id)
+                               ).mappings().all()
+    return {r["url"] or r["title"]: dict(r) for r in rows}
+
+
+def embedded(fake: Any) -> int:
+    """Texts the stand-in was asked to embed (or asked anything about) so far."""
+    return sum(fake.stats()["prompts"].values())
+
+
+def test_a_first_refresh_embeds_and_a_second_of_unchanged_sources_makes_no_embedding_call(knowledge, site):
+    urls = [site.url(p) for p in ("/changing", "/unchanged", "/conditional", "/notes.txt")]
+    [run_id] = refresh(property_id=PROPERTY, sources=[{"url": u} for u in urls] + [TEXT_SOURCE])
+    row = run_row(run_id, job=JOB)
+    assert row["status"] == "completed" and row["completed_steps"] == 5, row["error_message"]
+    summary = row["summary"]
+    assert (summary["sources_fetched"], summary["sources_unchanged"], summary["sources_failed"]) == (5, 0, 0)
+    stored = chunks()
+    assert summary["chunks_added"] == len(stored) > 5 and summary["tokens_embedded"] > 0
+    assert summary["chunks_updated"] == summary["chunks_deleted"] == 0
+    assert row["prompt_tokens"] == summary["tokens_embedded"]
+    assert all(len(c["embedding"]) == 1536 and 0 < c["token_count"] <= 60 for c in stored)
+    everything = "\n".join(c["content"] for c in stored)
+    assert "rooftop pool" in everything and "Quiet hours start" in everything and "locker room" in everything
+    assert "tracking" not in everything and "Copyright footer" not in everything and "Floor plans" not in everything
+    asked = knowledge.stats()["answered_prompts"]
+    assert all(asked[c["content"]] == 1 for c in stored)  # each distinct chunk embedded once
+    known = sources()
+    assert known[site.url("/changing")]["title"] == "Amenities" and known[site.url("/conditional")]["etag"]
+    assert all(s["content_hash"] and s["last_error"] is None and s["last_fetched_at"] for s in known.values())
+
+    before = embedded(knowledge)
+    [second] = refresh(property_id=PROPERTY)
+    assert second != run_id
+    summary = run_row(second, job=JOB)["summary"]
+    assert (summary["sources_fetched"], summary["sources_unchanged"], summary["sources_failed"]) == (0, 5, 0)
+    assert summary["tokens_embedded"] == summary["chunks_added"] == 0
+    assert embedded(knowledge) == before  # zero embedding calls
+    assert site.not_modified["/conditional"] == 1  # the conditional GET got its 304
+    assert chunks() == stored
+
+
+def test_a_changed_source_updates_its_chunks_and_deletes_those_of_content_that_went_away(knowledge, site):
+    refresh(property_id=PROPERTY, sources=[{"url": site.url("/changing")}, {"url": site.url("/unchanged")}])
+    assert len(chunks()) >= 4
+    site.pages["/changing"] = page("Amenities", ["The pool is closed for repairs until June. Pets are welcome."])
+    before = embedded(knowledge)
+    [run_id] = refresh(property_id=PROPERTY)
+    summary = run_row(run_id, job=JOB)["summary"]
+    assert (summary["sources_fetched"], summary["sources_unchanged"]) == (1, 1)
+    assert summary["chunks_updated"] >= 1 and summary["chunks_deleted"] >= 2 and summary["chunks_added"] == 0
+    source_id = sources()[site.url("/changing")]["id"]
+    now = [c for c in chunks() if c["source_id"] == source_id]
+    assert [c["position"] for c in now] == list(range(len(now)))
+    text_now = "\n".join(c["content"] for c in now)
+    assert "closed for repairs" in text_now and "rooftop" not in text_now
+    # Only the changed chunks were embedded, once each.
+    assert embedded(knowledge) - before == summary["chunks_updated"]
+    assert all(knowledge.stats()["answered_prompts"][c["content"]] == 1 for c in now)
+
+
+def test_failed_sources_are_recorded_with_their_error_and_the_run_completes(knowledge, site):
+    paths = ["/missing", "/slow", "/huge", "/image.png", "/unchanged"]
+    [run_id] = refresh(property_id=PROPERTY, sources=[{"url": site.url(p)} for p in paths])
+    row = run_row(run_id, job=JOB)
+    assert row["status"] == "completed" and row["completed_steps"] == 5
+    recorded = results(run_id, job=JOB)
+    errors = {i: recorded[i]["error"] or "" for i in range(5)}
+    assert errors[0].startswith("HTTPError:") and "HTTP 404" in errors[0]
+    assert errors[1].startswith("FetchTimedOut:")
+    assert errors[2].startswith("TooLarge:") and "100000" in errors[2]
+    assert errors[3].startswith("NotText:") and "image/png" in errors[3]
+    assert recorded[4]["outcome"] == "fetched" and recorded[4]["error"] is None
+    summary = row["summary"]
+    assert (summary["sources_fetched"], summary["sources_failed"]) == (1, 4)
+    assert [f["url"] for f in summary["failed"]] == [site.url(p) for p in paths[:4]]
+    known = sources()
+    assert "HTTP 404" in known[site.url("/missing")]["last_error"] and known[site.url("/missing")]["content_hash"] is None
+    assert known[site.url("/unchanged")]["last_error"] is None
+    assert {c["source_id"] for c in chunks()} == {known[site.url("/unchanged")]["id"]}
+
+
+def test_a_property_with_a_queued_or_running_refresh_gets_its_id_not_a_second_run(knowledge, site):
+    [(first, created)] = start_runs(property_id=PROPERTY, sources=[{"url": site.url("/unchanged")}])
+    assert created
+    assert start_runs(property_id=PROPERTY) == [(first, False)]
+    start_runs(property_id="other-property", sources=[TEXT_SOURCE])
+    everything = dict(start_runs())
+    assert everything[first] is False and len(everything) == 2
+    assert run_row(first, job=JOB)["total_steps"] == 1
+    execute_run(job=JOB, run_id=str(first), worker_id="w/1", task_id="t")
+    [(again, created)] = start_runs(property_id=PROPERTY, sources=[{"url": site.url("/unchanged")}])  # known URL
+    assert created and again != first and run_row(again, job=JOB)["total_steps"] == 1
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"sources": [{"url": "https://example.com"}]}, "sources are registered for a property: send property_id too"),
+    ({"property_id": ""}, "property_id: String should have at least 1 character"),
+    ({"property_id": "x" * 201}, "property_id: String should have at most 200 characters"),
+    ({"property_id": "p", "sources": [{"url": "ftp://example.com/a"}]}, "only http and https URLs"),
+    ({"property_id": "p", "sources": [{"text": "no title"}]}, "a text source needs a title"),
+    ({"property_id": "p", "sources": [{"url": "https://a.example", "text": "both"}]}, "either"),
+    ({"property_id": "p", "sources": [{"text": "a\x00b", "title": "t"}]}, "NUL"),
+    ({"property_id": "p", "colour": "red"}, "colour: Extra inputs are not permitted"),
+    ({"property_id": "no-sources-yet"}, "'no-sources-yet' has no knowledge sources"),
+])
+def test_bad_input_to_knowledge_refresh_gets_a_clear_error(knowledge, kwargs, message):
+    with pytest.raises(SpecInvalid) as caught:
+        start_runs(**kwargs)
+    assert str(caught.value).startswith("The run spec is invalid: ") and message in str(caught.value)
+
+
+def test_a_sources_chunks_commit_with_its_result_or_not_at_all(knowledge, site):
+    [(run_id, _)] = start_runs(property_id=PROPERTY, sources=[TEXT_SOURCE])
+    source_id = sources()[TEXT_SOURCE["title"]]["id"]
+    c = claim(run_id, job=JOB)
+    outcome = refresh_source(JOB.prepare(type("Row", (), {"property_id": PROPERTY, "model": None})), 0, source_id)
+    assert outcome.values["chunks_added"] >= 1
+    row = {"query_index": 0, **outcome.values, "prompt_tokens": outcome.usage.prompt_tokens}
+
+    def write(claim_: Any, fail: bool = False) -> None:
+        with session_scope() as session:
+            checkpoint(session=session, job=JOB, claim=claim_, results=[row], next_index=1, in_flight=[], eta_s=None)
+            record_source_rows(session, run_id, [(0, outcome)])
+            if fail:
+                raise RuntimeError("the worker died before COMMIT")
+
+    with pytest.raises(RuntimeError):
+        write(c, fail=True)
+    assert results(run_id, job=JOB) == {} and chunks() == [] and sources()[TEXT_SOURCE["title"]]["content_hash"] is None
+    expire_lease(run_id, job=JOB)
+    taken = claim(run_id, "w/2", job=JOB)
+    with pytest.raises(LeaseLost):  # the first worker, taken over: its fenced write lands nowhere
+        write(c)
+    assert results(run_id, job=JOB) == {} and chunks() == []
+    write(taken)
+    assert results(run_id, job=JOB)[0]["outcome"] == "fetched" and len(chunks()) == outcome.values["chunks_added"]
+    assert sources()[TEXT_SOURCE["title"]]["content_hash"] is not None
+
+
+def test_search_returns_the_closest_chunk_first_with_exact_cosine_scores(knowledge, site):
+    refresh(property_id=PROPERTY, sources=[{"url": site.url("/changing")}, TEXT_SOURCE])
+    stored = chunks()
+    target = next(c for c in stored if [o["content"] for o in stored].count(c["content"]) == 1)  # the page repeats
+    hits = search_knowledge(property_id=PROPERTY, question=target["content"], limit=3)
+    assert hits[0].chunk_id == target["id"] and hits[0].score == pytest.approx(1.0, abs=1e-5)
+
+    def cosine(a: list[float], b: list[float]) -> float:
+        return sum(x * y for x, y in zip(a, b, strict=True)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+
+    expected = sorted((cosine(c["embedding"], target["embedding"]) for c in stored), reverse=True)[:3]
+    assert [h.score for h in hits] == pytest.approx(expected, abs=1e-5) and expected[1] < 0.5
+    assert search_knowledge(property_id="nobody", question="pool", limit=3) == []
+
+
+def test_search_with_pgvector_where_the_extension_is_installed(knowledge, site):
+    with session_scope() as session:
+        available = session.scalar(text("SELECT count(*) FROM pg_available_extensions WHERE name = 'vector'"))
+    if not available:
+        pytest.skip("this PostgreSQL has no pgvector; the tests cover the real[] fallback of tasks/knowledge/vectors.py")
+    with session_scope() as session:
+        session.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
+    refresh(property_id=PROPERTY, sources=[TEXT_SOURCE])
+    with session_scope() as session:
+        assert vectors.has_pgvector(session)
+    [target] = chunks()
+    [hit] = search_knowledge(property_id=PROPERTY, question=target["content"], limit=1)
+    assert hit.chunk_id == target["id"] and hit.score == pytest.approx(1.0, abs=1e-5)
+
+
+def _limits(**changes: Any) -> KnowledgeLimits:
+    return KnowledgeLimits(**{"read_timeout_s": 1.0, **changes})
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:{port}/unchanged", "http://localhost:{port}/unchanged", "http://[::1]:{port}/unchanged",
+    "http://2130706433:{port}/unchanged", "http://10.1.2.3/", "http://192.168.0.1/", "http://169.254.169.254/latest/",
+    "http://100.100.100.200/", "http://0.0.0.0:{port}/", "http://[::ffff:127.0.0.1]:{port}/",
+])
+def test_private_loopback_and_metadata_addresses_are_refused_unless_allowed(site, url):
+    url = url.format(port=site.server.server_address[1])
+    with pytest.raises(fetch.URLRefused, match="not a public address"):
+        fetch.fetch(url, etag=None, last_modified=None, limits=_limits(), allow_private=False)
+    assert sum(site.hits.values()) == 0
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://example.com/a", "gopher://127.0.0.1:70/"])
+def test_only_http_and_https_are_fetched(url):
+    with pytest.raises(fetch.URLRefused, match="only http and https"):
+        fetch.fetch(url, etag=None, last_modified=None, limits=_limits(), allow_private=True)
+
+
+def test_a_redirect_to_a_private_address_is_refused(site, monkeypatch):
+    # The site stands in for a public one: its loopback address counts as public, nothing else does.
+    public = fetch.is_public
+    monkeypatch.setattr(fetch, "is_public", lambda ip: str(ip) == "127.0.0.1" or public(ip))
+    with pytest.raises(fetch.URLRefused, match="169.254.169.254, which is not a public address"):
+        fetch.fetch(site.url("/redirect-private"), etag=None, last_modified=None, limits=_limits(), allow_private=False)
+    assert site.hits["/redirect-private"] == 1
+    ok = fetch.fetch(site.url("/redirect-local"), etag=None, last_modified=None, limits=_limits(), allow_private=False)
+    assert ok.url == site.url("/unchanged") and "Parking is free" in (ok.text or "")
+    with pytest.raises(fetch.TooManyRedirects):
+        fetch.fetch(site.url("/redirect-local"), etag=None, last_modified=None, limits=_limits(max_redirects=0),
+                    allow_private=False)
+
+
+def test_a_refused_source_is_recorded_as_failed_when_private_addresses_are_not_allowed(knowledge, site, monkeypatch):
+    monkeypatch.setenv("DATAENGINE_KNOWLEDGE_ALLOW_PRIVATE_URLS", "false")
+    reload_settings()
+    [run_id] = refresh(property_id=PROPERTY, sources=[{"url": site.url("/unchanged")}, TEXT_SOURCE])
+    row = run_row(run_id, job=JOB)
+    assert row["status"] == "completed" and row["summary"]["sources_failed"] == 1
+    assert results(run_id, job=JOB)[0]["error"].startswith("URLRefused: refused http://127.0.0.1:")
+    assert sum(site.hits.values()) == 0
+
+
+@pytest.mark.timeout(120)
+def test_knowledge_refresh_sent_to_a_worker_with_a_property_id_completes(workers, fake_llm, site):
+    from conftest import wait_for
+    from helpers import run_row as row_of
+
+    from dataengine import app
+
+    workers("kw", env={"DATAENGINE_KNOWLEDGE_ALLOW_PRIVATE_URLS": "true"})
+    sent = app.send_task("knowledge.refresh", kwargs={
+        "property_id": PROPERTY, "sources": [{"url": site.url("/changing")}, {"url": site.url("/missing")}, TEXT_SOURCE],
+    }).get(timeout=30)
+    assert sent["created"] == 1 and len(sent["run_ids"]) == 1
+    row = wait_for(lambda: (r := row_of(sent["run_ids"][0], job=JOB))["status"] in ("completed", "failed") and r,
+                   timeout_s=60, what="the refresh to finish")
+    assert row["status"] == "completed", row["error_message"]
+    assert (row["summary"]["sources_fetched"], row["summary"]["sources_failed"]) == (2, 1)
+    with pytest.raises(Exception, match="sources are registered for a property"):
+        app.send_task("knowledge.refresh", kwargs={"sources": [{"url": site.url("/changing")}]}).get(timeout=30)

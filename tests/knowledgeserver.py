@@ -1,0 +1,103 @@
+"""A local HTTP server for Knowledge Refresh tests, on 127.0.0.1: a page that changes, one that does
+not, one answering 304 to a conditional GET, a 404, a slow one, an oversized one, an image, and a
+redirect to a private (cloud metadata) address. It counts the requests per path."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+PARAGRAPH = ("The Monarch at Riverside has a rooftop pool open from May to September, a 24-hour gym, "
+             "covered parking for residents and guests, and a dog park next to building C. ")
+
+
+def page(title: str, paragraphs: list[str]) -> str:
+    """An HTML page with navigation and a script around its content (which extraction must drop)."""
+    body = "".join(f"<p>{p}</p>" for p in paragraphs)
+    return (f"<html><head><title>{title}</title><script>var tracking = 'not content';</script></head>"
+            f"<body><nav>Home | Floor plans | Contact</nav><main><h1>{title}</h1>{body}</main>"
+            f"<footer>Copyright footer</footer></body></html>")
+
+
+class KnowledgeSite:
+    """The server; ``pages`` may be changed while it runs (``site.pages["/changing"] = ...``)."""
+
+    def __init__(self, *, slow_s: float = 2.0, huge_bytes: int = 300_000) -> None:
+        self.slow_s, self.huge_bytes = slow_s, huge_bytes
+        self.hits: Counter[str] = Counter()
+        self.not_modified: Counter[str] = Counter()
+        self.pages: dict[str, str] = {
+            "/changing": page("Amenities", [PARAGRAPH * 6, "Pets: two per apartment, no weight limit."]),
+            "/unchanged": page("Parking", ["Parking is free for residents. " * 40]),
+            "/conditional": page("Office hours", ["The leasing office is open 9 to 6 on weekdays. " * 30]),
+        }
+        site = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+                site.hits[self.path] += 1
+                site.handle(self)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def url(self, path: str) -> str:
+        """The full URL of ``path`` on this server."""
+        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+
+    def handle(self, h: BaseHTTPRequestHandler) -> None:
+        """Answer one GET."""
+        path = h.path
+        if path == "/conditional":
+            body = self.pages[path].encode()
+            etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
+            if h.headers.get("If-None-Match") == etag:
+                self.not_modified[path] += 1
+                h.send_response(304)
+                h.send_header("ETag", etag)
+                h.end_headers()
+                return
+            return self._send(h, 200, body, "text/html; charset=utf-8", {"ETag": etag})
+        if path in self.pages:
+            return self._send(h, 200, self.pages[path].encode(), "text/html; charset=utf-8")
+        if path == "/notes.txt":
+            return self._send(h, 200, b"Quiet hours are 10 pm to 7 am.\nPackages go to the locker room.", "text/plain")
+        if path == "/slow":
+            time.sleep(self.slow_s)
+            return self._send(h, 200, b"<p>too late</p>", "text/html")
+        if path == "/huge":
+            return self._send(h, 200, b"<p>" + b"x" * self.huge_bytes + b"</p>", "text/html")
+        if path == "/image.png":
+            return self._send(h, 200, b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, "image/png")
+        if path == "/redirect-private":
+            return self._send(h, 302, b"", "text/plain", {"Location": "http://169.254.169.254/latest/meta-data/"})
+        if path == "/redirect-local":
+            return self._send(h, 301, b"", "text/plain", {"Location": "/unchanged"})
+        self._send(h, 404, b"not found", "text/plain")
+
+    @staticmethod
+    def _send(h: BaseHTTPRequestHandler, status: int, body: bytes, ctype: str, headers: dict[str, str] | None = None
+              ) -> None:
+        h.send_response(status)
+        h.send_header("Content-Type", ctype)
+        h.send_header("Content-Length", str(len(body)))
+        for k, v in (headers or {}).items():
+            h.send_header(k, v)
+        h.end_headers()
+        h.wfile.write(body)
+
+    def __enter__(self) -> KnowledgeSite:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
