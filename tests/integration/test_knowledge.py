@@ -304,3 +304,33 @@ def test_knowledge_refresh_sent_to_a_worker_with_a_property_id_completes(workers
     assert (row["summary"]["sources_fetched"], row["summary"]["sources_failed"]) == (2, 1)
     with pytest.raises(Exception, match="sources are registered for a property"):
         app.send_task("knowledge.refresh", kwargs={"sources": [{"url": site.url("/changing")}]}).get(timeout=30)
+
+
+def test_the_command_line_adds_lists_refreshes_and_searches(knowledge, site, engine_env):
+    from typer.testing import CliRunner
+
+    from dataengine.cli import cli
+
+    runner = CliRunner()
+
+    def invoke(*args: str) -> Any:
+        return runner.invoke(cli, ["knowledge", *args], catch_exceptions=False)
+
+    assert invoke("sources", "add", "--property", PROPERTY, "--url", site.url("/changing")).exit_code == 0
+    added = invoke("sources", "add", "--property", PROPERTY, "--text", TEXT_SOURCE["text"], "--title", "House rules")
+    assert added.exit_code == 0 and "registered for monarch-riverside: House rules" in added.output
+    bad = invoke("sources", "add", "--property", PROPERTY, "--text", "no title")
+    assert bad.exit_code == 2 and "a text source needs a title" in bad.output
+    started = invoke("refresh", "--property", PROPERTY)
+    assert started.exit_code == 0 and started.output.strip().endswith("started")
+    run_id = started.output.split()[0]
+    assert invoke("refresh").output.split() == [run_id, "already", "queued", "or", "running"]
+    execute_run(job=JOB, run_id=run_id, worker_id="w/1", task_id="t")
+    listed = invoke("sources", "list", "--property", PROPERTY)
+    assert site.url("/changing") in listed.output and "text: House rules" in listed.output
+    found = invoke("search", "Quiet hours start at 10 pm. Grills are allowed on the ground floor patios.",
+                   "--property", PROPERTY, "--limit", "2")
+    lines = found.output.splitlines()
+    assert found.exit_code == 0 and lines[0].startswith("1. 1.000  House rules #0") and "Quiet hours" in lines[1]
+    unknown = invoke("refresh", "--property", "nobody")
+    assert unknown.exit_code == 2 and "'nobody' has no knowledge sources" in unknown.output
