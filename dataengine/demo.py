@@ -36,6 +36,7 @@ from dataengine.runs import finish_run
 from dataengine.settings import get_settings
 from dataengine.submitting import submit_run
 from models.base import RunStatus
+from tasks.reviewflow.step import GROUP_SIZE
 
 PROPERTY = {"name": "The Monarch at Riverside", "city": "Austin", "aliases": ["Monarch at Riverside"],
             "website": "https://www.the-monarch-at-riverside.example"}
@@ -96,6 +97,16 @@ class DemoKind:
     inputs: Callable[[int], list[str]]
     spec: Callable[[list[str]], dict[str, Any]]
     result_rows: Callable[[dict[str, Any]], list[tuple[str, str]]]
+    #: (the stand-in's answered prompts, an input) -> how many answered calls carried it.
+    asked: Callable[[dict[str, int], str], int] = lambda answered, text: answered.get(text, 0)
+    #: Steps that share one LLM call: each call is given that much more latency, so the run lasts
+    #: long enough to be killed half-way.
+    per_call: int = 1
+
+
+def _asked_within(answered: dict[str, int], text: str) -> int:
+    # Short reviews share calls: a review counts in every answered prompt that holds it.
+    return sum(n for prompt, n in answered.items() if text in prompt)
 
 
 def _audit_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
@@ -130,6 +141,8 @@ KINDS = {
             "reviews": [{"text": t, "rating": r} for t, (_, r) in zip(texts, demo_reviews(len(texts)), strict=True)],
         },
         _review_rows,
+        _asked_within,
+        per_call=GROUP_SIZE,
     ),
 }
 
@@ -238,10 +251,10 @@ def summary_table(job: Job, kind: DemoKind, row: dict[str, Any], recovered_after
     return table
 
 
-def report_paid_twice(console: Console, demo: Demo, answered: dict[str, int]) -> bool:
+def report_paid_twice(console: Console, demo: Demo, kind: DemoKind, answered: dict[str, int]) -> bool:
     """Print which steps the stand-in answered more than once; True unless a checkpointed one was."""
     c, noun, plural = demo.checkpointed, demo.job.step_noun, demo.job.step_plural
-    again = [i for i, q in enumerate(demo.inputs) if answered.get(q, 0) > 1]
+    again = [i for i, q in enumerate(demo.inputs) if kind.asked(answered, q) > 1]
     if demo.killed_at is None:
         console.print(f"The run ended before half-way was seen, so no worker was killed; {len(again)} {plural} "
                       "were asked more than once.")
@@ -274,12 +287,12 @@ def run_demo(*, console: Console, job_key: str = "propertyaudit", steps: int = 3
     # A closed terminal (SIGHUP) or a kill (SIGTERM) must still stop the workers the demo started.
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        with FakeLLMServer(FakeConfig(latency_ms=latency_ms)) as llm:
+        with FakeLLMServer(FakeConfig(latency_ms=latency_ms * kind.per_call)) as llm:
             check_services()
             s = get_settings()
             console.print(f"• PostgreSQL {_redacted(s.database_url)} at the latest schema; Redis "
                           f"{_redacted(s.redis_url)} reachable")
-            console.print(f"• stand-in LLM at {llm.base_url}, {latency_ms:g} ms per call")
+            console.print(f"• stand-in LLM at {llm.base_url}, {latency_ms * kind.per_call:g} ms per call")
             demo = Demo(console, job, kind.inputs(steps), worker_env(llm.base_url))
             try:
                 row = _run(console, demo, kind)
@@ -329,4 +342,4 @@ def _report(console: Console, demo: Demo, kind: DemoKind, row: dict[str, Any], a
     if row["status"] != "completed":
         raise DemoError(f"the run ended {row['status']}: {row['error_message']} (worker logs in {LOG_DIR}/)")
     console.print(summary_table(demo.job, kind, row, demo.recovered_after))
-    return 0 if report_paid_twice(console, demo, answered) else 1
+    return 0 if report_paid_twice(console, demo, kind, answered) else 1

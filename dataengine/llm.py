@@ -11,7 +11,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 from typing import Any, TypeVar
 
 import openai
@@ -42,6 +42,17 @@ class Usage:
     completion_tokens: int = 0
     cost_usd: Decimal = Decimal(0)
     latency_ms: int = 0
+
+    def split(self, n: int) -> list[Usage]:
+        """This usage shared by ``n`` steps that made one call together: even shares, the remainder on the first."""
+        cost = (self.cost_usd / n).quantize(Decimal("0.000001"), rounding=ROUND_DOWN)
+        shares = [Usage(self.prompt_tokens // n, self.completion_tokens // n, cost, self.latency_ms) for _ in range(n)]
+        first = shares[0]
+        shares[0] = Usage(
+            first.prompt_tokens + self.prompt_tokens % n, first.completion_tokens + self.completion_tokens % n,
+            self.cost_usd - cost * (n - 1), self.latency_ms,
+        )
+        return shares
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(

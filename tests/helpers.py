@@ -109,6 +109,11 @@ def answered(fake: Any, query: str) -> int:
     return fake.stats()["answered_prompts"].get(query, 0)
 
 
+def answered_within(fake: Any, text: str) -> int:
+    """How many answered prompts held ``text`` (a review alone, or within a group of reviews)."""
+    return sum(n for prompt, n in fake.stats()["answered_prompts"].items() if text in prompt)
+
+
 def claim(run_id: uuid.UUID, worker: str = "w/1", *, job: Any = None) -> Any:
     """Claim a run as worker ``worker``; fails the test if the claim is refused."""
     from dataengine.db import session_scope

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataengine.jobs import Job, register
 from models.reviewflow import Review, ReviewAnalysisRow, ReviewFlowRun
 from tasks.reviewflow.spec import ReviewFlowSpec, build
-from tasks.reviewflow.step import analyze_review, failed_review, prepare
+from tasks.reviewflow.step import GROUP_SIZE, analyze_group, analyze_review, failed_review, is_short, prepare
 from tasks.reviewflow.summary import summarize
 
 JOB = register(
@@ -31,5 +31,8 @@ JOB = register(
         step_error_policy="record",
         failed_step_values=failed_review,
         run_task_name="reviewflow.analyze",
+        execute_group=analyze_group,
+        groupable=is_short,
+        group_size=GROUP_SIZE,
     )
 )

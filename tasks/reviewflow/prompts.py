@@ -32,11 +32,46 @@ class ReviewAnalysis(BaseModel):
     language: str = Field(description="ISO 639-1 code of the review's language")
 
 
+GROUP_SYSTEM_PROMPT = (
+    f"{ANALYSIS_SYSTEM_PROMPT} You get several reviews, each after a line 'Review N:'; answer with one "
+    "analysis per review, in the same order, each with its review's number."
+)
+#: Starts each review in a group's user message; the stand-in analyst splits on it.
+GROUP_HEADER = "Review {number}{stars}:"
+
+
+class NumberedAnalysis(ReviewAnalysis):
+    """One review's analysis within a group, with the review's number."""
+
+    number: int
+
+
+class ReviewGroupAnalysis(BaseModel):
+    """The analyses of a group of reviews, one per review, in order."""
+
+    analyses: list[NumberedAnalysis]
+
+
+def _about(property_name: str, city: str | None) -> str:
+    return f"The property: {property_name}" + (f", {city}" if city else "") + "."
+
+
+def group_messages(*, property_name: str, city: str | None, reviews: list[tuple[str, int | None]]) -> list[dict[str, str]]:
+    """The chat messages that ask for the analyses of a few short reviews in one call."""
+    blocks = [
+        GROUP_HEADER.format(number=n, stars=f" ({rating} of 5 stars)" if rating is not None else "") + f"\n{text}"
+        for n, (text, rating) in enumerate(reviews, 1)
+    ]
+    return [
+        {"role": "system", "content": f"{GROUP_SYSTEM_PROMPT}\n{_about(property_name, city)}"},
+        {"role": "user", "content": "\n\n".join(blocks)},
+    ]
+
+
 def analysis_messages(*, property_name: str, city: str | None, review: str, rating: int | None) -> list[dict[str, str]]:
     """The chat messages that ask for one review's analysis."""
-    about = f"The property: {property_name}" + (f", {city}" if city else "")
     stars = f" The reviewer gave {rating} of 5 stars." if rating is not None else ""
     return [
-        {"role": "system", "content": f"{ANALYSIS_SYSTEM_PROMPT}\n{about}.{stars}"},
+        {"role": "system", "content": f"{ANALYSIS_SYSTEM_PROMPT}\n{_about(property_name, city)}{stars}"},
         {"role": "user", "content": review},
     ]

@@ -1,7 +1,7 @@
 """ReviewFlow's stand-in analyst for the stand-in LLM server (``dataengine fake-llm``).
 
-It reads the review (the user message) and answers the way an analyst model would, from word
-lists: the same review always gets the same analysis. A review containing ``<<invalid>>`` gets
+It reads the review (the user message, or each ``Review N:`` block of a group) and answers the way
+an analyst model would, from word lists: the same review always gets the same analysis. A review containing ``<<invalid>>`` gets
 an answer that does not fit the schema, as a model sometimes gives.
 """
 
@@ -64,4 +64,12 @@ def analyze_review(prompt: str, schema: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def analyze_group(prompt: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """A ``ReviewGroupAnalysis``: each ``Review N:`` block of ``prompt`` analysed, with its number."""
+    parts = re.split(r"^Review (\d+)(?: \(\d of 5 stars\))?:\n", prompt, flags=re.M)
+    blocks = [(int(parts[i]), parts[i + 1].strip()) for i in range(1, len(parts) - 1, 2)]
+    return {"analyses": [{"number": n, **analyze_review(text, schema)} for n, text in blocks]}
+
+
 STRUCTURED_HANDLERS["ReviewAnalysis"] = analyze_review
+STRUCTURED_HANDLERS["ReviewGroupAnalysis"] = analyze_group

@@ -8,10 +8,13 @@ from typing import Any
 from dataengine import llm
 from dataengine.jobs import StepOutcome
 from dataengine.settings import get_settings
-from tasks.reviewflow.prompts import ReviewAnalysis, analysis_messages
+from tasks.reviewflow.prompts import ReviewAnalysis, ReviewGroupAnalysis, analysis_messages, group_messages
 
 #: Attempts at one review before its failure is recorded (the second asks again after an invalid answer).
 ATTEMPTS = 2
+#: Reviews this short share one call, this many at most: the instructions are sent once for all.
+SHORT_REVIEW_CHARS = 600
+GROUP_SIZE = 4
 #: Characters of a failure kept in the review's ``error``.
 ERROR_CHARS = 500
 
@@ -45,7 +48,38 @@ def analyze_review(ctx: ReviewContext, index: int, review: dict[str, Any]) -> St
         except ValueError as exc:  # pydantic's ValidationError, or the model's refusal
             if attempt == ATTEMPTS:
                 raise InvalidAnalysis(f"no valid analysis after {ATTEMPTS} attempts: {exc}") from exc
-    values = {
+    return StepOutcome(values=_values(analysis), usage=usage)
+
+
+def is_short(review: dict[str, Any]) -> bool:
+    """Whether a review may share a call with others."""
+    return len(review["review_text"]) <= SHORT_REVIEW_CHARS
+
+
+def analyze_group(ctx: ReviewContext, steps: list[tuple[int, dict[str, Any]]]) -> list[StepOutcome]:
+    """Analyse a few short reviews in one call; if the answer does not fit, each is analysed on its own,
+    so only a review the model really cannot analyse is recorded as failed."""
+    reviews = [(review["review_text"], review["rating"]) for _, review in steps]
+    messages = group_messages(property_name=ctx.property_name, city=ctx.city, reviews=reviews)
+    try:
+        answer, usage = llm.parse(messages=messages, model=ctx.model, schema=ReviewGroupAnalysis)
+        if [a.number for a in answer.analyses] != list(range(1, len(steps) + 1)):
+            raise ValueError(f"the analyses are numbered {[a.number for a in answer.analyses]}")
+    except ValueError:  # an invalid answer or a refusal: one review may have spoiled it for all
+        return [_alone(ctx, index, review) for index, review in steps]
+    return [StepOutcome(values=_values(a), usage=u) for a, u in zip(answer.analyses, usage.split(len(steps)),
+                                                                    strict=True)]
+
+
+def _alone(ctx: ReviewContext, index: int, review: dict[str, Any]) -> StepOutcome:
+    try:
+        return analyze_review(ctx, index, review)
+    except InvalidAnalysis as exc:
+        return StepOutcome(values=failed_review(index, review, exc))
+
+
+def _values(analysis: ReviewAnalysis) -> dict[str, Any]:
+    return {
         "sentiment_score": round(analysis.sentiment_score, 3),
         "sentiment_label": analysis.sentiment_label,
         "topics": [t.strip().lower() for t in analysis.topics if t.strip()],
@@ -53,9 +87,8 @@ def analyze_review(ctx: ReviewContext, index: int, review: dict[str, Any]) -> St
         "needs_reply": analysis.needs_reply,
         "suggested_reply": analysis.suggested_reply,
         "language": analysis.language[:16],
-        "analysis": analysis.model_dump(),
+        "analysis": analysis.model_dump(exclude={"number"}),
     }
-    return StepOutcome(values=values, usage=usage)
 
 
 def failed_review(index: int, review: Any, exc: BaseException) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from helpers import SAMPLE_REVIEWS, answered, claim, create, expire_lease, results, review_spec, run_row
+from helpers import SAMPLE_REVIEWS, answered_within, claim, create, expire_lease, results, review_spec, run_row
 from sqlalchemy import text
 
 from dataengine.db import session_scope
@@ -27,7 +27,8 @@ def test_a_batch_is_analysed_and_summed_up(fake_llm):
     assert run(run_id).status == "completed"
     row, recorded = run_row(run_id, job=JOB), results(run_id, job=JOB)
     assert sorted(recorded) == list(range(10)) and row["completed_steps"] == 10 and row["total_reviews"] == 10
-    assert all(answered(fake_llm, r["text"]) == 1 for r in spec["reviews"])
+    assert all(answered_within(fake_llm, r["text"]) == 1 for r in spec["reviews"])
+    assert fake_llm.stats()["answered"] == 3  # short reviews, 4 to a call: 4 + 4 + 2
     assert row["prompt_tokens"] > 0 and row["cost_usd"] > 0
     leak = recorded[2]
     assert (leak["urgency"], leak["needs_reply"], leak["sentiment_label"]) == ("high", True, "negative")
@@ -53,7 +54,9 @@ def test_a_review_the_model_cannot_analyse_is_recorded_and_the_run_goes_on(fake_
     assert recorded[1]["sentiment_label"] is None and "InvalidAnalysis: no valid analysis after 2 attempts" in (
         recorded[1]["error"])
     assert all(recorded[i]["error"] is None for i in (0, 2, 3))
-    assert fake_llm.stats()["prompts"][spec["reviews"][1]["text"]] == 2  # asked once more, then recorded
+    # Its group's answer did not fit, so each review was asked alone; this one twice, then recorded.
+    assert fake_llm.stats()["prompts"][spec["reviews"][1]["text"]] == 2
+    assert answered_within(fake_llm, spec["reviews"][0]["text"]) == 2  # in the group, then alone
     summary = run_row(run_id, job=JOB)["summary"]
     assert (summary["reviews_analyzed"], summary["reviews_failed"]) == (3, 1)
 
@@ -69,7 +72,7 @@ def test_resume_asks_only_the_reviews_without_an_analysis(fake_llm):
         checkpoint(session=session, job=JOB, claim=c, results=rows, next_index=2, in_flight=[2], eta_s=None)
     expire_lease(run_id, job=JOB)
     assert run(run_id).status == "completed"
-    asked = [answered(fake_llm, r["text"]) for r in spec["reviews"]]
+    asked = [answered_within(fake_llm, r["text"]) for r in spec["reviews"]]
     assert asked == [0, 0, 1, 0, 1, 1]
 
 
@@ -83,3 +86,16 @@ def test_a_run_written_by_a_producer_in_another_language_runs(fake_llm):
     assert run(run_id).status == "completed"
     row = run_row(run_id, job=JOB)
     assert (row["total_steps"], row["completed_steps"], row["summary"]["average_rating"]) == (2, 2, 3.5)
+
+
+def test_short_reviews_share_calls_and_cost_fewer_tokens_for_the_same_analyses(fake_llm):
+    import dataclasses
+
+    grouped, alone = create(review_spec(8, tag="g"), job=JOB), create(review_spec(8, tag="a"), job=JOB)
+    run(grouped)
+    execute_run(job=dataclasses.replace(JOB, execute_group=None), run_id=str(alone), worker_id="w/1", task_id=None)
+    g, a = run_row(grouped, job=JOB), run_row(alone, job=JOB)
+    assert g["prompt_tokens"] < 0.6 * a["prompt_tokens"], (g["prompt_tokens"], a["prompt_tokens"])
+    labels = [[r["sentiment_label"] for _, r in sorted(results(x, job=JOB).items())] for x in (grouped, alone)]
+    assert labels[0] == labels[1]
+    assert sum(r["prompt_tokens"] for r in results(grouped, job=JOB).values()) == g["prompt_tokens"]  # shares add up

@@ -18,10 +18,11 @@ from typing import Any
 
 import pytest
 from conftest import wait_for
-from helpers import answered, audit_spec, create, create_audit, results, review_spec, run_row
+from helpers import answered, answered_within, audit_spec, create, create_audit, results, review_spec, run_row
 
 from dataengine import app
 from dataengine.settings import get_settings
+from tasks.reviewflow.step import GROUP_SIZE
 
 pytestmark = pytest.mark.timeout(120)
 RUN = "propertyaudit.run"
@@ -35,7 +36,12 @@ class Kind:
     key: str
     spec: Callable[[int], dict[str, Any]]
     prompts: Callable[[dict[str, Any]], list[str]]
-    calls_per_step: int
+    #: (stand-in, prompt) -> how many answered calls carried it (short reviews share calls).
+    asked: Callable[[Any, str], int]
+    #: Steps that share one call at most.
+    group: int = 1
+    #: LLM latency multiplier, so a run of n steps lasts about as long for every job (a kill lands mid-run).
+    latency_scale: float = 1.0
 
     @property
     def job(self) -> Any:
@@ -46,8 +52,9 @@ class Kind:
 
 
 KINDS = {
-    "propertyaudit": Kind("propertyaudit", audit_spec, lambda spec: spec["queries"], 2),
-    "reviewflow": Kind("reviewflow", review_spec, lambda spec: [r["text"] for r in spec["reviews"]], 1),
+    "propertyaudit": Kind("propertyaudit", audit_spec, lambda spec: spec["queries"], answered),
+    "reviewflow": Kind("reviewflow", review_spec, lambda spec: [r["text"] for r in spec["reviews"]], answered_within,
+                       GROUP_SIZE, latency_scale=2.0 * GROUP_SIZE),
 }
 
 
@@ -76,18 +83,21 @@ def finished(run_id: uuid.UUID, job: Any = None) -> dict[str, Any] | None:
     return row if row["status"] in ("completed", "failed", "cancelled") else None
 
 
-def assert_nothing_paid_twice(fake_llm: Any, prompts: list[str], checkpointed: set[int]) -> None:
+def assert_nothing_paid_twice(fake_llm: Any, prompts: list[str], checkpointed: set[int],
+                              kind: Kind | None = None) -> None:
     """Every step answered; none recorded before the crash asked again; at most the in-flight ones twice."""
-    counts = {i: answered(fake_llm, q) for i, q in enumerate(prompts)}
+    asked, group = (kind.asked, kind.group) if kind else (answered, 1)
+    counts = {i: asked(fake_llm, q) for i, q in enumerate(prompts)}
     assert all(c >= 1 for c in counts.values()), counts
     assert {i: counts[i] for i in checkpointed} == dict.fromkeys(checkpointed, 1)
-    assert sum(c - 1 for c in counts.values()) <= get_settings().step_concurrency
+    assert sum(c - 1 for c in counts.values()) <= get_settings().step_concurrency * group
 
 
 def run_on_worker_a(workers: Any, fake_llm: Any, n: int, *, latency_ms: float, kind: Kind = KINDS["propertyaudit"]
                     ) -> tuple[Any, list[str], uuid.UUID]:
-    """Worker ``a`` started and working a run of ``n`` steps of ``kind``, each LLM call taking ``latency_ms``."""
-    fake_llm.configure(latency_ms=latency_ms)
+    """Worker ``a`` started and working a run of ``n`` steps of ``kind``, each LLM call taking ``latency_ms``
+    (scaled for the kind)."""
+    fake_llm.configure(latency_ms=latency_ms * kind.latency_scale)
     a = workers("a")
     spec = kind.spec(n)
     run_id = create(spec, job=kind.job)
@@ -107,7 +117,7 @@ def test_a_run_survives_its_pool_process_being_sigkilled(workers, fake_llm, kind
     row = wait_for(lambda: finished(run_id, job), timeout_s=60, what="the run to finish after the kill")
     assert row["status"] == "completed" and row["fencing_token"] >= 2
     assert sorted(results(run_id, job=job)) == list(range(60))
-    assert_nothing_paid_twice(fake_llm, prompts, checkpointed)
+    assert_nothing_paid_twice(fake_llm, prompts, checkpointed, kind)
     assert a.proc.poll() is None  # the worker replaced its pool process and went on
 
 
@@ -129,7 +139,7 @@ def test_a_run_resumes_on_another_worker_within_seconds_of_a_main_process_sigkil
     row = wait_for(lambda: finished(run_id, job), timeout_s=60, what="the run to finish")
     assert row["status"] == "completed" and sorted(results(run_id, job=job)) == list(range(100))
     assert resumed_after_s < 10, f"resumed only {resumed_after_s:.1f}s after the SIGKILL"
-    assert_nothing_paid_twice(fake_llm, prompts, checkpointed)
+    assert_nothing_paid_twice(fake_llm, prompts, checkpointed, kind)
 
 
 @pytest.mark.parametrize("db_route", ["direct", "pgbouncer"], indirect=True)
@@ -159,7 +169,7 @@ def test_a_sigstopped_worker_that_wakes_after_a_takeover_writes_nothing(workers,
 
 def test_a_run_enqueued_twice_has_one_executor(workers, fake_llm, kind):
     job = kind.job
-    fake_llm.configure(latency_ms=100)
+    fake_llm.configure(latency_ms=100 * kind.latency_scale)
     spec = kind.spec(40)
     workers("a", concurrency=2)
     run_id = create(spec, job=job)
@@ -168,10 +178,11 @@ def test_a_run_enqueued_twice_has_one_executor(workers, fake_llm, kind):
     second = enqueue(run_id, job).get(timeout=60)  # delivered to the other pool process while the first works
     assert second["executed"] is False and "being executed by a@" in second["detail"]
     assert first.get(timeout=60)["status"] == "completed"
-    assert all(answered(fake_llm, p) == 1 for p in kind.prompts(spec))
+    assert all(kind.asked(fake_llm, p) == 1 for p in kind.prompts(spec))
+    answered_calls = fake_llm.stats()["answered"]
     again = enqueue(run_id, job).get(timeout=30)
     assert again["executed"] is False and "already completed" in again["detail"]
-    assert fake_llm.stats()["answered"] == 40 * kind.calls_per_step
+    assert fake_llm.stats()["answered"] == answered_calls
 
 
 def test_submit_creates_the_run_once_per_idempotency_key(workers, fake_llm):
