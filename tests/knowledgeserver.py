@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+import uuid
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -101,3 +102,36 @@ class KnowledgeSite:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+
+def knowledge_spec(n: int, *, property_id: str = "crash-test-property") -> dict[str, Any]:
+    """A ``knowledge.submit`` spec over ``n`` text sources registered now, each short enough to be one chunk
+    whose text is the source's own (so the stand-in's count of that text is the count of its embeddings)."""
+    from sqlalchemy import select
+
+    from dataengine.db import session_scope
+    from models.knowledge import KnowledgeSource
+    from tasks.knowledge.spec import SourceIn, register_sources
+
+    tag = uuid.uuid4().hex[:8]
+    texts = [SourceIn(title=f"note {tag} {i}", text=f"Note {tag} {i}: the laundry room on floor {i} opens at 7 am.")
+             for i in range(n)]
+    with session_scope() as session:
+        register_sources(session, property_id=property_id, sources=texts)
+        ids = dict(session.execute(select(KnowledgeSource.title, KnowledgeSource.id)
+                                   .where(KnowledgeSource.property_id == property_id)).all())
+    return {"property_id": property_id, "source_ids": [str(ids[t.title]) for t in texts]}
+
+
+def knowledge_prompts(spec: dict[str, Any]) -> list[str]:
+    """The text each step of a ``knowledge_spec`` run embeds, by step index."""
+    from sqlalchemy import select
+
+    from dataengine.db import session_scope
+    from models.knowledge import KnowledgeSource
+
+    with session_scope() as session:
+        texts = dict(session.execute(select(KnowledgeSource.id, KnowledgeSource.text)
+                                     .where(KnowledgeSource.property_id == spec["property_id"])).all())
+    return [texts[uuid.UUID(i)] for i in spec["source_ids"]]

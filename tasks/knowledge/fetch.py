@@ -100,7 +100,7 @@ def _checked(url: str, *, allow_private: bool) -> tuple[str, str | None]:
     for ip in addresses:
         if not is_public(ip):
             raise URLRefused(f"refused {url}: {host} resolves to {ip}, which is not a public address")
-    ip = addresses[0]
+    ip = min(addresses, key=lambda a: a.version)  # IPv4 first: a host without IPv6 routes still connects
     literal = f"[{ip}]" if ip.version == 6 else str(ip)
     netloc = f"{literal}:{parts.port}" if parts.port else literal
     return urlunsplit(parts._replace(netloc=netloc)), parts.netloc.rpartition("@")[2]

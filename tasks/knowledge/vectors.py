@@ -44,7 +44,7 @@ _SELECT = """
     SELECT c.id, c.source_id, c.position, c.content, s.url, s.title, {score} AS score
     FROM document_chunks c JOIN knowledge_sources s ON s.id = c.source_id
     WHERE c.property_id = :property_id AND cardinality(c.embedding) = cardinality(CAST(:query AS real[]))
-    ORDER BY score DESC, c.source_id, c.position
+    ORDER BY score DESC NULLS LAST, c.source_id, c.position
     LIMIT :limit
 """
 SEARCH_ARRAY = text(_SELECT.format(score="""(

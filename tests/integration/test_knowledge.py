@@ -334,3 +334,19 @@ def test_the_command_line_adds_lists_refreshes_and_searches(knowledge, site, eng
     assert found.exit_code == 0 and lines[0].startswith("1. 1.000  House rules #0") and "Quiet hours" in lines[1]
     unknown = invoke("refresh", "--property", "nobody")
     assert unknown.exit_code == 2 and "'nobody' has no knowledge sources" in unknown.output
+
+
+def test_a_resumed_refresh_embeds_only_the_sources_without_a_result(knowledge):
+    from helpers import answered, create
+    from knowledgeserver import knowledge_prompts, knowledge_spec
+
+    spec = knowledge_spec(6)
+    run_id = create(spec, job=JOB)
+    c = claim(run_id, job=JOB)
+    recorded = [{"query_index": i, "source_id": spec["source_ids"][i], "outcome": "unchanged"} for i in (0, 1, 3)]
+    with session_scope() as session:
+        checkpoint(session=session, job=JOB, claim=c, results=recorded, next_index=2, in_flight=[2], eta_s=None)
+    expire_lease(run_id, job=JOB)
+    assert execute_run(job=JOB, run_id=str(run_id), worker_id="w/2", task_id="t").status == "completed"
+    assert [answered(knowledge, t) for t in knowledge_prompts(spec)] == [0, 0, 1, 0, 1, 1]
+    assert run_row(run_id, job=JOB)["summary"]["sources_fetched"] == 3
