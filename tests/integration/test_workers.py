@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from conftest import wait_for
 from helpers import answered, answered_within, audit_spec, create, create_audit, results, review_spec, run_row
+from knowledgeserver import knowledge_prompts, knowledge_spec
 
 from dataengine import app
 from dataengine.settings import get_settings
@@ -55,6 +56,8 @@ KINDS = {
     "propertyaudit": Kind("propertyaudit", audit_spec, lambda spec: spec["queries"], answered),
     "reviewflow": Kind("reviewflow", review_spec, lambda spec: [r["text"] for r in spec["reviews"]], answered_within,
                        GROUP_SIZE, latency_scale=2.0 * GROUP_SIZE),
+    # Text sources of one chunk each: a step's one LLM call embeds the source's own text.
+    "knowledge": Kind("knowledge", knowledge_spec, knowledge_prompts, answered, latency_scale=2.0),
 }
 
 
