@@ -77,3 +77,19 @@ def test_readme_quickstart_is_two_commands_and_ci_runs_the_second():
     assert (ROOT / demo.split()[0]).exists() and (ROOT / tests.split()[0]).exists()
     ci = (ROOT / ".ci" / "run").read_text()
     assert re.search(rf"^exec {re.escape(tests)}$", ci, re.M)
+
+
+def test_the_database_image_has_pgvector_and_creates_the_extension_once():
+    postgres = SERVICES["postgres"]
+    assert postgres["image"].startswith("pgvector/pgvector:")
+    mount = next(v for v in postgres["volumes"] if v.endswith(":/docker-entrypoint-initdb.d:ro"))
+    scripts = ROOT / mount.split(":")[0]
+    assert "CREATE EXTENSION IF NOT EXISTS vector" in "".join(p.read_text() for p in scripts.glob("*.sql"))
+
+
+def test_every_job_runs_on_the_compose_workers_and_beat_fires_the_refresh():
+    from dataengine.settings import Settings
+
+    assert {"tasks.propertyaudit", "tasks.reviewflow", "tasks.knowledge"} <= set(Settings().job_modules)
+    env = SERVICES["beat"]["environment"]
+    assert "DATAENGINE_KNOWLEDGE_REFRESH_SCHEDULE" in env and "0 3 * * *" in env["DATAENGINE_KNOWLEDGE_REFRESH_SCHEDULE"]
