@@ -85,7 +85,6 @@ def refresh_source(ctx: KnowledgeContext, index: int, source_id: uuid.UUID) -> S
         src = session.execute(select(KnowledgeSource).where(KnowledgeSource.id == source_id)).scalar_one_or_none()
         if src is None:
             raise SourceGone(f"source {source_id} no longer exists")
-        existing = vectors.chunk_hashes(session, source_id=source_id)
         session.expunge(src)
     etag = last_modified = title = None
     if src.kind == "url":
@@ -103,8 +102,11 @@ def refresh_source(ctx: KnowledgeContext, index: int, source_id: uuid.UUID) -> S
     if not content.strip():
         raise NotText(f"{src.url or src.title}: no readable text")
     chunks = split(content, tokens=ctx.limits.chunk_tokens, overlap=ctx.limits.chunk_overlap_tokens)
-    changed = [c for c in chunks if existing.get(c.position) != c.content_hash]
-    with session_scope() as session:  # a chunk that only moved keeps its embedding
+    # Read only now: an unchanged source (most of them, on most nights) needs none of this.
+    with session_scope() as session:
+        existing = vectors.chunk_hashes(session, source_id=source_id)
+        changed = [c for c in chunks if existing.get(c.position) != c.content_hash]
+        # A chunk that only moved keeps its embedding.
         embeddings = vectors.known_embeddings(session, source_id=source_id, model=ctx.model,
                                               hashes=sorted({c.content_hash for c in changed}))
     missing = list(dict.fromkeys(c.content for c in changed if c.content_hash not in embeddings))
