@@ -121,15 +121,6 @@ class RunMixin:
         )
 
 
-def _run_fk(cls: Any) -> Mapped[uuid.UUID]:
-    return mapped_column(ForeignKey(f"{cls.__run_table__}.id", ondelete="CASCADE"), primary_key=True)
-
-
-def _run_step_key() -> tuple[PrimaryKeyConstraint]:
-    # Spelled out: the key's index must lead with run_id, for "this run's steps from index N on".
-    return (PrimaryKeyConstraint("run_id", "query_index"),)
-
-
 class StepMixin:
     """A step's input row (a query, a review, a source): unique on (run, step index), read in
     pages from the resume point. Set ``__run_table__`` to the job's run table."""
@@ -138,31 +129,21 @@ class StepMixin:
 
     @declared_attr
     def run_id(cls) -> Mapped[uuid.UUID]:
-        return _run_fk(cls)
+        return mapped_column(ForeignKey(f"{cls.__run_table__}.id", ondelete="CASCADE"), primary_key=True)
 
     @declared_attr.directive
     def __table_args__(cls) -> tuple:
-        return _run_step_key()
+        # Spelled out: the key's index must lead with run_id, for "this run's steps from index N on".
+        return (PrimaryKeyConstraint("run_id", "query_index"),)
 
     #: The column is ``query_index`` in every job, after the run row's ``current_query_index``.
     query_index: Mapped[int] = mapped_column(Integer, primary_key=True)
 
 
-class StepResultMixin:
+class StepResultMixin(StepMixin):
     """Columns of a recorded step: unique on (run, step index), stamped with the writer's fencing
     token. Set ``__run_table__`` to the job's run table."""
 
-    __run_table__: ClassVar[str]
-
-    @declared_attr
-    def run_id(cls) -> Mapped[uuid.UUID]:
-        return _run_fk(cls)
-
-    @declared_attr.directive
-    def __table_args__(cls) -> tuple:
-        return _run_step_key()
-
-    query_index: Mapped[int] = mapped_column(Integer, primary_key=True)
     fencing_token: Mapped[int] = mapped_column(BigInteger, nullable=False)
     prompt_tokens: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     completion_tokens: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
