@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     sweep_interval_s: float = Field(1.0, gt=0)
     #: A run enqueued (or re-enqueued) but not claimed for this long is enqueued again.
     redispatch_after_s: float = Field(300.0, gt=0)
-    #: A run whose worker is lost this many times at the same step ends ``failed``.
+    #: A run whose workers died this many times with the same step in flight ends ``failed``.
     max_losses_per_step: int = Field(3, ge=1)
     #: Steps of one run in flight at once.
     step_concurrency: int = Field(4, ge=1, le=64)
