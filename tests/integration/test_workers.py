@@ -326,3 +326,20 @@ def test_a_step_still_failing_after_the_last_retry_fails_the_run_saying_so(worke
     row = run_row(run_id)
     assert row["status"] == "failed" and "still failing after 1 retries" in row["error_message"]
     assert "InternalServerError" in failure and "Retry in" in worker.log_text()
+
+
+def test_a_running_run_of_any_job_is_cancelled_between_steps(workers, fake_llm, kind):
+    from dataengine.db import session_scope
+    from dataengine.runs import request_cancel
+
+    job = kind.job
+    a, prompts, run_id = run_on_worker_a(workers, fake_llm, 60, latency_ms=120, kind=kind)
+    wait_for(lambda: progressed(run_id, 4, job), timeout_s=30, what="4 checkpointed steps")
+    with session_scope() as session:
+        assert request_cancel(session=session, job=job, run_id=run_id) == "running"
+    row = wait_for(lambda: finished(run_id, job), timeout_s=30, what="the run to stop")
+    assert row["status"] == "cancelled" and row["finished_at"] is not None and row["lease_owner"] is None
+    assert 4 <= row["completed_steps"] < 60 and len(results(run_id, job=job)) == row["completed_steps"]
+    asked = sum(kind.asked(fake_llm, p) > 0 for p in prompts)
+    assert asked <= row["completed_steps"] + get_settings().step_concurrency * kind.group  # nothing started after
+    assert a.proc.poll() is None and "Run cancelled" in a.log_text()
