@@ -8,7 +8,7 @@ The public contract's variables (``DATABASE_URL``, ``REDIS_URL``, ``OPENAI_API_K
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
+from typing import Literal, Self
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -136,3 +136,25 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings, read from the environment on first use."""
     return Settings()
+
+
+class JobSettings(BaseSettings):
+    """A job's own settings (its limits), read from ``DATAENGINE_*`` like the engine's, once per
+    process on first use: ``AuditLimits.current()``. ``reset_job_settings()`` reads them again."""
+
+    model_config = SettingsConfigDict(env_prefix="DATAENGINE_", extra="ignore")
+
+    @classmethod
+    def current(cls) -> Self:
+        """This process's values of these settings."""
+        if cls not in _job_settings:
+            _job_settings[cls] = cls()
+        return _job_settings[cls]  # type: ignore[return-value]
+
+
+_job_settings: dict[type[JobSettings], JobSettings] = {}
+
+
+def reset_job_settings() -> None:
+    """Forget every job's settings, so the next use reads the environment again (tests)."""
+    _job_settings.clear()

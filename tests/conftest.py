@@ -82,9 +82,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def reload_settings() -> None:
     """Make the engine read the environment again (settings, engine, LLM client)."""
     from dataengine import db, llm
-    from dataengine.settings import get_settings
+    from dataengine.settings import get_settings, reset_job_settings
 
     get_settings.cache_clear()
+    reset_job_settings()
     db.reset_engine()
     llm.reset_client()
 

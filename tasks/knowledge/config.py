@@ -1,18 +1,18 @@
 """Knowledge Refresh's own limits: fetch timeouts and size, redirects, chunk sizes, embedding batches.
 
-Read from ``DATAENGINE_KNOWLEDGE_*`` on first use. Whether private addresses may be fetched is an
+Read from ``DATAENGINE_KNOWLEDGE_*`` on first use (``KnowledgeLimits.current()``). Whether private addresses may be fetched is an
 engine setting (``DATAENGINE_KNOWLEDGE_ALLOW_PRIVATE_URLS``, ``dataengine.settings``), refused in production.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from dataengine.settings import JobSettings
 
 
-class KnowledgeLimits(BaseSettings):
+class KnowledgeLimits(JobSettings):
     """How a source is fetched, chunked and embedded."""
 
     model_config = SettingsConfigDict(env_prefix="DATAENGINE_KNOWLEDGE_", extra="ignore")
@@ -41,8 +41,3 @@ class KnowledgeLimits(BaseSettings):
             raise ValueError("DATAENGINE_KNOWLEDGE_CHUNK_OVERLAP_TOKENS must be smaller than _CHUNK_TOKENS")
         return self
 
-
-@lru_cache(maxsize=1)
-def limits() -> KnowledgeLimits:
-    """The limits, read from the environment on first use (``limits.cache_clear()`` reads them again)."""
-    return KnowledgeLimits()

@@ -23,7 +23,7 @@ from dataengine.jobs import NewRun
 from dataengine.submitting import SpecText
 from models.base import ACTIVE_STATUSES
 from models.knowledge import PROPERTY_ID_CHARS, URL_CHARS, KnowledgeRefreshRun, KnowledgeSource
-from tasks.knowledge.config import limits
+from tasks.knowledge.config import KnowledgeLimits
 
 PropertyId = Annotated[SpecText, StringConstraints(max_length=PROPERTY_ID_CHARS)]
 Title = Annotated[SpecText, StringConstraints(max_length=500)]
@@ -62,8 +62,8 @@ class SourceIn(BaseModel):
                 raise ValueError(f"url {self.url!r}: only http and https URLs with a host")
         elif self.title is None:
             raise ValueError("a text source needs a title (it is how the text is known when sent again)")
-        elif len(self.text or "") > limits().max_text_chars:
-            raise ValueError(f"text is {len(self.text or '')} characters; the limit is {limits().max_text_chars}")
+        elif len(self.text or "") > KnowledgeLimits.current().max_text_chars:
+            raise ValueError(f"text is {len(self.text or '')} characters; the limit is {KnowledgeLimits.current().max_text_chars}")
         return self
 
 
@@ -84,8 +84,8 @@ class RefreshRequest(BaseModel):
     def _sources_need_a_property(self) -> RefreshRequest:
         if self.sources is not None and self.property_id is None:
             raise ValueError("sources are registered for a property: send property_id too")
-        if self.sources is not None and len(self.sources) > limits().max_sources:
-            raise ValueError(f"at most {limits().max_sources} sources per request, got {len(self.sources)}")
+        if self.sources is not None and len(self.sources) > KnowledgeLimits.current().max_sources:
+            raise ValueError(f"at most {KnowledgeLimits.current().max_sources} sources per request, got {len(self.sources)}")
         return self
 
 

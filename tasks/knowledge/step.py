@@ -22,7 +22,7 @@ from dataengine.settings import get_settings
 from models.knowledge import KnowledgeSource
 from tasks.knowledge import vectors
 from tasks.knowledge.chunking import digest, split
-from tasks.knowledge.config import KnowledgeLimits, limits
+from tasks.knowledge.config import KnowledgeLimits
 from tasks.knowledge.fetch import NotText, fetch
 
 #: Characters of a failure kept on the result and the source row.
@@ -75,7 +75,7 @@ class SourceOutcome(StepOutcome):
 def prepare(row: Any) -> KnowledgeContext:
     """The context of a claimed run row."""
     s = get_settings()
-    return KnowledgeContext(row.property_id, row.model or s.openai_embedding_model, limits(),
+    return KnowledgeContext(row.property_id, row.model or s.openai_embedding_model, KnowledgeLimits.current(),
                             s.knowledge_allow_private_urls)
 
 

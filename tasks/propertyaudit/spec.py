@@ -2,30 +2,21 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dataengine.jobs import NewRun
-from dataengine.settings import get_settings
+from dataengine.settings import JobSettings, get_settings
 from dataengine.submitting import SpecText
 
 
-class AuditLimits(BaseSettings):
+class AuditLimits(JobSettings):
     """How large a PropertyAudit may be (``DATAENGINE_MAX_QUERIES``, ``DATAENGINE_MAX_QUERY_CHARS``)."""
-
-    model_config = SettingsConfigDict(env_prefix="DATAENGINE_", extra="ignore")
 
     max_queries: int = Field(10_000, ge=1)
     max_query_chars: int = Field(2_000, ge=1)
 
-
-@lru_cache(maxsize=1)
-def limits() -> AuditLimits:
-    """The limits, read from the environment on first use."""
-    return AuditLimits()
 
 
 class PropertySpec(BaseModel):
@@ -51,7 +42,7 @@ class AuditSpec(BaseModel):
     @field_validator("queries")
     @classmethod
     def _within_limits(cls, queries: list[str]) -> list[str]:
-        lim = limits()
+        lim = AuditLimits.current()
         if len(queries) > lim.max_queries:
             raise ValueError(f"at most {lim.max_queries} queries per run, got {len(queries)}")
         longest = max(range(len(queries)), key=lambda i: len(queries[i]))

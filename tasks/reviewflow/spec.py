@@ -3,30 +3,21 @@
 from __future__ import annotations
 
 import datetime as dt
-from functools import lru_cache
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dataengine.jobs import NewRun
-from dataengine.settings import get_settings
+from dataengine.settings import JobSettings, get_settings
 from dataengine.submitting import SpecText
 
 
-class ReviewLimits(BaseSettings):
+class ReviewLimits(JobSettings):
     """How large a ReviewFlow may be (``DATAENGINE_MAX_REVIEWS``, ``DATAENGINE_MAX_REVIEW_CHARS``)."""
-
-    model_config = SettingsConfigDict(env_prefix="DATAENGINE_", extra="ignore")
 
     max_reviews: int = Field(50_000, ge=1)
     max_review_chars: int = Field(10_000, ge=1)
 
-
-@lru_cache(maxsize=1)
-def limits() -> ReviewLimits:
-    """The limits, read from the environment on first use."""
-    return ReviewLimits()
 
 
 class PropertyRef(BaseModel):
@@ -63,7 +54,7 @@ class ReviewFlowSpec(BaseModel):
     @field_validator("reviews")
     @classmethod
     def _within_limits(cls, reviews: list[ReviewIn]) -> list[ReviewIn]:
-        lim = limits()
+        lim = ReviewLimits.current()
         if len(reviews) > lim.max_reviews:
             raise ValueError(f"at most {lim.max_reviews} reviews per run, got {len(reviews)}")
         for i, review in enumerate(reviews):

@@ -25,7 +25,7 @@ from dataengine.runloop import execute_run
 from dataengine.runs import checkpoint
 from models.knowledge import DocumentChunk, KnowledgeSource
 from tasks.knowledge import JOB, fetch, vectors
-from tasks.knowledge.config import KnowledgeLimits, limits
+from tasks.knowledge.config import KnowledgeLimits
 from tasks.knowledge.search import search_knowledge
 from tasks.knowledge.spec import start_runs
 from tasks.knowledge.step import record_source_rows, refresh_source
@@ -47,9 +47,8 @@ def knowledge(db_url, fake_llm, monkeypatch):
                         "CHUNK_TOKENS": "60", "CHUNK_OVERLAP_TOKENS": "10", "EMBED_BATCH": "4"}.items():
         monkeypatch.setenv(f"DATAENGINE_KNOWLEDGE_{name}", value)
     reload_settings()
-    limits.cache_clear()
     yield fake_llm
-    limits.cache_clear()
+    reload_settings()
 
 
 def refresh(**kwargs: Any) -> list[uuid.UUID]:
