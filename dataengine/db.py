@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from dataengine.settings import Settings, get_settings
 
 #: Supabase's pooler in transaction mode listens on this port; a URL with it means such a pooler.
 SUPABASE_TRANSACTION_POOLER_PORT = 6543
+
+#: A pooled connection idle for longer than this is pinged before use (SQLAlchemy's pre-ping, but
+#: not on every checkout: on the checkpoint path the ping was a fifth of each transaction's round trips,
+#: measured by bench/knowledge_refresh.py). A connection used moments ago that has since died fails its
+#: first statement instead, which invalidates the pool; the run loop retries that transaction.
+PING_AFTER_IDLE_S = 1.0
+_USED_AT = "dataengine_used_at"
 
 #: The loop thread and the heartbeat thread may both ask first; only one may build the engine.
 _lock = threading.Lock()
@@ -33,14 +42,37 @@ def get_engine() -> Engine:
                 _engine.dispose(close=False)
             s = get_settings()
             _engine = create_engine(
-                s.sqlalchemy_url, pool_pre_ping=True, pool_size=s.db_pool_size, max_overflow=s.db_max_overflow,
+                s.sqlalchemy_url, pool_size=s.db_pool_size, max_overflow=s.db_max_overflow,
                 connect_args=connect_args(s.sqlalchemy_url),
             )
+            _ping_when_idle(_engine)
             if transaction_pooler(s.sqlalchemy_url) and session_limits(s):
                 event.listen(_engine, "begin", _limit_transaction)
             _engine_pid = os.getpid()
             _sessions = sessionmaker(_engine, expire_on_commit=False)
         return _engine
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Ping a pooled connection on checkout when it has been idle for ``PING_AFTER_IDLE_S``; one
+    found dead invalidates the pool, and the checkout goes on with a new connection."""
+
+    def used(dbapi_connection: Any, record: ConnectionPoolEntry, *_: Any) -> None:
+        record.info[_USED_AT] = time.monotonic()
+
+    def checkout(dbapi_connection: Any, record: ConnectionPoolEntry, proxy: PoolProxiedConnection) -> None:
+        if time.monotonic() - record.info.get(_USED_AT, 0.0) < PING_AFTER_IDLE_S:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as err:
+            if engine.dialect.is_disconnect(err, dbapi_connection, None):
+                raise exc.InvalidatePoolError() from err
+            raise
+
+    event.listen(engine.pool, "connect", used)
+    event.listen(engine.pool, "checkin", used)
+    event.listen(engine.pool, "checkout", checkout)
 
 
 def transaction_pooler(url: str | URL) -> bool:

@@ -31,6 +31,9 @@ class StepOutcome:
 
     values: dict[str, Any]
     usage: Usage = field(default_factory=Usage)
+    #: What the job's ``record_step_rows`` writes besides the result row (a source's chunks and their
+    #: embeddings), kept out of the result row.
+    rows: Any = None
 
 
 @dataclass(frozen=True)
@@ -58,8 +61,9 @@ class Job:
     build: Callable[[Any], NewRun]
     #: run row -> an immutable context the steps share (what to audit, which model).
     prepare: Callable[[Any], Any]
-    #: (context, index, item) -> StepOutcome. Runs in a worker thread: no database access. The
-    #: item is the step row's own column, or a dict of them when there are several.
+    #: (context, index, item) -> StepOutcome. Runs in a worker thread and writes nothing (the
+    #: checkpoint does). The item is the step row's own column, or a dict of them when there are
+    #: several, or what ``load_items`` makes of it.
     execute_step: Callable[[Any, int, Any], StepOutcome]
     #: (session, run_id) -> the run's summary, computed before the run completes.
     summarize: Callable[[Session, uuid.UUID], dict[str, Any]]
@@ -71,7 +75,8 @@ class Job:
     #: (index, item, error) -> the result row of a failed step, under the "record" policy.
     failed_step_values: Callable[[int, Any, BaseException], dict[str, Any]] | None = None
     #: (session, run_id, [(index, outcome)]) -> None: writes the job's own rows for finished steps
-    #: (a source's chunks) in the checkpoint's transaction, after the fenced update: all or nothing.
+    #: (a source's chunks, from ``outcome.rows``) in the checkpoint's transaction, after the fenced
+    #: update: all or nothing.
     record_step_rows: Callable[[Session, uuid.UUID, list[tuple[int, StepOutcome]]], None] | None = None
     #: The name of the task that executes a run, when the public contract names it otherwise
     #: than ``<key>.run`` (``reviewflow.analyze``).
@@ -88,6 +93,9 @@ class Job:
     #: (``knowledge.refresh`` with ``property_id=`` or nothing). It validates its arguments
     #: (``SpecInvalid``), finds or creates the runs, and the engine enqueues the created ones.
     start_runs: Callable[..., list[tuple[uuid.UUID, bool]]] | None = None
+    #: (session, run_id, start, limit) -> [(index, item)]: steps read with more than their own row
+    #: (a knowledge source's URL and validators, joined in), so that a step reads nothing itself.
+    load_items: Callable[[Session, uuid.UUID, int, int], list[tuple[int, Any]]] | None = None
 
     def __post_init__(self) -> None:
         if self.step_error_policy == "record" and self.failed_step_values is None:
@@ -120,6 +128,8 @@ class Job:
 
     def load_steps(self, session: Session, run_id: uuid.UUID, start: int, limit: int) -> list[tuple[int, Any]]:
         """Up to ``limit`` steps from index ``start`` on, in order, as ``(index, item)``."""
+        if self.load_items is not None:
+            return self.load_items(session, run_id, start, limit)
         t = self.steps
         own = [c for c in t.columns if c.name not in STEP_KEY_COLUMNS]
         rows = session.execute(

@@ -14,7 +14,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from dataengine.jobs import Job, register
 from models.knowledge import KnowledgeRefreshResult, KnowledgeRefreshRun, KnowledgeRefreshSource
 from tasks.knowledge.spec import KnowledgeRunSpec, build, start_runs
-from tasks.knowledge.step import failed_source, prepare, record_source_rows, refresh_source
+from tasks.knowledge.step import failed_source, load_sources, prepare, record_source_rows, refresh_source
 from tasks.knowledge.summary import summarize
 
 JOB = register(
@@ -39,5 +39,6 @@ JOB = register(
         record_step_rows=record_source_rows,
         run_task_name="knowledge.refresh",
         start_runs=start_runs,
+        load_items=load_sources,
     )
 )

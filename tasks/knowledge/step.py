@@ -1,14 +1,17 @@
 """One Knowledge Refresh step: refresh one source, and the rows it writes in the checkpoint.
 
-The step reads (its own short sessions), fetches, chunks and embeds; it writes nothing. What it found
-is written by ``record_source_rows`` in the fenced checkpoint transaction, with the step's result:
-a source's chunks and its row change together with the result, or not at all.
+The run reads its steps a page at a time with each source's row joined in (``load_sources``), so
+the step of an unchanged URL source reads nothing: it sends its conditional GET and is done. A step
+writes nothing either: what it found (``StepOutcome.rows``) is written by ``record_source_rows`` in
+the fenced checkpoint transaction, with the step's result, so a source's chunks and its row change
+together with the result, or not at all.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, text
@@ -19,7 +22,7 @@ from dataengine.db import session_scope
 from dataengine.jobs import StepOutcome
 from dataengine.llm import Usage
 from dataengine.settings import get_settings
-from models.knowledge import KnowledgeSource
+from models.knowledge import KnowledgeRefreshSource, KnowledgeSource
 from tasks.knowledge import vectors
 from tasks.knowledge.chunking import digest, split
 from tasks.knowledge.config import KnowledgeLimits
@@ -28,12 +31,20 @@ from tasks.knowledge.fetch import NotText, fetch
 #: Characters of a failure kept on the result and the source row.
 ERROR_CHARS = 500
 
-SOURCE_REFRESHED = text("""
-    UPDATE knowledge_sources SET etag = :etag, last_modified = :last_modified, content_hash = :content_hash,
-        title = COALESCE(title, :title), last_fetched_at = now(), last_error = NULL
-    WHERE id = :id
+#: The sources a checkpoint records, in one statement each way (most nights: all unchanged, one statement).
+SOURCES_REFRESHED = text("""
+    UPDATE knowledge_sources AS s SET etag = x.etag, last_modified = x.last_modified, content_hash = x.content_hash,
+        title = COALESCE(s.title, x.title), last_fetched_at = now(), last_error = NULL
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+        AS x(id uuid, etag text, last_modified text, content_hash text, title text)
+    WHERE s.id = x.id
 """)
-SOURCE_FAILED = text("UPDATE knowledge_sources SET last_fetched_at = now(), last_error = :error WHERE id = :id")
+LOCK_SOURCES = text("SELECT id FROM knowledge_sources WHERE id = ANY(:ids) FOR KEY SHARE")
+SOURCES_FAILED = text("""
+    UPDATE knowledge_sources AS s SET last_fetched_at = now(), last_error = x.error
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS x(id uuid, error text)
+    WHERE s.id = x.id
+""")
 
 
 class SourceGone(Exception):
@@ -65,13 +76,6 @@ class SourceChange:
     total_chunks: int = 0
 
 
-@dataclass(frozen=True)
-class SourceOutcome(StepOutcome):
-    """A step's result row, plus the source's change (kept out of the result row: it holds the embeddings)."""
-
-    change: SourceChange | None = field(default=None)
-
-
 def prepare(row: Any) -> KnowledgeContext:
     """The context of a claimed run row."""
     s = get_settings()
@@ -79,26 +83,60 @@ def prepare(row: Any) -> KnowledgeContext:
                             s.knowledge_allow_private_urls)
 
 
-def refresh_source(ctx: KnowledgeContext, index: int, source_id: uuid.UUID) -> SourceOutcome:
+@dataclass(frozen=True)
+class SourceItem:
+    """A step's source as the run read it with its page of steps: what a fetch needs and what it compares
+    with (``kind`` is ``None`` when the source was deleted after the run was created). A text source's
+    text, which may be long, is read by its step."""
+
+    source_id: uuid.UUID
+    kind: str | None
+    property_id: str | None
+    url: str | None
+    title: str | None
+    etag: str | None
+    last_modified: str | None
+    content_hash: str | None
+
+
+def load_sources(session: Session, run_id: uuid.UUID, start: int, limit: int) -> list[tuple[int, SourceItem]]:
+    """A page of the run's steps, each with its source's row joined in: an unchanged source's step reads
+    nothing from the database (on most nights, most of them)."""
+    steps, src = KnowledgeRefreshSource.__table__, KnowledgeSource.__table__
+    columns = [src.c[name] for name in ("kind", "property_id", "url", "title", "etag", "last_modified",
+                                        "content_hash")]
+    rows = session.execute(
+        select(steps.c.query_index, steps.c.source_id, *columns)
+        .select_from(steps.outerjoin(src, src.c.id == steps.c.source_id))
+        .where(steps.c.run_id == run_id, steps.c.query_index >= start)
+        .order_by(steps.c.query_index)
+        .limit(limit)
+    )
+    return [(r.query_index, SourceItem(*r[1:])) for r in rows]
+
+
+def refresh_source(ctx: KnowledgeContext, index: int, src: SourceItem) -> StepOutcome:
     """Fetch (URL) or read (text) one source; when its text changed, chunk it and embed the new chunks."""
-    with session_scope() as session:
-        src = session.execute(select(KnowledgeSource).where(KnowledgeSource.id == source_id)).scalar_one_or_none()
-        if src is None:
-            raise SourceGone(f"source {source_id} no longer exists")
-        session.expunge(src)
+    if src.kind is None:
+        raise SourceGone(f"source {src.source_id} no longer exists")
+    source_id = src.source_id
     etag = last_modified = title = None
     if src.kind == "url":
+        assert src.url is not None
         known = src.content_hash is not None  # validators only mean something once the content is stored
         got = fetch(src.url, etag=src.etag if known else None, last_modified=src.last_modified if known else None,
                     limits=ctx.limits, allow_private=ctx.allow_private)
         etag, last_modified, title, content = got.etag, got.last_modified, got.title, got.text
     else:
-        content = src.text
+        with session_scope() as session:
+            content = session.scalar(select(KnowledgeSource.text).where(KnowledgeSource.id == source_id))
+        if content is None:
+            raise SourceGone(f"source {source_id} no longer exists")
     if content is None:  # 304 Not Modified: validators it leaves out stay as they were
         etag, last_modified = etag or src.etag, last_modified or src.last_modified
     if content is None or digest(content) == src.content_hash:
         unchanged = SourceChange(src.property_id, ctx.model, etag, last_modified, src.content_hash, title)
-        return SourceOutcome(values={"source_id": source_id, "outcome": "unchanged"}, change=unchanged)
+        return StepOutcome(values={"source_id": source_id, "outcome": "unchanged"}, rows=unchanged)
     if not content.strip():
         raise NotText(f"{src.url or src.title}: no readable text")
     chunks = split(content, tokens=ctx.limits.chunk_tokens, overlap=ctx.limits.chunk_overlap_tokens)
@@ -128,24 +166,33 @@ def refresh_source(ctx: KnowledgeContext, index: int, source_id: uuid.UUID) -> S
         "tokens_embedded": usage.prompt_tokens,
     }
     change = SourceChange(src.property_id, ctx.model, etag, last_modified, digest(content), title, rows, len(chunks))
-    return SourceOutcome(values=values, usage=usage, change=change)
+    return StepOutcome(values=values, usage=usage, rows=change)
 
 
-def failed_source(index: int, source_id: Any, exc: BaseException) -> dict[str, Any]:
+def failed_source(index: int, src: SourceItem, exc: BaseException) -> dict[str, Any]:
     """The result of a source that could not be refreshed (404, timeout, too large, not text): the run goes on."""
-    return {"source_id": source_id, "outcome": "failed", "error": f"{type(exc).__name__}: {exc}"[:ERROR_CHARS]}
+    return {"source_id": src.source_id, "outcome": "failed", "error": f"{type(exc).__name__}: {exc}"[:ERROR_CHARS]}
 
 
 def record_source_rows(session: Session, run_id: uuid.UUID, results: list[tuple[int, StepOutcome]]) -> None:
     """In the checkpoint's transaction: each refreshed source's chunks and row, each failed source's error."""
+    refreshed: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    with_chunks = [o.values["source_id"] for _, o in results if o.rows is not None and o.rows.chunks]
+    # A source deleted since its step read it takes no chunks (they would reference nothing); the
+    # others are kept from being deleted until this transaction ends.
+    present = set(session.scalars(LOCK_SOURCES, {"ids": with_chunks})) if with_chunks else set()
     for _, outcome in results:
         source_id = outcome.values.get("source_id")
-        change = getattr(outcome, "change", None)
+        change: SourceChange | None = outcome.rows  # None: the source failed
         if change is None:
-            session.execute(SOURCE_FAILED, {"id": source_id, "error": outcome.values.get("error")})
+            failed.append({"id": str(source_id), "error": outcome.values.get("error")})
             continue
-        if change.chunks is not None:
+        if change.chunks is not None and (not change.chunks or source_id in present):
             vectors.store(session, property_id=change.property_id, source_id=source_id, model=change.model,
                           chunks=change.chunks, total=change.total_chunks)
-        session.execute(SOURCE_REFRESHED, {"id": source_id, "etag": change.etag, "last_modified": change.last_modified,
-                                           "content_hash": change.content_hash, "title": change.title})
+        refreshed.append({"id": str(source_id), "etag": change.etag, "last_modified": change.last_modified,
+                          "content_hash": change.content_hash, "title": change.title})
+    for statement, rows in ((SOURCES_REFRESHED, refreshed), (SOURCES_FAILED, failed)):
+        if rows:
+            session.execute(statement, {"rows": json.dumps(rows)})

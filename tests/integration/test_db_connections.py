@@ -21,6 +21,7 @@ from helpers import create_audit, run_row
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import NullPool
 
 from dataengine.db import session_scope
 
@@ -117,3 +118,34 @@ def test_migrate_through_pgbouncer_in_transaction_mode_twice_at_once(template_db
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def test_a_pooled_connection_the_server_dropped_while_idle_is_replaced_on_checkout(db_url, monkeypatch):
+    import dataengine.db as db
+
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_S", 0.05)
+    with session_scope() as session:
+        pid = session.scalar(text("SELECT pg_backend_pid()"))
+    other = create_engine(db_url, poolclass=NullPool)
+    with other.connect() as conn:  # an idle timeout, a restart: the server ends it
+        assert conn.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    time.sleep(0.1)
+    with session_scope() as session:
+        assert session.scalar(text("SELECT pg_backend_pid()")) != pid
+
+
+def test_a_connection_used_moments_ago_is_not_pinged_again(db_url, monkeypatch):
+    # The checkpoint path takes a pooled connection for every transaction: a ping each time was one
+    # round trip in five. Only a connection idle for PING_AFTER_IDLE_S is pinged.
+    from dataengine.db import get_engine
+
+    dialect = get_engine().dialect
+    with session_scope() as session:  # the pool's connection, however long it sat before the test
+        session.execute(text("SELECT 1"))
+    pings: list[object] = []
+    real_ping = dialect.do_ping
+    monkeypatch.setattr(dialect, "do_ping", lambda conn: pings.append(conn) or real_ping(conn))
+    for _ in range(5):
+        with session_scope() as session:
+            session.execute(text("SELECT 1"))
+    assert pings == []

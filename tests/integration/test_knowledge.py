@@ -151,6 +151,37 @@ def test_failed_sources_are_recorded_with_their_error_and_the_run_completes(know
     assert {c["source_id"] for c in chunks()} == {known[site.url("/unchanged")]["id"]}
 
 
+def delete_source(source_id: uuid.UUID) -> None:
+    with session_scope() as session:
+        session.execute(text("DELETE FROM knowledge_sources WHERE id = :id"), {"id": source_id})
+
+
+def test_a_source_deleted_after_its_refresh_started_is_recorded_as_failed_and_the_run_completes(knowledge, site):
+    [(run_id, _)] = start_runs(property_id=PROPERTY, sources=[{"url": site.url("/unchanged")}, TEXT_SOURCE])
+    delete_source(sources()[TEXT_SOURCE["title"]]["id"])  # by hand, with SQL: before its step read it
+    execute_run(job=JOB, run_id=str(run_id), worker_id="w/1", task_id="t")
+    row = run_row(run_id, job=JOB)
+    assert row["status"] == "completed" and row["summary"]["sources_failed"] == 1
+    gone = results(run_id, job=JOB)[1]
+    assert gone["outcome"] == "failed" and "no longer exists" in gone["error"]
+    assert results(run_id, job=JOB)[0]["outcome"] == "fetched"
+
+
+def test_a_source_deleted_between_its_step_and_the_checkpoint_takes_no_chunks(knowledge, site):
+    [(run_id, _)] = start_runs(property_id=PROPERTY, sources=[TEXT_SOURCE])
+    c = claim(run_id, job=JOB)
+    with session_scope() as session:
+        [(index, item)] = JOB.load_steps(session, run_id, 0, 10)
+    outcome = refresh_source(JOB.prepare(type("Row", (), {"property_id": PROPERTY, "model": None})), index, item)
+    assert outcome.rows.chunks
+    delete_source(item.source_id)
+    with session_scope() as session:  # the checkpoint commits; the chunks would reference nothing
+        checkpoint(session=session, job=JOB, claim=c, results=[{"query_index": 0, **outcome.values}], next_index=1,
+                   in_flight=[], eta_s=None)
+        record_source_rows(session, run_id, [(0, outcome)])
+    assert results(run_id, job=JOB)[0]["outcome"] == "fetched" and chunks() == []
+
+
 def test_a_property_with_a_queued_or_running_refresh_gets_its_id_not_a_second_run(knowledge, site):
     [(first, created)] = start_runs(property_id=PROPERTY, sources=[{"url": site.url("/unchanged")}])
     assert created
@@ -185,7 +216,10 @@ def test_a_sources_chunks_commit_with_its_result_or_not_at_all(knowledge, site):
     [(run_id, _)] = start_runs(property_id=PROPERTY, sources=[TEXT_SOURCE])
     source_id = sources()[TEXT_SOURCE["title"]]["id"]
     c = claim(run_id, job=JOB)
-    outcome = refresh_source(JOB.prepare(type("Row", (), {"property_id": PROPERTY, "model": None})), 0, source_id)
+    with session_scope() as session:
+        [(index, item)] = JOB.load_steps(session, run_id, 0, 10)
+    assert item.source_id == source_id and item.kind == "text"
+    outcome = refresh_source(JOB.prepare(type("Row", (), {"property_id": PROPERTY, "model": None})), index, item)
     assert outcome.values["chunks_added"] >= 1
     row = {"query_index": 0, **outcome.values, "prompt_tokens": outcome.usage.prompt_tokens}
 
