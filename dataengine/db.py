@@ -132,6 +132,20 @@ def session_scope() -> Iterator[Session]:
         yield session
 
 
+@contextmanager
+def statement_scope() -> Iterator[Connection]:
+    """A connection for one statement that is a transaction by itself (the checkpoint): committed as it
+    runs, with no BEGIN and no COMMIT round trip. Behind a transaction pooler that sets the session
+    limits per transaction, it is a transaction like any other."""
+    engine = get_engine()
+    if transaction_pooler(engine.url) and session_limits(get_settings()):
+        with engine.begin() as conn:
+            yield conn
+        return
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        yield conn
+
+
 def reset_engine() -> None:
     """Drop the engine (tests and the CLI call this after changing ``DATABASE_URL``)."""
     global _engine, _engine_pid, _sessions

@@ -31,8 +31,8 @@ class StepOutcome:
 
     values: dict[str, Any]
     usage: Usage = field(default_factory=Usage)
-    #: What the job's ``record_step_rows`` writes besides the result row (a source's chunks and their
-    #: embeddings), kept out of the result row.
+    #: What the job's ``record_step_rows`` writes besides the result row (a changed source's chunks
+    #: and their embeddings). A checkpoint none of whose steps carry rows is a single statement.
     rows: Any = None
 
 
@@ -74,10 +74,14 @@ class Job:
     step_error_policy: Literal["fail", "record"] = "fail"
     #: (index, item, error) -> the result row of a failed step, under the "record" policy.
     failed_step_values: Callable[[int, Any, BaseException], dict[str, Any]] | None = None
-    #: (session, run_id, [(index, outcome)]) -> None: writes the job's own rows for finished steps
-    #: (a source's chunks, from ``outcome.rows``) in the checkpoint's transaction, after the fenced
-    #: update: all or nothing.
+    #: (session, run_id, [(index, outcome)]) -> None: writes the job's own rows for the finished steps
+    #: whose outcome carries ``rows`` (a changed source's chunks) in the checkpoint's transaction, after
+    #: the fenced update: all or nothing.
     record_step_rows: Callable[[Session, uuid.UUID, list[tuple[int, StepOutcome]]], None] | None = None
+    #: An UPDATE (or INSERT) that the checkpoint statement itself runs, reading the result rows it
+    #: has just recorded as ``inserted`` (Knowledge Refresh: each source's validators and error, from
+    #: its result). Nothing is written if the claim is stale, and it costs no extra round trip.
+    checkpoint_sql: str | None = None
     #: The name of the task that executes a run, when the public contract names it otherwise
     #: than ``<key>.run`` (``reviewflow.analyze``).
     run_task_name: str | None = None
@@ -93,6 +97,8 @@ class Job:
     #: (``knowledge.refresh`` with ``property_id=`` or nothing). It validates its arguments
     #: (``SpecInvalid``), finds or creates the runs, and the engine enqueues the created ones.
     start_runs: Callable[..., list[tuple[uuid.UUID, bool]]] | None = None
+    #: What ``start_runs`` accepts, as the HTTP API documents and validates it.
+    start_model: type[BaseModel] | None = None
     #: (session, run_id, start, limit) -> [(index, item)]: steps read with more than their own row
     #: (a knowledge source's URL and validators, joined in), so that a step reads nothing itself.
     load_items: Callable[[Session, uuid.UUID, int, int], list[tuple[int, Any]]] | None = None

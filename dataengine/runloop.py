@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from sqlalchemy import select
 
 from dataengine import llm
-from dataengine.db import session_scope
+from dataengine.db import session_scope, statement_scope
 from dataengine.dbretry import db_unavailable, retry_db
 from dataengine.errors import DatabaseUnavailable, LeaseLost, StepFailed, StepTimedOut, TransientStepError
 from dataengine.jobs import Job, StepOutcome
@@ -394,12 +394,18 @@ class _Execution:
             remaining = max(self.total - self.completed - len(results), 0)
             eta_s = round((time.monotonic() - self.started) / self.done_here * remaining)
 
+        carrying = [(i, o) for i, o in results if o.rows is not None] if self.job.record_step_rows else []
+
         def write() -> Any:
+            arguments = {"job": self.job, "claim": self.claim, "results": rows, "next_index": self.cursor,
+                         "in_flight": in_flight, "eta_s": eta_s}
+            if not carrying:  # one statement, its own transaction: a single round trip
+                with statement_scope() as conn:
+                    return checkpoint(session=conn, **arguments)
             with session_scope() as session:
-                state = checkpoint(session=session, job=self.job, claim=self.claim, results=rows,
-                                   next_index=self.cursor, in_flight=in_flight, eta_s=eta_s)
-                if results and self.job.record_step_rows is not None:
-                    self.job.record_step_rows(session, self.claim.run_id, results)
+                state = checkpoint(session=session, **arguments)
+                assert self.job.record_step_rows is not None
+                self.job.record_step_rows(session, self.claim.run_id, carrying)
                 return state
 
         state = self._db(write, "checkpointing")

@@ -15,7 +15,20 @@ from datetime import timedelta
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Select, TextClause, and_, case, func, literal, literal_column, or_, select, text, update
+from sqlalchemy import (
+    Connection,
+    Select,
+    TextClause,
+    and_,
+    case,
+    func,
+    literal,
+    literal_column,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
@@ -205,7 +218,7 @@ class Checkpointed:
 
 def checkpoint(
     *,
-    session: Session,
+    session: Session | Connection,
     job: Job,
     claim: Claim,
     results: list[dict[str, Any]],
@@ -263,6 +276,8 @@ def _checkpoint_sql(job: Job) -> TextClause:
         f"COALESCE(x.{c.name}, {_default_sql(c)})" if c.server_default is not None else f"x.{c.name}"
         for c in columns
     )
+    # The job's own statement runs as a CTE of this one: data-modifying CTEs always run.
+    job_sql = f" job_rows AS ({job.checkpoint_sql}),\n" if job.checkpoint_sql else ""
     return text(f"""
         WITH fenced AS (
             SELECT id FROM {t.name}
@@ -273,8 +288,8 @@ def _checkpoint_sql(job: Job) -> TextClause:
             SELECT {values} FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS x({types})
             WHERE EXISTS (SELECT 1 FROM fenced)
             ON CONFLICT DO NOTHING
-            RETURNING prompt_tokens, completion_tokens, cost_usd
-        ), added AS (
+            RETURNING *
+        ),{job_sql} added AS (
             SELECT count(*) AS n, COALESCE(sum(prompt_tokens), 0) AS prompt_tokens,
                    COALESCE(sum(completion_tokens), 0) AS completion_tokens, COALESCE(sum(cost_usd), 0) AS cost_usd
             FROM inserted
@@ -358,6 +373,33 @@ def request_cancel(*, session: Session, job: Job, run_id: uuid.UUID) -> str:
         finish_run(session=session, job=job, run_id=run_id, status=RunStatus.cancelled, error="cancelled by request")
         return RunStatus.cancelled.value
     return row.status
+
+
+#: Runs an operator may send back to work: they resume from their checkpoint.
+RETRYABLE_STATUSES = (RunStatus.failed.value, RunStatus.cancelled.value)
+
+
+def retry_run(*, session: Session, job: Job, run_id: uuid.UUID) -> str | None:
+    """Queue a failed or cancelled run again; it resumes at its checkpoint (its recorded steps stay) and
+    its step losses are forgiven. Returns ``None`` if it was retried, else the status that kept it."""
+    t, s = job.runs, get_settings()
+    retried = session.execute(
+        update(t)
+        .where(t.c.id == run_id, t.c.status.in_(RETRYABLE_STATUSES))
+        .values(
+            status=RunStatus.queued.value, error_message=None, finished_at=None, cancel_requested=False,
+            step_losses={}, in_flight_steps=[], eta_s=None, last_updated_at=func.now(), lease_owner=None,
+            # Not claimed by then (its message lost), the sweeper sends it again.
+            lease_expires_at=func.now() + _seconds(s.redispatch_after_s),
+        )
+        .returning(t.c.id)
+    ).scalar_one_or_none()
+    if retried is not None:
+        return None
+    status = session.scalar(select(t.c.status).where(t.c.id == run_id))
+    if status is None:
+        raise RunNotFound(job=job.name, run_id=run_id)
+    return status
 
 
 def due_runs(*, job: Job, limit: int) -> Select:

@@ -102,6 +102,12 @@ class KnowledgeRefreshResult(StepResultMixin, Base):
     chunks_deleted: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     tokens_embedded: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     error: Mapped[str | None] = mapped_column(Text)
+    #: What the source answered this time (its validators and title) and the hash of its text; the
+    #: checkpoint that records the result copies them to the source row.
+    etag: Mapped[str | None] = mapped_column(String(500))
+    last_modified: Mapped[str | None] = mapped_column(String(100))
+    content_hash: Mapped[str | None] = mapped_column(String(64))
+    title: Mapped[str | None] = mapped_column(String(500))
 
 
 class DocumentChunk(Base):

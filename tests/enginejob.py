@@ -78,14 +78,14 @@ def echo_step(label: str, index: int, item: str) -> StepOutcome:
         raise EchoUnavailable(item.removeprefix("later:"))
     if item == "hang":
         time.sleep(HANG_S)
-    return StepOutcome({"echoed": item.upper()})
+    return StepOutcome({"echoed": item.upper()}, rows=item.upper().split())
 
 
 def write_chunks(session: Session, run_id: uuid.UUID, done: list[tuple[int, StepOutcome]]) -> None:
     rows = [
         {"run_id": run_id, "query_index": index, "n": n, "chunk": word}
         for index, outcome in done
-        for n, word in enumerate((outcome.values.get("echoed") or "").split())
+        for n, word in enumerate(outcome.rows)
     ]
     if rows:
         session.execute(insert(EchoChunk.__table__), rows)

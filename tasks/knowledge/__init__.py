@@ -13,8 +13,15 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from dataengine.jobs import Job, register
 from models.knowledge import KnowledgeRefreshResult, KnowledgeRefreshRun, KnowledgeRefreshSource
-from tasks.knowledge.spec import KnowledgeRunSpec, build, start_runs
-from tasks.knowledge.step import failed_source, load_sources, prepare, record_source_rows, refresh_source
+from tasks.knowledge.spec import KnowledgeRunSpec, RefreshRequest, build, start_runs
+from tasks.knowledge.step import (
+    SOURCE_FROM_RESULT,
+    failed_source,
+    load_sources,
+    prepare,
+    record_source_chunks,
+    refresh_source,
+)
 from tasks.knowledge.summary import summarize
 
 JOB = register(
@@ -36,9 +43,11 @@ JOB = register(
         transient_errors=(OperationalError, InterfaceError),
         step_error_policy="record",
         failed_step_values=failed_source,
-        record_step_rows=record_source_rows,
+        record_step_rows=record_source_chunks,
+        checkpoint_sql=SOURCE_FROM_RESULT,
         run_task_name="knowledge.refresh",
         start_runs=start_runs,
+        start_model=RefreshRequest,
         load_items=load_sources,
     )
 )

@@ -2,14 +2,14 @@
 
 The run reads its steps a page at a time with each source's row joined in (``load_sources``), so
 the step of an unchanged URL source reads nothing: it sends its conditional GET and is done. A step
-writes nothing either: what it found (``StepOutcome.rows``) is written by ``record_source_rows`` in
-the fenced checkpoint transaction, with the step's result, so a source's chunks and its row change
-together with the result, or not at all.
+writes nothing either. Its result carries what the source answered (validators, hash, title, or the
+error), which the checkpoint statement copies to the source row (``SOURCE_FROM_RESULT``); a changed
+source's chunks (``StepOutcome.rows``) are written by ``record_source_chunks`` in the same fenced
+transaction. A source's chunks and its row change together with its result, or not at all.
 """
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -31,20 +31,19 @@ from tasks.knowledge.fetch import NotText, fetch
 #: Characters of a failure kept on the result and the source row.
 ERROR_CHARS = 500
 
-#: The sources a checkpoint records, in one statement each way (most nights: all unchanged, one statement).
-SOURCES_REFRESHED = text("""
-    UPDATE knowledge_sources AS s SET etag = x.etag, last_modified = x.last_modified, content_hash = x.content_hash,
-        title = COALESCE(s.title, x.title), last_fetched_at = now(), last_error = NULL
-    FROM jsonb_to_recordset(CAST(:rows AS jsonb))
-        AS x(id uuid, etag text, last_modified text, content_hash text, title text)
-    WHERE s.id = x.id
-""")
+#: Run by the checkpoint statement over the results it records (``Job.checkpoint_sql``): each source's
+#: row takes what its refresh found; a failed one keeps its validators and hash and records why.
+SOURCE_FROM_RESULT = """
+    UPDATE knowledge_sources AS s SET
+        etag = CASE WHEN x.outcome = 'failed' THEN s.etag ELSE x.etag END,
+        last_modified = CASE WHEN x.outcome = 'failed' THEN s.last_modified ELSE x.last_modified END,
+        content_hash = CASE WHEN x.outcome = 'failed' THEN s.content_hash ELSE x.content_hash END,
+        title = COALESCE(s.title, x.title), last_fetched_at = now(), last_error = x.error
+    FROM inserted AS x
+    WHERE s.id = x.source_id
+"""
+#: The sources of a checkpoint's new chunks that still exist, kept from being deleted until it commits.
 LOCK_SOURCES = text("SELECT id FROM knowledge_sources WHERE id = ANY(:ids) FOR KEY SHARE")
-SOURCES_FAILED = text("""
-    UPDATE knowledge_sources AS s SET last_fetched_at = now(), last_error = x.error
-    FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS x(id uuid, error text)
-    WHERE s.id = x.id
-""")
 
 
 class SourceGone(Exception):
@@ -62,18 +61,13 @@ class KnowledgeContext:
 
 
 @dataclass(frozen=True)
-class SourceChange:
-    """What a refreshed source writes in the checkpoint: its validators and hash, and its new or changed
-    chunks (``None``: the content did not change, no chunk is touched)."""
+class SourceChunks:
+    """A changed source's new or changed chunks (with their embeddings), and how many chunks it has now."""
 
     property_id: str
     model: str
-    etag: str | None
-    last_modified: str | None
-    content_hash: str | None
-    title: str | None
-    chunks: list[dict[str, Any]] | None = None
-    total_chunks: int = 0
+    chunks: list[dict[str, Any]]
+    total: int
 
 
 def prepare(row: Any) -> KnowledgeContext:
@@ -134,9 +128,9 @@ def refresh_source(ctx: KnowledgeContext, index: int, src: SourceItem) -> StepOu
             raise SourceGone(f"source {source_id} no longer exists")
     if content is None:  # 304 Not Modified: validators it leaves out stay as they were
         etag, last_modified = etag or src.etag, last_modified or src.last_modified
+    answered = {"source_id": source_id, "etag": etag, "last_modified": last_modified, "title": title}
     if content is None or digest(content) == src.content_hash:
-        unchanged = SourceChange(src.property_id, ctx.model, etag, last_modified, src.content_hash, title)
-        return StepOutcome(values={"source_id": source_id, "outcome": "unchanged"}, rows=unchanged)
+        return StepOutcome(values={**answered, "outcome": "unchanged", "content_hash": src.content_hash})
     if not content.strip():
         raise NotText(f"{src.url or src.title}: no readable text")
     chunks = split(content, tokens=ctx.limits.chunk_tokens, overlap=ctx.limits.chunk_overlap_tokens)
@@ -158,15 +152,16 @@ def refresh_source(ctx: KnowledgeContext, index: int, src: SourceItem) -> StepOu
     rows = [{"position": c.position, "content": c.content, "token_count": c.token_count,
              "content_hash": c.content_hash, "embedding": embeddings[c.content_hash]} for c in changed]
     values = {
-        "source_id": source_id,
+        **answered,
         "outcome": "fetched",
+        "content_hash": digest(content),
         "chunks_added": sum(c.position not in existing for c in changed),
         "chunks_updated": sum(c.position in existing for c in changed),
         "chunks_deleted": sum(p >= len(chunks) for p in existing),
         "tokens_embedded": usage.prompt_tokens,
     }
-    change = SourceChange(src.property_id, ctx.model, etag, last_modified, digest(content), title, rows, len(chunks))
-    return StepOutcome(values=values, usage=usage, rows=change)
+    assert src.property_id is not None
+    return StepOutcome(values=values, usage=usage, rows=SourceChunks(src.property_id, ctx.model, rows, len(chunks)))
 
 
 def failed_source(index: int, src: SourceItem, exc: BaseException) -> dict[str, Any]:
@@ -174,25 +169,13 @@ def failed_source(index: int, src: SourceItem, exc: BaseException) -> dict[str, 
     return {"source_id": src.source_id, "outcome": "failed", "error": f"{type(exc).__name__}: {exc}"[:ERROR_CHARS]}
 
 
-def record_source_rows(session: Session, run_id: uuid.UUID, results: list[tuple[int, StepOutcome]]) -> None:
-    """In the checkpoint's transaction: each refreshed source's chunks and row, each failed source's error."""
-    refreshed: list[dict[str, Any]] = []
-    failed: list[dict[str, Any]] = []
-    with_chunks = [o.values["source_id"] for _, o in results if o.rows is not None and o.rows.chunks]
-    # A source deleted since its step read it takes no chunks (they would reference nothing); the
-    # others are kept from being deleted until this transaction ends.
-    present = set(session.scalars(LOCK_SOURCES, {"ids": with_chunks})) if with_chunks else set()
+def record_source_chunks(session: Session, run_id: uuid.UUID, results: list[tuple[int, StepOutcome]]) -> None:
+    """In the checkpoint's transaction: the chunks of each changed source, and those past its new end deleted.
+    A source deleted since its step read it takes no chunks (they would reference nothing)."""
+    ids = [outcome.values["source_id"] for _, outcome in results]
+    present = set(session.scalars(LOCK_SOURCES, {"ids": ids}))
     for _, outcome in results:
-        source_id = outcome.values.get("source_id")
-        change: SourceChange | None = outcome.rows  # None: the source failed
-        if change is None:
-            failed.append({"id": str(source_id), "error": outcome.values.get("error")})
-            continue
-        if change.chunks is not None and (not change.chunks or source_id in present):
-            vectors.store(session, property_id=change.property_id, source_id=source_id, model=change.model,
-                          chunks=change.chunks, total=change.total_chunks)
-        refreshed.append({"id": str(source_id), "etag": change.etag, "last_modified": change.last_modified,
-                          "content_hash": change.content_hash, "title": change.title})
-    for statement, rows in ((SOURCES_REFRESHED, refreshed), (SOURCES_FAILED, failed)):
-        if rows:
-            session.execute(statement, {"rows": json.dumps(rows)})
+        found: SourceChunks = outcome.rows
+        if outcome.values["source_id"] in present:
+            vectors.store(session, property_id=found.property_id, source_id=outcome.values["source_id"],
+                          model=found.model, chunks=found.chunks, total=found.total)

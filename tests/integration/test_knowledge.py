@@ -19,7 +19,7 @@ from helpers import claim, expire_lease, results, run_row
 from knowledgeserver import KnowledgeSite, page
 from sqlalchemy import select, text
 
-from dataengine.db import session_scope
+from dataengine.db import session_scope, statement_scope
 from dataengine.errors import LeaseLost, SpecInvalid
 from dataengine.runloop import execute_run
 from dataengine.runs import checkpoint
@@ -28,7 +28,7 @@ from tasks.knowledge import JOB, fetch, vectors
 from tasks.knowledge.config import KnowledgeLimits
 from tasks.knowledge.search import search_knowledge
 from tasks.knowledge.spec import start_runs
-from tasks.knowledge.step import record_source_rows, refresh_source
+from tasks.knowledge.step import record_source_chunks, refresh_source
 
 PROPERTY = "monarch-riverside"
 TEXT_SOURCE = {"title": "House rules", "text": "Quiet hours start at 10 pm. Grills are allowed on the ground floor patios."}
@@ -178,7 +178,7 @@ def test_a_source_deleted_between_its_step_and_the_checkpoint_takes_no_chunks(kn
     with session_scope() as session:  # the checkpoint commits; the chunks would reference nothing
         checkpoint(session=session, job=JOB, claim=c, results=[{"query_index": 0, **outcome.values}], next_index=1,
                    in_flight=[], eta_s=None)
-        record_source_rows(session, run_id, [(0, outcome)])
+        record_source_chunks(session, run_id, [(0, outcome)])
     assert results(run_id, job=JOB)[0]["outcome"] == "fetched" and chunks() == []
 
 
@@ -226,7 +226,7 @@ def test_a_sources_chunks_commit_with_its_result_or_not_at_all(knowledge, site):
     def write(claim_: Any, fail: bool = False) -> None:
         with session_scope() as session:
             checkpoint(session=session, job=JOB, claim=claim_, results=[row], next_index=1, in_flight=[], eta_s=None)
-            record_source_rows(session, run_id, [(0, outcome)])
+            record_source_chunks(session, run_id, [(0, outcome)])
             if fail:
                 raise RuntimeError("the worker died before COMMIT")
 
@@ -238,9 +238,31 @@ def test_a_sources_chunks_commit_with_its_result_or_not_at_all(knowledge, site):
     with pytest.raises(LeaseLost):  # the first worker, taken over: its fenced write lands nowhere
         write(c)
     assert results(run_id, job=JOB) == {} and chunks() == []
+    assert sources()[TEXT_SOURCE["title"]]["content_hash"] is None  # the checkpoint's own UPDATE neither
     write(taken)
     assert results(run_id, job=JOB)[0]["outcome"] == "fetched" and len(chunks()) == outcome.values["chunks_added"]
     assert sources()[TEXT_SOURCE["title"]]["content_hash"] is not None
+
+
+def test_a_stale_claims_checkpoint_of_unchanged_sources_changes_no_source_row(knowledge, site):
+    # An unchanged source's checkpoint is one statement committed on its own (no transaction to roll
+    # back): the source's UPDATE inside it must be fenced like the result it reads from.
+    refresh(property_id=PROPERTY, sources=[{"url": site.url("/conditional")}])
+    before = sources()[site.url("/conditional")]
+    [(run_id, _)] = start_runs(property_id=PROPERTY)
+    stale = claim(run_id, job=JOB)
+    with session_scope() as session:
+        [(index, item)] = JOB.load_steps(session, run_id, 0, 10)
+    outcome = refresh_source(JOB.prepare(type("Row", (), {"property_id": PROPERTY, "model": None})), index, item)
+    assert outcome.values["outcome"] == "unchanged" and outcome.rows is None
+    expire_lease(run_id, job=JOB)
+    claim(run_id, "w/2", job=JOB)
+    row = {"query_index": 0, **outcome.values, "etag": '"forged"'}
+    with pytest.raises(LeaseLost), statement_scope() as conn:
+        checkpoint(session=conn, job=JOB, claim=stale, results=[row], next_index=1, in_flight=[], eta_s=None)
+    after = sources()[site.url("/conditional")]
+    assert (after["etag"], after["last_fetched_at"]) == (before["etag"], before["last_fetched_at"])
+    assert results(run_id, job=JOB) == {}
 
 
 def test_search_returns_the_closest_chunk_first_with_exact_cosine_scores(knowledge, site):

@@ -164,8 +164,10 @@ def test_a_sigstopped_worker_that_wakes_after_a_takeover_writes_nothing(workers,
     a.signal_group(signal.SIGSTOP)
     started_by_a = a.log_text().count(f"Processing {job.step_noun}")
     a_token = run_row(run_id, job=job)["fencing_token"]
-    written_by_a = {i for i, r in results(run_id, job=job).items() if r["fencing_token"] == a_token}
     taken = wait_for(lambda: owned_by(run_id, "b", job), timeout_s=15, what="worker b to take the run over")
+    # Read only now: a checkpoint a sent just before it froze is a single statement, which the server
+    # finishes (under the run row's lock, which b's claim waits for) even with its sender stopped.
+    written_by_a = {i for i, r in results(run_id, job=job).items() if r["fencing_token"] == a_token}
     wait_for(lambda: progressed(run_id, len(written_by_a) + 2, job), timeout_s=15, what="worker b to make progress")
     a.signal_group(signal.SIGCONT)
     row = wait_for(lambda: finished(run_id, job), timeout_s=60, what="the run to finish")
