@@ -22,6 +22,9 @@ from celery.signals import (
     worker_ready,
     worker_shutting_down,
 )
+from celery.utils.serialization import strtobool
+from celery.worker import control
+from kombu.utils.url import maybe_sanitize_url
 
 from dataengine import llm
 from dataengine.jobs import load_jobs
@@ -48,6 +51,22 @@ def enqueue(task_name: str, kwargs: dict[str, str]) -> object:
 def still_queued(run_ids: set[str]) -> set[str]:
     """The runs among ``run_ids`` whose message still waits in the default queue."""
     return waiting_runs(redis_url=get_settings().redis_url, queue=app.conf.task_default_queue, run_ids=run_ids)
+
+
+def _masked(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _masked(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_masked(item) for item in value]
+    return maybe_sanitize_url(value, mask="********")
+
+
+@control.inspect_command(name="conf", alias="dump_conf", signature="[include_defaults=False]",
+                         args=[("with_defaults", strtobool)])
+def _conf(state: Any, with_defaults: bool = False, **kwargs: Any) -> Any:
+    """List configuration (Flower's worker page, ``celery inspect conf``), every URL's password masked."""
+    # Celery's own masks the broker's and the result backend's, not redbeat_redis_url's.
+    return _masked(control.conf(state, with_defaults=with_defaults, **kwargs))
 
 
 def _start_sweeper(where: str) -> None:

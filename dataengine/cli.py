@@ -1,4 +1,5 @@
-"""The ``dataengine`` command line: migrate, submit, status, watch, cancel, sweep, rejected, fake-llm, demo, knowledge."""
+"""The ``dataengine`` command line: migrate, submit, status, watch, cancel, sweep, rejected, fake-llm, demo, knowledge,
+api, api-keys."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import typer
 from rich.console import Console
 
 from dataengine.errors import DataEngineError
+from dataengine.web.commands import api as api_command
+from dataengine.web.commands import keys_cli
 
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 console = Console()
@@ -215,6 +218,9 @@ def demo(
         raise _fail(f"no demo for {job!r}; known: {', '.join(KINDS)}")
     raise typer.Exit(code=run_demo(console=console, job_key=job, steps=steps, latency_ms=latency_ms))
 
+
+cli.command("api")(api_command)
+cli.add_typer(keys_cli, name="api-keys")
 
 knowledge_cli = typer.Typer(no_args_is_help=True, help="Knowledge Refresh: refresh, sources, search.")
 sources_cli = typer.Typer(no_args_is_help=True, help="A property's knowledge sources.")

@@ -98,6 +98,19 @@ class Settings(BaseSettings):
     #: Off, such URLs are refused after DNS resolution and on every redirect: the sources are user input.
     knowledge_allow_private_urls: bool = False
 
+    # The HTTP API (dataengine.web): where it listens, the largest body it reads, the key of the seeds.
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=1, le=65535)
+    api_max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    #: One API key, as the web apps of the seeds configure it; ``dataengine api-keys`` adds named ones.
+    api_key: SecretStr | None = Field(None, validation_alias=_env("DATA_ENGINE_API_KEY"))
+
+    # Flower (flowerconfig.py): basic auth as ``user:password`` (several separated by commas), as
+    # Flower's own FLOWER_BASIC_AUTH; without one Flower refuses to start unless it is started for
+    # local use on purpose (``DATAENGINE_FLOWER_ALLOW_NO_AUTH=true``, never in production).
+    flower_basic_auth: SecretStr | None = Field(None, validation_alias=_env("FLOWER_BASIC_AUTH"))
+    flower_allow_no_auth: bool = False
+
     #: A worker or beat ends with the process that started it (the demo, tests, benchmarks).
     die_with_parent: bool = False
 
@@ -112,12 +125,19 @@ class Settings(BaseSettings):
             parse_schedule(value)
         return value.strip()
 
+    @field_validator("api_key", "flower_basic_auth", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.heartbeat_interval_s >= self.lease_s:
             raise ValueError("DATAENGINE_HEARTBEAT_INTERVAL_S must be shorter than DATAENGINE_LEASE_S")
         if self.environment == "production" and self.openai_api_key.get_secret_value() == PLACEHOLDER_API_KEY:
             raise ValueError("OPENAI_API_KEY is the local placeholder; set a real key in production")
+        if self.environment == "production" and self.flower_allow_no_auth:
+            raise ValueError("DATAENGINE_FLOWER_ALLOW_NO_AUTH is for local use, never production")
         if self.environment == "production" and self.knowledge_allow_private_urls:
             raise ValueError("DATAENGINE_KNOWLEDGE_ALLOW_PRIVATE_URLS is for tests and the demo, never production")
         return self

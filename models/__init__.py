@@ -1,5 +1,6 @@
 """SQLAlchemy 2.x models. The schema itself is owned by the Alembic migrations in ``alembic/``."""
 
+from models.apikeys import ApiKey
 from models.base import Base, RunMixin, RunStatus, StepMixin, StepResultMixin
 from models.knowledge import (
     DocumentChunk,
@@ -12,7 +13,7 @@ from models.propertyaudit import GeoQuery, GeoQueryResult, GeoRun
 from models.reviewflow import Review, ReviewAnalysisRow, ReviewFlowRun
 
 __all__ = [
-    "Base", "DocumentChunk", "GeoQuery", "GeoQueryResult", "GeoRun", "KnowledgeRefreshResult", "KnowledgeRefreshRun",
+    "ApiKey", "Base", "DocumentChunk", "GeoQuery", "GeoQueryResult", "GeoRun", "KnowledgeRefreshResult", "KnowledgeRefreshRun",
     "KnowledgeRefreshSource", "KnowledgeSource", "Review", "ReviewAnalysisRow", "ReviewFlowRun", "RunMixin",
     "RunStatus", "StepMixin", "StepResultMixin",
 ]

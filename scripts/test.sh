@@ -4,5 +4,6 @@
 source "$(dirname "$0")/bootstrap.sh"
 source scripts/ensure_pgbouncer.sh
 source scripts/ensure_node_producer.sh
+source scripts/ensure_chromium.sh
 .venv/bin/ruff check --quiet . || { echo "ruff found problems (above); fix them or run: .venv/bin/ruff check --fix ." >&2; exit 1; }
 exec .venv/bin/python -m pytest "$@"

@@ -17,7 +17,7 @@ from dataengine.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
-ENGINE_ROLES = ("migrate", "worker", "beat", "flower")
+ENGINE_ROLES = ("migrate", "worker", "beat", "flower", "api")
 
 
 def _setting_env_names() -> set[str]:
@@ -34,13 +34,23 @@ def test_compose_has_every_role_with_the_ordinary_commands():
     assert SERVICES["beat"]["command"][:4] == ["celery", "-A", "dataengine", "beat"]
     assert SERVICES["flower"]["command"][:4] == ["celery", "-A", "dataengine", "flower"]
     assert SERVICES["migrate"]["command"] == ["dataengine", "migrate"]
+    assert SERVICES["api"]["command"][:2] == ["dataengine", "api"]
     commands = {c.name or c.callback.__name__.replace("_", "-") for c in cli.registered_commands}
-    assert {"migrate", "fake-llm", "submit", "status", "watch", "demo"} <= commands
+    assert {"migrate", "fake-llm", "submit", "status", "watch", "demo", "api"} <= commands
+    assert "api-keys" in {g.name for g in cli.registered_groups}
+
+
+def test_the_api_listens_where_compose_maps_it_and_its_healthcheck_asks_health():
+    api = SERVICES["api"]
+    port = api["command"][api["command"].index("--port") + 1]
+    assert api["ports"] == [f"127.0.0.1:{port}:{port}"] and api["command"][api["command"].index("--host") + 1] == "0.0.0.0"
+    probe = " ".join(api["healthcheck"]["test"])
+    assert f"http://127.0.0.1:{port}/health" in probe
 
 
 def test_migrations_run_once_before_workers_and_beat_start():
     assert SERVICES["migrate"]["restart"] == "no"
-    for role in ("worker", "beat", "flower"):
+    for role in ("worker", "beat", "flower", "api"):
         depends = SERVICES[role]["depends_on"]
         assert depends["migrate"]["condition"] == "service_completed_successfully"
         assert depends["postgres"]["condition"] == depends["redis"]["condition"] == "service_healthy"
@@ -58,7 +68,7 @@ def test_engine_environment_names_are_settings_the_code_reads():
 
 def test_secrets_are_required_from_the_environment_never_written_in():
     text = (ROOT / "docker-compose.yml").read_text()
-    for secret in ("POSTGRES_PASSWORD", "OPENAI_API_KEY", "FLOWER_BASIC_AUTH"):
+    for secret in ("POSTGRES_PASSWORD", "OPENAI_API_KEY", "FLOWER_BASIC_AUTH", "DATA_ENGINE_API_KEY"):
         assert re.search(rf"\$\{{{secret}:\?", text), f"{secret} must be ${{{secret}:?...}}"
     assert SERVICES["flower"]["ports"] == ["127.0.0.1:5555:5555"]
 

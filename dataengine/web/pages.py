@@ -1,0 +1,380 @@
+"""The runs page, served by the API's own app: ``/runs`` (running and recent runs of every kind),
+``/runs/{id}`` (one run: progress, summary, its steps' results), the login form that turns an API
+key into a session cookie, and the JSON those pages poll (``/runs/api/...``).
+
+The pages are static HTML shells filled in by ``static/runs.js``, which polls the JSON every second
+and changes the page in place. No data reaches a browser without a valid session cookie.
+
+**The session cookie** is ``v1.<ref>.<expires>.<mac>``: ``ref`` names the key that logged in (a named
+key's row id, or ``env`` for ``DATA_ENGINE_API_KEY``), ``expires`` is a Unix time, and ``mac`` is an
+HMAC-SHA256 of ref and expiry, keyed with the key's SHA-256 — server-side material every API process
+shares (the ``api_keys`` row, or the environment) and no cookie ever carries. So a cookie made by one
+API process is good in all of them, stops working the moment its named key is revoked (no active row,
+no MAC key) or the configured key changes (another MAC key), and holds neither the key nor its hash.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import html
+import json
+import re
+import time
+import uuid
+from dataclasses import fields, is_dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from functools import cache
+from pathlib import Path
+from string import Template
+from typing import Any
+from urllib.parse import parse_qs, quote
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
+from sqlalchemy import func, select, update
+from starlette.concurrency import run_in_threadpool
+
+from dataengine.db import session_scope
+from dataengine.inspect import find_run
+from dataengine.jobs import Job, all_jobs
+from dataengine.settings import get_settings
+from dataengine.web import runs_api
+from dataengine.web.keys import check_key, digest
+from dataengine.web.schemas import RunState, RunView
+from models.apikeys import ApiKey
+from models.base import ACTIVE_STATUSES, FINAL_STATUSES
+
+HERE = Path(__file__).parent
+COOKIE = "dataengine_session"
+#: How long a login lasts.
+SESSION_TTL_S = 12 * 3600
+#: ``ref`` of a session opened with ``DATA_ENGINE_API_KEY`` (a named key's ref is its row id).
+ENV_REF = "env"
+#: A session cookie's value: version, ref, expiry (Unix seconds) and the HMAC-SHA256, base64url.
+TOKEN = re.compile(r"v1\.(?P<ref>env|[0-9a-f-]{36})\.(?P<expires>[0-9]{1,12})\.(?P<mac>[A-Za-z0-9_-]{43})", re.ASCII)
+#: Sent by runs.js with every request. A cookie alone does not cancel or retry a run: a form on
+#: another site cannot send this header, and a script there would need a CORS grant the API never gives.
+PAGE_HEADER = "X-DataEngine-Page"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: Where the login form may send the browser on: the runs page or a run's page.
+NEXT_PATH = re.compile(r"/runs(/[0-9a-fA-F-]{36})?")
+#: Active runs listed at most, and the newest finished ones listed after them.
+ACTIVE_LISTED, RECENT_LISTED = 100, 25
+#: Result rows per page of a run's page, and the characters a cell shows at most.
+RESULTS_PAGE, CELL_CHARS = 50, 240
+#: The result columns a run's page shows for each job, after the step's index and what the step was
+#: about; a job not named here shows all its result table's own columns.
+RESULT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "propertyaudit": ("mentioned", "rank", "sentiment", "answer"),
+    "reviewflow": ("sentiment_label", "sentiment_score", "urgency", "topics", "needs_reply", "error"),
+    "knowledge": ("outcome", "chunks_added", "chunks_updated", "chunks_deleted", "tokens_embedded", "error"),
+}
+#: Fields of a step's item (as ``Job.load_steps`` reads it) that say what the step was about, by preference;
+#: an item that is a string (a query) is that string.
+STEP_TEXT_FIELDS = ("query_text", "review_text", "url", "title")
+#: Columns every result table has that say nothing about the step's outcome.
+ENGINE_COLUMNS = frozenset({"run_id", "query_index", "fencing_token", "created_at", "prompt_tokens",
+                            "completion_tokens", "cost_usd", "latency_ms"})
+#: Sent with every page: nothing but this origin's own files runs, loads or frames the page.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+                               "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+# The session ---------------------------------------------------------------------------------------
+
+
+def _mac(ref: str, expires: int, key_hash: str) -> str:
+    message = f"dataengine runs session|{ref}|{expires}".encode()
+    mac = hmac.new(bytes.fromhex(key_hash), message, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+
+def session_token(*, ref: str, key_hash: str, now_s: float | None = None) -> str:
+    """A session cookie's value for the key ``ref`` whose SHA-256 is ``key_hash``, good for SESSION_TTL_S."""
+    expires = int(now_s if now_s is not None else time.time()) + SESSION_TTL_S
+    return f"v1.{ref}.{expires}.{_mac(ref, expires, key_hash)}"
+
+
+def _active_key_hash(ref: str) -> str | None:
+    """The SHA-256 of the key a session names, if that key is still accepted (marking a named key used)."""
+    if ref == ENV_REF:
+        configured = get_settings().api_key
+        return digest(configured.get_secret_value()) if configured is not None else None
+    try:
+        key_id = uuid.UUID(ref)
+    except ValueError:
+        return None
+    with session_scope() as session:
+        return session.scalar(
+            update(ApiKey)
+            .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+            .values(last_used_at=func.now())
+            .returning(ApiKey.key_hash)
+        )
+
+
+def session_valid(request: Request) -> bool:
+    """Whether the request carries a live session cookie (and, to change anything, the page's header).
+
+    Blocking (it may read the database): call it from a sync route or dependency.
+    """
+    parsed = TOKEN.fullmatch(request.cookies.get(COOKIE, ""))
+    if parsed is None or int(parsed["expires"]) < time.time():
+        return False
+    if request.method not in SAFE_METHODS and PAGE_HEADER.lower() not in request.headers:
+        return False
+    key_hash = _active_key_hash(parsed["ref"])
+    expected = _mac(parsed["ref"], int(parsed["expires"]), key_hash) if key_hash is not None else ""
+    return key_hash is not None and hmac.compare_digest(parsed["mac"].encode(), expected.encode())
+
+
+def _key_ref(presented: str) -> tuple[str, str] | None:
+    """The ``ref`` and SHA-256 of an accepted key (``check_key`` decides), or None."""
+    if not check_key(presented):
+        return None
+    presented_hash = digest(presented)
+    configured = get_settings().api_key
+    if configured is not None and hmac.compare_digest(presented_hash, digest(configured.get_secret_value())):
+        return ENV_REF, presented_hash
+    with session_scope() as session:
+        key_id = session.scalar(
+            select(ApiKey.id).where(ApiKey.key_hash == presented_hash, ApiKey.revoked_at.is_(None))
+        )
+    return (str(key_id), presented_hash) if key_id is not None else None
+
+
+def require_session(request: Request) -> None:
+    """The page's JSON routes: 401 without a live session."""
+    if not session_valid(request):
+        raise HTTPException(401, "log in at /runs/login", headers={"WWW-Authenticate": "Cookie"})
+
+
+# The pages -----------------------------------------------------------------------------------------
+
+
+@cache
+def _template(name: str) -> Template:
+    return Template((HERE / "templates" / name).read_text())
+
+
+def _page(name: str, status_code: int = 200, **values: str) -> HTMLResponse:
+    text = _template(name).substitute({k: html.escape(v) for k, v in values.items()})
+    return HTMLResponse(text, status_code=status_code, headers=PAGE_HEADERS)
+
+
+def _next_path(value: str) -> str:
+    """Where to go after logging in: the runs page or a run's page, never another site."""
+    return value if NEXT_PATH.fullmatch(value) else "/runs"
+
+
+def _to_login(request: Request) -> RedirectResponse:
+    return RedirectResponse(f"/runs/login?next={quote(request.url.path)}", status_code=303)
+
+
+pages = APIRouter(include_in_schema=False)
+
+
+@pages.get("/runs/login")
+def login_form(request: Request, next_path: str = Query("/runs", alias="next")) -> Response:
+    """The login form (or the runs page, for a live session)."""
+    if session_valid(request):
+        return RedirectResponse(_next_path(next_path), status_code=303)
+    return _page("login.html", error="", error_class="hidden", next=_next_path(next_path))
+
+
+@pages.post("/runs/login")
+async def login(request: Request) -> Response:
+    """Check the pasted key; on success set the session cookie and go to the runs page."""
+    form = parse_qs((await request.body()).decode("utf-8", "replace"))
+    key, next_path = form.get("key", [""])[0].strip(), _next_path(form.get("next", ["/runs"])[0])
+    found = await run_in_threadpool(_key_ref, key) if key else None
+    if found is None:
+        return _page("login.html", 401, error="That API key is not valid (or it was revoked).", error_class="error",
+                     next=next_path)
+    ref, key_hash = found
+    response = RedirectResponse(next_path, status_code=303)
+    response.set_cookie(COOKIE, session_token(ref=ref, key_hash=key_hash), max_age=SESSION_TTL_S, path="/",
+                        httponly=True, samesite="strict", secure=request.url.scheme == "https")
+    return response
+
+
+@pages.post("/runs/logout")
+def logout(request: Request) -> Response:
+    """Forget the session cookie and go back to the login form."""
+    response = RedirectResponse("/runs/login", status_code=303)
+    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict", secure=request.url.scheme == "https")
+    return response
+
+
+@pages.get("/runs")
+def runs_page(request: Request) -> Response:
+    """Running and recent runs of every kind."""
+    if not session_valid(request):
+        return _to_login(request)
+    return _page("runs.html")
+
+
+@pages.get("/runs/{run_id}")
+def run_page(request: Request, run_id: uuid.UUID) -> Response:
+    """One run: its progress, summary and results (the page reads the run id from its own URL)."""
+    if not session_valid(request):
+        return _to_login(request)
+    return _page("run.html", run_id=str(run_id))
+
+
+# The JSON the pages poll ---------------------------------------------------------------------------
+
+
+class JobInfo(BaseModel):
+    """What a page says about a kind of run."""
+
+    key: str
+    name: str
+    step_noun: str
+    step_plural: str
+
+
+class PageRun(RunView):
+    """A run as the pages show it: the API's view, what it is about, and its job's words."""
+
+    label: str | None
+    job: JobInfo
+
+
+class PageRuns(BaseModel):
+    """The runs page: active runs, newest first, then the newest finished ones."""
+
+    active: list[PageRun]
+    recent: list[PageRun]
+
+
+class ResultPage(BaseModel):
+    """One page of a run's step results, by step index; each cell already shortened to text."""
+
+    columns: list[str]
+    rows: list[dict[str, Any]]
+    offset: int
+    limit: int
+    total: int
+
+
+class RunDetail(BaseModel):
+    """A run's page: the run and a page of its results."""
+
+    run: PageRun
+    results: ResultPage
+
+
+def _job_info(job: Job) -> JobInfo:
+    return JobInfo(key=job.key, name=job.name, step_noun=job.step_noun, step_plural=job.step_plural)
+
+
+def _page_run(job: Job, row: dict[str, Any]) -> PageRun:
+    label = row.get("property_name") or row.get("property_id")
+    return PageRun(**runs_api.run_view(job, row).model_dump(), label=label, job=_job_info(job))
+
+
+def _listed(statuses: tuple[str, ...], limit: int) -> list[PageRun]:
+    found: list[tuple[Job, dict[str, Any]]] = []
+    with session_scope() as session:
+        for job in all_jobs():
+            t = job.runs
+            query = select(t).where(t.c.status.in_(statuses)).order_by(t.c.created_at.desc()).limit(limit)
+            found += [(job, dict(r)) for r in session.execute(query).mappings()]
+    found.sort(key=lambda jr: jr[1]["created_at"], reverse=True)
+    return [_page_run(job, row) for job, row in found[:limit]]
+
+
+def _cell(value: Any) -> str | int | float | bool | None:
+    """A result value as the table shows it: numbers and yes/no as they are, anything else as short text."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, list) and all(isinstance(v, str | int | float) for v in value):
+        text = ", ".join(str(v) for v in value)
+    elif isinstance(value, dict | list):
+        text = json.dumps(value, default=str, ensure_ascii=False)
+    else:
+        text = str(value)
+    return text if len(text) <= CELL_CHARS else text[: CELL_CHARS - 1] + "…"
+
+
+def _step_text(item: Any) -> str | None:
+    """What a step was about: its item itself (a query), or the item's first STEP_TEXT_FIELDS field set."""
+    if item is None or isinstance(item, str):
+        return item
+    if is_dataclass(item) and not isinstance(item, type):
+        item = {f.name: getattr(item, f.name) for f in fields(item)}
+    if not isinstance(item, dict):
+        return None
+    return next((item[name] for name in STEP_TEXT_FIELDS if item.get(name)), None)
+
+
+def _results(job: Job, run_id: uuid.UUID, offset: int) -> ResultPage:
+    r = job.results
+    wanted = RESULT_COLUMNS.get(job.key) or tuple(c.name for c in r.columns if c.name not in ENGINE_COLUMNS)
+    shown = [r.c[name] for name in wanted if name in r.c]
+    query = (
+        select(r.c.query_index, *shown, (r.c.prompt_tokens + r.c.completion_tokens).label("tokens"), r.c.cost_usd,
+               r.c.latency_ms)
+        .where(r.c.run_id == run_id).order_by(r.c.query_index).offset(offset).limit(RESULTS_PAGE)
+    )
+    with session_scope() as session:
+        total = session.scalar(select(func.count()).select_from(r).where(r.c.run_id == run_id)) or 0
+        rows = session.execute(query).mappings().all()
+        items: dict[int, Any] = {}
+        if rows:  # the steps as the job reads them (a source with its URL); results come nearly in index order
+            first, last = rows[0]["query_index"], rows[-1]["query_index"]
+            items = dict(job.load_steps(session, run_id, first, min(last - first + 1, 4 * RESULTS_PAGE)))
+    columns = ["query_index", "step", *(c.name for c in shown), "tokens", "cost_usd", "latency_ms"]
+    cells = [{**row, "step": _step_text(items.get(row["query_index"]))} for row in rows]
+    return ResultPage(columns=columns, rows=[{k: _cell(row[k]) for k in columns} for row in cells],
+                      offset=offset, limit=RESULTS_PAGE, total=total)
+
+
+api = APIRouter(prefix="/runs/api", dependencies=[Depends(require_session)], include_in_schema=False)
+
+
+@api.get("/runs", response_model=PageRuns)
+def page_runs() -> PageRuns:
+    """Every active run (up to ACTIVE_LISTED) and the newest finished ones, newest first."""
+    return PageRuns(active=_listed(ACTIVE_STATUSES, ACTIVE_LISTED), recent=_listed(FINAL_STATUSES, RECENT_LISTED))
+
+
+@api.get("/runs/{run_id}", response_model=RunDetail)
+def page_run(run_id: uuid.UUID, offset: int = Query(0, ge=0)) -> RunDetail:
+    """A run and one page of its results from ``offset`` on."""
+    job, row = find_run(run_id)
+    return RunDetail(run=_page_run(job, row), results=_results(job, run_id, offset))
+
+
+@api.post("/runs/{run_id}/cancel", status_code=202, response_model=RunState)
+def page_cancel(run_id: uuid.UUID) -> RunState:
+    """As ``POST /v1/runs/{id}/cancel``."""
+    return runs_api.cancel_run(run_id)
+
+
+@api.post("/runs/{run_id}/retry", status_code=202, response_model=RunState)
+def page_retry(run_id: uuid.UUID) -> RunState:
+    """As ``POST /v1/runs/{id}/retry``."""
+    return runs_api.retry(run_id)
+
+
+def add_pages(app: FastAPI) -> None:
+    """Serve the runs page, its JSON and its static files from ``app``."""
+    app.include_router(api)
+    app.mount("/runs/static", StaticFiles(directory=HERE / "static"), name="runs-static")
+    app.include_router(pages)

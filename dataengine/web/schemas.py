@@ -1,0 +1,78 @@
+"""What the HTTP API answers: the shapes its OpenAPI document names."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class RunRef(BaseModel):
+    """A run the web app created itself (its row written with SQL), sent by id."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: uuid.UUID
+
+
+class Started(BaseModel):
+    """A run accepted for work: poll ``status_url`` (or the run's row) for its progress."""
+
+    run_id: uuid.UUID
+    status: str
+    status_url: str
+
+
+class StartedMany(BaseModel):
+    """The runs a request started or found already queued or running (one per property)."""
+
+    run_id: uuid.UUID | None
+    run_ids: list[uuid.UUID]
+    created: int
+    status_url: str | None
+
+
+class RunView(BaseModel):
+    """A run of any kind: its row's contract columns under their own names, and what it has cost."""
+
+    id: uuid.UUID
+    kind: str
+    status: str
+    progress_pct: float
+    current_query_index: int
+    completed_steps: int
+    total_steps: int
+    eta_s: int | None
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    worker: str | None
+    cancel_requested: bool
+    created_at: datetime
+    started_at: datetime | None
+    last_updated_at: datetime
+    finished_at: datetime | None
+    error_message: str | None
+    summary: dict[str, Any] | None
+
+
+class RunPage(BaseModel):
+    """Runs newest first; pass ``next_cursor`` as ``cursor`` for the next page (``None``: no more)."""
+
+    runs: list[RunView]
+    next_cursor: str | None
+
+
+class RunState(BaseModel):
+    """A run's status after a cancel or a retry."""
+
+    run_id: uuid.UUID
+    status: str
+
+
+class Problem(BaseModel):
+    """An error: ``detail`` says what went wrong (a list naming each bad field, for a 422)."""
+
+    detail: Any

@@ -1,0 +1,219 @@
+"""The runs page in a real browser: Debian's chromium driven by Playwright, against a live
+``dataengine api`` process, a real Celery worker and the stand-in LLM answering slowly, so a run
+works for several seconds while the page watches it, and is cancelled from its page. Then the
+session: no page and no JSON without it, a wrong key sets no cookie, a revoked key's cookie dies.
+
+Without chromium (or the playwright package) the browser tests skip, saying what to install; under
+``CI=true`` they fail. Set ``DATAENGINE_UPDATE_SCREENSHOT=1`` to refresh ``docs/runs-page.png``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import wait_for
+from helpers import audit_spec, review_spec, run_row
+from liveapi import ROOT, live_api
+
+from dataengine.web.keys import create_key, digest, revoke_key
+from dataengine.web.pages import COOKIE, PAGE_HEADER, SESSION_TTL_S, session_token
+
+pytestmark = pytest.mark.timeout(60)
+KEY = "runs-page-key-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+CHROMIUM = "/usr/bin/chromium"
+INSTALL_HINT = "install Debian's chromium (apt-get install chromium; scripts/test.sh does it when run as root)"
+SCREENSHOT = ROOT / "docs" / "runs-page.png"
+#: Stand-in LLM latency per call: a PropertyAudit of 40 queries then works for about 10 s.
+LATENCY_MS = 400
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless chromium (Debian's), driven by Playwright; never Playwright's own download."""
+    missing = None
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing = "the playwright package is missing (pip install -e '.[dev]')"
+    if missing is None and not os.access(CHROMIUM, os.X_OK):
+        missing = f"{CHROMIUM} is missing: {INSTALL_HINT}"
+    if missing is not None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true and {missing}")
+        pytest.skip(missing)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def api(engine_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
+    """``dataengine api`` on the test's database and Redis, with KEY as its configured key."""
+    with live_api({**engine_env, "DATA_ENGINE_API_KEY": KEY}, log_path=tmp_path / "api.log") as base:
+        yield base
+
+
+def start(api: str, path: str, body: dict[str, Any]) -> str:
+    answer = httpx.post(f"{api}{path}", json=body, headers=AUTH, timeout=10)
+    assert answer.status_code == 202, answer.text
+    return answer.json()["run_id"]
+
+
+def done_of(text: str) -> tuple[int, int]:
+    """``query 12 of 40`` -> (12, 40)."""
+    found = re.search(r"([\d,]+) of ([\d,]+)", text)
+    assert found, text
+    return int(found[1].replace(",", "")), int(found[2].replace(",", ""))
+
+
+def test_the_page_follows_runs_live_and_cancels_one(api, workers, fake_llm, browser, tmp_path):
+    from playwright.sync_api import expect
+
+    fake_llm.configure(latency_ms=LATENCY_MS)
+    workers("page-worker")
+    reviews = start(api, "/v1/reviewflow/runs", review_spec(6))
+    refresh = start(api, "/v1/knowledge/refresh", {"property_id": "monarch-riverside", "sources": [
+        {"title": "House rules", "text": "Quiet hours are 10 pm to 7 am."},
+        {"title": "Amenities", "text": "The rooftop pool opens at 8 am; the gym never closes."}]})
+    audit = start(api, "/v1/propertyaudit/runs", audit_spec(40, name="The Monarch at Riverside"))
+    for finished_first in (reviews, refresh):
+        wait_for(lambda r=finished_first: httpx.get(f"{api}/v1/runs/{r}", headers=AUTH).json()["status"] == "completed",
+                 timeout_s=20, what=f"run {finished_first} to complete")
+
+    context = browser.new_context(viewport={"width": 1280, "height": 440})
+    page = context.new_page()
+    problems: list[str] = []  # script errors and console errors (a CSP violation is one)
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.on("console", lambda m: m.type == "error" and problems.append(f"{m.text} at {m.location.get('url')}"))
+    page.goto(f"{api}/runs")
+    assert "/runs/login" in page.url
+    page.fill("#key", KEY)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{api}/runs")
+
+    row = page.locator(f'#active-runs tr[data-run-id="{audit}"]')
+    expect(row.locator(".status")).to_have_text("running", timeout=10_000)
+    expect(page.locator(f'#recent-runs tr[data-run-id="{reviews}"] .status')).to_have_text("completed")
+    expect(page.locator(f'#recent-runs tr[data-run-id="{refresh}"] .status')).to_have_text("completed")
+    page.evaluate("window.sameDocument = true")  # a reload would forget it
+    wait_for(lambda: done_of(row.locator(".steps").inner_text())[0] >= 4, timeout_s=10, what="the audit to start")
+    first, total = done_of(row.locator(".steps").inner_text())
+    first_bar = float(row.locator("progress").get_attribute("value") or 0)
+    assert total == 40 and row.locator(".steps").inner_text().startswith("query ")
+    time.sleep(2.0)
+    second, _ = done_of(row.locator(".steps").inner_text())
+    second_bar = float(row.locator("progress").get_attribute("value") or 0)
+    assert second > first and second_bar > first_bar, (first, second, first_bar, second_bar)
+    assert page.evaluate("window.sameDocument") is True
+    assert row.locator("td").nth(6).inner_text().startswith("page-worker@")  # the worker holding it
+    page.screenshot(path=tmp_path / "runs-page.png", full_page=True)
+    if os.environ.get("DATAENGINE_UPDATE_SCREENSHOT") == "1":
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        shutil.copyfile(tmp_path / "runs-page.png", SCREENSHOT)
+
+    row.locator("a.run-link").click()
+    page.wait_for_url(f"{api}/runs/{audit}")
+    expect(page.locator("#run-title")).to_have_text("PropertyAudit · The Monarch at Riverside")
+    expect(page.locator("#results-body tr").first).to_be_visible()
+    expect(page.locator("#results-head th")).to_contain_text(["#", "query", "mentioned"])
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#cancel")
+    expect(page.locator("#run-status .status")).to_have_text("cancelled", timeout=15_000)
+    expect(page.locator("#retry")).to_be_visible()
+    expect(page.locator("#cancel")).to_be_hidden()
+    page.screenshot(path=tmp_path / "run-page.png", full_page=True)
+    final = run_row(audit)
+    assert final["status"] == "cancelled" and final["completed_steps"] < 40
+    shown, _ = done_of(page.locator("#run-steps").inner_text())
+    assert shown == final["completed_steps"]
+
+    page.click("#retry")  # resumes from its checkpoint, to the end
+    expect(page.locator("#run-status .status")).to_have_text("completed", timeout=20_000)
+    expect(page.locator("#summary")).to_contain_text("visibility score")
+    expect(page.locator("#results-count")).to_have_text("(40 queries)")
+    later = page.request.get(f"{api}/runs/api/runs/{audit}?offset=30").json()["results"]  # the page's cookie
+    assert later["total"] == 40 and [r["query_index"] for r in later["rows"]] == list(range(30, 40))
+    page.screenshot(path=tmp_path / "run-completed.png", full_page=True)
+    review_results = page.request.get(f"{api}/runs/api/runs/{reviews}").json()["results"]
+    assert review_results["total"] == 6 and "sentiment_label" in review_results["columns"]
+    assert [r["step"] for r in review_results["rows"]] == [r["text"] for r in review_spec(6)["reviews"]]
+    source_results = page.request.get(f"{api}/runs/api/runs/{refresh}").json()["results"]
+    assert [r["step"] for r in source_results["rows"]] == ["House rules", "Amenities"]
+    assert problems == []
+    context.close()
+
+
+def test_without_a_session_there_is_no_page_and_no_json(api):
+    for path in ("/runs", "/runs/3f0c5e36-8d7b-4a6e-9c43-0ad5a7d1b2c4"):
+        answer = httpx.get(f"{api}{path}")
+        assert answer.status_code == 303 and answer.headers["location"] == f"/runs/login?next={path}"
+    for path in ("/runs/api/runs", "/v1/runs"):
+        assert httpx.get(f"{api}{path}").status_code == 401
+    cancel = httpx.post(f"{api}/runs/api/runs/3f0c5e36-8d7b-4a6e-9c43-0ad5a7d1b2c4/cancel", headers={PAGE_HEADER: "1"})
+    assert cancel.status_code == 401 and cancel.json() == {"detail": "log in at /runs/login"}
+    forged = session_token(ref="env", key_hash=digest("not the key"))
+    for cookie in (forged, "garbage", "v1.env.99999999999.x", f"v1.env.{'²' * 10}.{'A' * 43}"):
+        answer = httpx.get(f"{api}/runs/api/runs", headers={"Cookie": f"{COOKIE}={cookie}".encode()})
+        assert answer.status_code == 401, cookie
+    login = httpx.get(f"{api}/runs/login")
+    assert login.status_code == 200 and 'name="key"' in login.text
+    assert "script-src 'self'" in login.headers["content-security-policy"]
+
+
+def test_a_wrong_key_on_the_form_shows_an_error_and_sets_no_cookie(api, browser):
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(f"{api}/runs/login")
+    page.fill("#key", "de_not-a-key")
+    page.click("button[type=submit]")
+    error = page.locator("#login-error")
+    assert error.is_visible() and "not valid" in error.inner_text()
+    assert context.cookies() == [] and page.url.startswith(f"{api}/runs/login")
+    context.close()
+    refused = httpx.post(f"{api}/runs/login", data={"key": "de_not-a-key"})
+    assert refused.status_code == 401 and "set-cookie" not in refused.headers
+
+
+def test_a_session_names_its_key_never_holds_it_and_dies_with_it(api, engine_env, tmp_path):
+    key = create_key("operator")
+    client = httpx.Client(base_url=api)
+    answer = client.post("/runs/login", data={"key": key, "next": "https://evil.example/"})
+    assert answer.status_code == 303 and answer.headers["location"] == "/runs"
+    cookie = answer.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie and "Secure" not in cookie
+    assert f"Max-Age={SESSION_TTL_S}" in cookie
+    value = client.cookies[COOKIE]
+    assert key not in value and digest(key) not in value
+    assert client.get("/runs/api/runs").status_code == 200 and client.get("/runs").status_code == 200
+    unknown = "3f0c5e36-8d7b-4a6e-9c43-0ad5a7d1b2c4"
+    assert client.post(f"/runs/api/runs/{unknown}/cancel").status_code == 401  # no page header: not from the page
+    assert client.post(f"/runs/api/runs/{unknown}/cancel", headers={PAGE_HEADER: "1"}).status_code == 404
+
+    tampered = value[:-2] + ("AA" if not value.endswith("AA") else "BB")
+    assert httpx.get(f"{api}/runs/api/runs", headers={"Cookie": f"{COOKIE}={tampered}"}).status_code == 401
+    expired = session_token(ref="env", key_hash=digest(KEY), now_s=time.time() - SESSION_TTL_S - 1)
+    assert httpx.get(f"{api}/runs/api/runs", headers={"Cookie": f"{COOKIE}={expired}"}).status_code == 401
+    over_https = httpx.post(f"{api}/runs/login", data={"key": KEY}, headers={"X-Forwarded-Proto": "https"})
+    assert "Secure" in over_https.headers["set-cookie"]  # uvicorn trusts the loopback proxy's header
+
+    with live_api({**engine_env, "DATA_ENGINE_API_KEY": KEY}, log_path=tmp_path / "api-2.log") as second:
+        # Another API process takes the session: its MAC key is the key's hash, in the database they share.
+        on_second = {"Cookie": f"{COOKIE}={value}"}
+        assert httpx.get(f"{second}/runs/api/runs", headers=on_second).status_code == 200
+        assert revoke_key("operator")
+        assert httpx.get(f"{second}/runs/api/runs", headers=on_second).status_code == 401
+    assert client.get("/runs/api/runs").status_code == 401
+    assert client.get("/runs").status_code == 303
+    logout = client.post("/runs/logout")
+    assert logout.status_code == 303 and f'{COOKIE}=""' in logout.headers["set-cookie"]
+    client.close()
