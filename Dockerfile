@@ -2,7 +2,7 @@
 FROM python:3.11-slim
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
-COPY pyproject.toml README.md alembic.ini celeryconfig.py ./
+COPY pyproject.toml README.md alembic.ini celeryconfig.py flowerconfig.py ./
 COPY dataengine ./dataengine
 COPY models ./models
 COPY tasks ./tasks

@@ -11,13 +11,17 @@ from __future__ import annotations
 import sys
 
 from celery.platforms import set_pdeathsig
+from pydantic import ValidationError
 from tornado.options import options
 
 from dataengine import app as _app
 from dataengine.settings import get_settings
 
 # Tornado takes every global whose name is one of Flower's options, so helpers start with "_".
-_settings = get_settings()
+try:
+    _settings = get_settings()
+except ValidationError as _refused:  # a placeholder password in production, say: the reason, no trace
+    sys.exit(f"Flower refuses to start: {_refused}")
 
 _NO_AUTH = """\
 Flower refuses to start without authentication: it shows every task of the fleet and can stop

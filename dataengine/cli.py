@@ -9,14 +9,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
+from dataengine.cliout import console, fail
 from dataengine.errors import DataEngineError
 from dataengine.web.commands import api as api_command
 from dataengine.web.commands import keys_cli
 
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
-console = Console()
 
 
 def _jobs() -> list[Any]:
@@ -25,9 +24,17 @@ def _jobs() -> list[Any]:
     return load_jobs()
 
 
-def _fail(message: str) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}", highlight=False)
-    return typer.Exit(code=2)
+@cli.callback()
+def _settings_first() -> None:
+    """Settings the engine refuses (a placeholder key in production, say) end every command with the reason."""
+    from pydantic import ValidationError
+
+    from dataengine.settings import get_settings
+
+    try:
+        get_settings()
+    except ValidationError as exc:
+        raise fail(f"the settings are refused: {exc}") from None
 
 
 @cli.command()
@@ -54,16 +61,16 @@ def submit(
     try:
         kind = get_job(job)
     except KeyError as exc:
-        raise _fail(exc.args[0]) from None
+        raise fail(exc.args[0]) from None
     try:
         spec: Any = json.loads(spec_file.read_text())
         if not isinstance(spec, dict):
-            raise _fail(f"{spec_file} must hold a JSON object")
+            raise fail(f"{spec_file} must hold a JSON object")
         run_id = submit_run(job=kind, spec=spec, send=enqueue)
     except json.JSONDecodeError as exc:
-        raise _fail(f"{spec_file} is not JSON: {exc}") from None
+        raise fail(f"{spec_file} is not JSON: {exc}") from None
     except DataEngineError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     print(run_id)
     if watch_run:
         watch(run_id)
@@ -85,7 +92,7 @@ def status(
     try:
         job, row = find_run(run_id)
     except DataEngineError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if as_json:
         print(json.dumps({"id": str(row["id"]), **{c: row[c] for c in STATUS_COLUMNS}}, default=str, indent=2))
         return
@@ -127,7 +134,7 @@ def watch(run_id: str) -> None:
     try:
         row = watch_run(run_id, console=console)
     except DataEngineError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     console.print(describe(find_run(run_id)[0], row), highlight=False)
     if row["error_message"]:
         console.print(f"[red]{row['error_message']}[/red]", highlight=False)
@@ -147,7 +154,7 @@ def cancel(run_id: str) -> None:
         with session_scope() as session:
             state = request_cancel(session=session, job=job, run_id=row["id"])
     except DataEngineError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     console.print(f"cancellation requested; run is {state}")
 
 
@@ -215,7 +222,7 @@ def demo(
     from dataengine.demo import KINDS, run_demo
 
     if job not in KINDS:
-        raise _fail(f"no demo for {job!r}; known: {', '.join(KINDS)}")
+        raise fail(f"no demo for {job!r}; known: {', '.join(KINDS)}")
     raise typer.Exit(code=run_demo(console=console, job_key=job, steps=steps, latency_ms=latency_ms))
 
 
@@ -242,7 +249,7 @@ def knowledge_refresh(
     try:
         started = job.start_runs(**({"property_id": property_id} if property_id else {}))
     except DataEngineError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     for run_id, created in started:
         if created:
             enqueue(job.task_name, {"run_id": str(run_id)})
@@ -264,7 +271,7 @@ def knowledge_sources_add(
     try:
         add_sources(property_id=property_id, sources=[source])
     except DataEngineError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     console.print(f"registered for {property_id}: {url or title}", highlight=False)
 
 

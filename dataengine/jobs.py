@@ -97,6 +97,9 @@ class Job:
     #: (``knowledge.refresh`` with ``property_id=`` or nothing). It validates its arguments
     #: (``SpecInvalid``), finds or creates the runs, and the engine enqueues the created ones.
     start_runs: Callable[..., list[tuple[uuid.UUID, bool]]] | None = None
+    #: The result columns the runs page shows for each step, after its index and what it was about
+    #: (empty: every column of the result table but the engine's own).
+    page_columns: tuple[str, ...] = ()
     #: What ``start_runs`` accepts, as the HTTP API documents and validates it.
     start_model: type[BaseModel] | None = None
     #: (session, run_id, start, limit) -> [(index, item)]: steps read with more than their own row
@@ -106,6 +109,9 @@ class Job:
     def __post_init__(self) -> None:
         if self.step_error_policy == "record" and self.failed_step_values is None:
             raise ValueError(f"job {self.key}: the 'record' step error policy needs failed_step_values")
+        unknown = set(self.page_columns) - set(self.results.c.keys())
+        if unknown:
+            raise ValueError(f"job {self.key}: page_columns names no result column: {', '.join(sorted(unknown))}")
 
     @property
     def task_name(self) -> str:

@@ -15,6 +15,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The key the stand-in LLM server accepts; refused outside development.
 PLACEHOLDER_API_KEY = "sk-local-stand-in"
+#: The placeholder password of .env.example, and the shortest API key production accepts.
+PLACEHOLDER_SECRET = "change-me"
+MIN_PRODUCTION_API_KEY_CHARS = 16
 
 
 def _env(name: str) -> AliasChoices:
@@ -24,7 +27,9 @@ def _env(name: str) -> AliasChoices:
 class Settings(BaseSettings):
     """Every setting of the engine, validated once at start-up."""
 
-    model_config = SettingsConfigDict(env_prefix="DATAENGINE_", extra="ignore", populate_by_name=True)
+    # A refused setting's error names the setting, never the values (the keys among them).
+    model_config = SettingsConfigDict(env_prefix="DATAENGINE_", extra="ignore", populate_by_name=True,
+                                      hide_input_in_errors=True)
 
     environment: Literal["development", "production"] = "development"
 
@@ -138,9 +143,24 @@ class Settings(BaseSettings):
             raise ValueError("OPENAI_API_KEY is the local placeholder; set a real key in production")
         if self.environment == "production" and self.flower_allow_no_auth:
             raise ValueError("DATAENGINE_FLOWER_ALLOW_NO_AUTH is for local use, never production")
+        if self.environment == "production":
+            self._check_production_secrets()
         if self.environment == "production" and self.knowledge_allow_private_urls:
             raise ValueError("DATAENGINE_KNOWLEDGE_ALLOW_PRIVATE_URLS is for tests and the demo, never production")
         return self
+
+    def _check_production_secrets(self) -> None:
+        """No placeholder from .env.example, and no API key short enough to guess, in production."""
+        if self.api_key is not None:
+            key = self.api_key.get_secret_value()
+            if key == PLACEHOLDER_SECRET or len(key) < MIN_PRODUCTION_API_KEY_CHARS:
+                raise ValueError(f"DATA_ENGINE_API_KEY is a placeholder or shorter than {MIN_PRODUCTION_API_KEY_CHARS} "
+                                 "characters; in production use a random one (openssl rand -hex 32)")
+        if self.flower_basic_auth is not None:
+            pairs = self.flower_basic_auth.get_secret_value().split(",")
+            if any(pair.partition(":")[2].strip() == PLACEHOLDER_SECRET for pair in pairs):
+                raise ValueError(f"FLOWER_BASIC_AUTH has the placeholder password {PLACEHOLDER_SECRET!r}; "
+                                 "set a real one in production")
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -162,7 +182,7 @@ class JobSettings(BaseSettings):
     """A job's own settings (its limits), read from ``DATAENGINE_*`` like the engine's, once per
     process on first use: ``AuditLimits.current()``. ``reset_job_settings()`` reads them again."""
 
-    model_config = SettingsConfigDict(env_prefix="DATAENGINE_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="DATAENGINE_", extra="ignore", hide_input_in_errors=True)
 
     @classmethod
     def current(cls) -> Self:

@@ -118,6 +118,8 @@ class RunMixin:
                 "created_at",
                 postgresql_where=text(f"{active} AND lease_expires_at IS NULL"),
             ),
+            # Newest first, a page at a time (the API's list, the runs page): scanned backwards.
+            Index(f"ix_{cls.__tablename__}_newest", "created_at", "id"),
         )
 
 

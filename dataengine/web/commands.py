@@ -5,17 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from dataengine.cliout import console, fail
 from dataengine.errors import DataEngineError
 
-console = Console()
 keys_cli = typer.Typer(no_args_is_help=True, help="The HTTP API's keys (stored hashed; a key is shown once).")
-
-
-def _fail(message: str) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}", highlight=False)
-    return typer.Exit(code=2)
 
 
 def api(
@@ -35,7 +29,7 @@ def api(
 
         set_pdeathsig("SIGKILL")
     if s.environment == "production" and not keys_configured():
-        raise _fail(str(NoKeyConfigured()))
+        raise fail(str(NoKeyConfigured()))
     if not keys_configured():
         console.print("[yellow]no API key is configured: every request but /health gets 401[/yellow] "
                       "(set DATA_ENGINE_API_KEY, or run: dataengine api-keys create NAME)", highlight=False)
@@ -51,7 +45,7 @@ def create(name: Annotated[str, typer.Argument(help="What the key is for: vercel
     try:
         key = create_key(name)
     except DataEngineError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     console.print(f"API key {name!r} created; it is shown only now:", highlight=False)
     print(key)
 
@@ -73,5 +67,5 @@ def revoke(name: str) -> None:
     from dataengine.web.keys import revoke_key
 
     if not revoke_key(name):
-        raise _fail(f"no active API key named {name!r}")
+        raise fail(f"no active API key named {name!r}")
     console.print(f"API key {name!r} revoked", highlight=False)

@@ -3,25 +3,15 @@
 key into a session cookie, and the JSON those pages poll (``/runs/api/...``).
 
 The pages are static HTML shells filled in by ``static/runs.js``, which polls the JSON every second
-and changes the page in place. No data reaches a browser without a valid session cookie.
-
-**The session cookie** is ``v1.<ref>.<expires>.<mac>``: ``ref`` names the key that logged in (a named
-key's row id, or ``env`` for ``DATA_ENGINE_API_KEY``), ``expires`` is a Unix time, and ``mac`` is an
-HMAC-SHA256 of ref and expiry, keyed with the key's SHA-256 — server-side material every API process
-shares (the ``api_keys`` row, or the environment) and no cookie ever carries. So a cookie made by one
-API process is good in all of them, stops working the moment its named key is revoked (no active row,
-no MAC key) or the configured key changes (another MAC key), and holds neither the key nor its hash.
+and changes the page in place. No data reaches a browser without a valid session cookie
+(``dataengine.web.sessions``).
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import html
 import json
 import re
-import time
 import uuid
 from dataclasses import fields, is_dataclass
 from datetime import date, datetime
@@ -32,48 +22,28 @@ from string import Template
 from typing import Any
 from urllib.parse import parse_qs, quote
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
 from dataengine.db import session_scope
 from dataengine.inspect import find_run
 from dataengine.jobs import Job, all_jobs
-from dataengine.settings import get_settings
 from dataengine.web import runs_api
-from dataengine.web.keys import check_key, digest
 from dataengine.web.schemas import RunState, RunView
-from models.apikeys import ApiKey
+from dataengine.web.sessions import COOKIE, SESSION_TTL_S, key_ref, require_session, session_token, session_valid
 from models.base import ACTIVE_STATUSES, FINAL_STATUSES
 
 HERE = Path(__file__).parent
-COOKIE = "dataengine_session"
-#: How long a login lasts.
-SESSION_TTL_S = 12 * 3600
-#: ``ref`` of a session opened with ``DATA_ENGINE_API_KEY`` (a named key's ref is its row id).
-ENV_REF = "env"
-#: A session cookie's value: version, ref, expiry (Unix seconds) and the HMAC-SHA256, base64url.
-TOKEN = re.compile(r"v1\.(?P<ref>env|[0-9a-f-]{36})\.(?P<expires>[0-9]{1,12})\.(?P<mac>[A-Za-z0-9_-]{43})", re.ASCII)
-#: Sent by runs.js with every request. A cookie alone does not cancel or retry a run: a form on
-#: another site cannot send this header, and a script there would need a CORS grant the API never gives.
-PAGE_HEADER = "X-DataEngine-Page"
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: Where the login form may send the browser on: the runs page or a run's page.
 NEXT_PATH = re.compile(r"/runs(/[0-9a-fA-F-]{36})?")
 #: Active runs listed at most, and the newest finished ones listed after them.
 ACTIVE_LISTED, RECENT_LISTED = 100, 25
 #: Result rows per page of a run's page, and the characters a cell shows at most.
 RESULTS_PAGE, CELL_CHARS = 50, 240
-#: The result columns a run's page shows for each job, after the step's index and what the step was
-#: about; a job not named here shows all its result table's own columns.
-RESULT_COLUMNS: dict[str, tuple[str, ...]] = {
-    "propertyaudit": ("mentioned", "rank", "sentiment", "answer"),
-    "reviewflow": ("sentiment_label", "sentiment_score", "urgency", "topics", "needs_reply", "error"),
-    "knowledge": ("outcome", "chunks_added", "chunks_updated", "chunks_deleted", "tokens_embedded", "error"),
-}
 #: Fields of a step's item (as ``Job.load_steps`` reads it) that say what the step was about, by preference;
 #: an item that is a string (a query) is that string.
 STEP_TEXT_FIELDS = ("query_text", "review_text", "url", "title")
@@ -88,75 +58,6 @@ PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
-
-
-# The session ---------------------------------------------------------------------------------------
-
-
-def _mac(ref: str, expires: int, key_hash: str) -> str:
-    message = f"dataengine runs session|{ref}|{expires}".encode()
-    mac = hmac.new(bytes.fromhex(key_hash), message, hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
-
-
-def session_token(*, ref: str, key_hash: str, now_s: float | None = None) -> str:
-    """A session cookie's value for the key ``ref`` whose SHA-256 is ``key_hash``, good for SESSION_TTL_S."""
-    expires = int(now_s if now_s is not None else time.time()) + SESSION_TTL_S
-    return f"v1.{ref}.{expires}.{_mac(ref, expires, key_hash)}"
-
-
-def _active_key_hash(ref: str) -> str | None:
-    """The SHA-256 of the key a session names, if that key is still accepted (marking a named key used)."""
-    if ref == ENV_REF:
-        configured = get_settings().api_key
-        return digest(configured.get_secret_value()) if configured is not None else None
-    try:
-        key_id = uuid.UUID(ref)
-    except ValueError:
-        return None
-    with session_scope() as session:
-        return session.scalar(
-            update(ApiKey)
-            .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
-            .values(last_used_at=func.now())
-            .returning(ApiKey.key_hash)
-        )
-
-
-def session_valid(request: Request) -> bool:
-    """Whether the request carries a live session cookie (and, to change anything, the page's header).
-
-    Blocking (it may read the database): call it from a sync route or dependency.
-    """
-    parsed = TOKEN.fullmatch(request.cookies.get(COOKIE, ""))
-    if parsed is None or int(parsed["expires"]) < time.time():
-        return False
-    if request.method not in SAFE_METHODS and PAGE_HEADER.lower() not in request.headers:
-        return False
-    key_hash = _active_key_hash(parsed["ref"])
-    expected = _mac(parsed["ref"], int(parsed["expires"]), key_hash) if key_hash is not None else ""
-    return key_hash is not None and hmac.compare_digest(parsed["mac"].encode(), expected.encode())
-
-
-def _key_ref(presented: str) -> tuple[str, str] | None:
-    """The ``ref`` and SHA-256 of an accepted key (``check_key`` decides), or None."""
-    if not check_key(presented):
-        return None
-    presented_hash = digest(presented)
-    configured = get_settings().api_key
-    if configured is not None and hmac.compare_digest(presented_hash, digest(configured.get_secret_value())):
-        return ENV_REF, presented_hash
-    with session_scope() as session:
-        key_id = session.scalar(
-            select(ApiKey.id).where(ApiKey.key_hash == presented_hash, ApiKey.revoked_at.is_(None))
-        )
-    return (str(key_id), presented_hash) if key_id is not None else None
-
-
-def require_session(request: Request) -> None:
-    """The page's JSON routes: 401 without a live session."""
-    if not session_valid(request):
-        raise HTTPException(401, "log in at /runs/login", headers={"WWW-Authenticate": "Cookie"})
 
 
 # The pages -----------------------------------------------------------------------------------------
@@ -197,7 +98,7 @@ async def login(request: Request) -> Response:
     """Check the pasted key; on success set the session cookie and go to the runs page."""
     form = parse_qs((await request.body()).decode("utf-8", "replace"))
     key, next_path = form.get("key", [""])[0].strip(), _next_path(form.get("next", ["/runs"])[0])
-    found = await run_in_threadpool(_key_ref, key) if key else None
+    found = await run_in_threadpool(key_ref, key) if key else None
     if found is None:
         return _page("login.html", 401, error="That API key is not valid (or it was revoked).", error_class="error",
                      next=next_path)
@@ -325,8 +226,8 @@ def _step_text(item: Any) -> str | None:
 
 def _results(job: Job, run_id: uuid.UUID, offset: int) -> ResultPage:
     r = job.results
-    wanted = RESULT_COLUMNS.get(job.key) or tuple(c.name for c in r.columns if c.name not in ENGINE_COLUMNS)
-    shown = [r.c[name] for name in wanted if name in r.c]
+    wanted = job.page_columns or tuple(c.name for c in r.columns if c.name not in ENGINE_COLUMNS)
+    shown = [r.c[name] for name in wanted]
     query = (
         select(r.c.query_index, *shown, (r.c.prompt_tokens + r.c.completion_tokens).label("tokens"), r.c.cost_usd,
                r.c.latency_ms)

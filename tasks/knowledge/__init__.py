@@ -49,5 +49,6 @@ JOB = register(
         start_runs=start_runs,
         start_model=RefreshRequest,
         load_items=load_sources,
+        page_columns=("outcome", "chunks_added", "chunks_updated", "chunks_deleted", "tokens_embedded", "error"),
     )
 )

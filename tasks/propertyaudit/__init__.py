@@ -26,5 +26,6 @@ JOB = register(
         prepare=prepare,
         execute_step=audit_query,
         summarize=summarize,
+        page_columns=("mentioned", "rank", "sentiment", "answer"),
     )
 )

@@ -34,5 +34,6 @@ JOB = register(
         execute_group=analyze_group,
         groupable=is_short,
         group_size=GROUP_SIZE,
+        page_columns=("sentiment_label", "sentiment_score", "urgency", "topics", "needs_reply", "error"),
     )
 )

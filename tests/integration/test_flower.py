@@ -112,6 +112,14 @@ def test_flower_does_not_start_without_auth_unless_allowed_for_local_use(flower)
     assert malformed.proc.wait(timeout=20) != 0
     assert "user:password" in malformed.log_text() and "Visit me at" not in malformed.log_text()
 
+    # The password of .env.example, in production: refused, with the reason and not the password.
+    placeholder = flower({"FLOWER_BASIC_AUTH": "ops:change-me", "DATAENGINE_ENVIRONMENT": "production",
+                          "OPENAI_API_KEY": "sk-production"}, ready=False)
+    assert placeholder.proc.wait(timeout=20) != 0
+    log = placeholder.log_text()
+    assert "FLOWER_BASIC_AUTH has the placeholder password" in log and "Traceback" not in log
+    assert "Visit me at" not in log and "sk-production" not in log
+
     local = flower({"FLOWER_BASIC_AUTH": None, "DATAENGINE_FLOWER_ALLOW_NO_AUTH": "true"})
     assert local.url.startswith("http://127.0.0.1:")
     assert local.get("/workers", auth=None).status_code == 200

@@ -24,7 +24,7 @@ from helpers import audit_spec, review_spec, run_row
 from liveapi import ROOT, live_api
 
 from dataengine.web.keys import create_key, digest, revoke_key
-from dataengine.web.pages import COOKIE, PAGE_HEADER, SESSION_TTL_S, session_token
+from dataengine.web.sessions import COOKIE, PAGE_HEADER, SESSION_TTL_S, session_token
 
 pytestmark = pytest.mark.timeout(60)
 KEY = "runs-page-key-0123456789abcdef"

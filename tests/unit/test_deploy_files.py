@@ -48,6 +48,21 @@ def test_the_api_listens_where_compose_maps_it_and_its_healthcheck_asks_health()
     assert f"http://127.0.0.1:{port}/health" in probe
 
 
+def test_flower_in_its_container_listens_for_the_published_port_and_is_probed_without_a_password():
+    flower = SERVICES["flower"]
+    flags = dict(arg.removeprefix("--").split("=", 1) for arg in flower["command"][4:])
+    assert flags["address"] == "0.0.0.0" and flower["ports"] == [f"127.0.0.1:{flags['port']}:{flags['port']}"]
+    assert f"http://127.0.0.1:{flags['port']}/healthcheck" in " ".join(flower["healthcheck"]["test"])
+    # flowerconfig.py is read from the working directory: the image's, where the Dockerfile copies it.
+    assert "conf" not in flags and re.search(r"^WORKDIR /app$", (ROOT / "Dockerfile").read_text(), re.M)
+
+
+def test_every_engine_role_runs_in_production_unless_told_otherwise():
+    # Production is what refuses placeholder secrets, Flower without a password and the API without a key.
+    for role in ENGINE_ROLES:
+        assert SERVICES[role]["environment"]["DATAENGINE_ENVIRONMENT"] == "${DATAENGINE_ENVIRONMENT:-production}", role
+
+
 def test_migrations_run_once_before_workers_and_beat_start():
     assert SERVICES["migrate"]["restart"] == "no"
     for role in ("worker", "beat", "flower", "api"):
@@ -75,7 +90,8 @@ def test_secrets_are_required_from_the_environment_never_written_in():
 
 def test_the_image_carries_everything_the_commands_import():
     dockerfile = (ROOT / "Dockerfile").read_text()
-    for part in ("dataengine", "models", "tasks", "alembic", "alembic.ini", "celeryconfig.py", "pyproject.toml"):
+    for part in ("dataengine", "models", "tasks", "alembic", "alembic.ini", "celeryconfig.py", "flowerconfig.py",
+                 "pyproject.toml"):
         assert re.search(rf"^COPY .*\b{re.escape(part)}\b", dockerfile, re.M), part
 
 

@@ -54,17 +54,29 @@ def test_run_ids_must_be_uuids():
             parse_run_id(bad)
 
 
-def test_production_refuses_the_placeholder_key_and_bad_timings():
+def test_production_refuses_placeholder_secrets_and_bad_timings():
     with pytest.raises(ValueError, match="OPENAI_API_KEY is the local placeholder"):
         Settings(environment="production", openai_api_key=PLACEHOLDER_API_KEY)
     with pytest.raises(ValueError, match="HEARTBEAT_INTERVAL_S must be shorter"):
         Settings(lease_s=1, heartbeat_interval_s=2)
+    with pytest.raises(ValueError, match="DATA_ENGINE_API_KEY is a placeholder or shorter than 16"):
+        Settings(environment="production", openai_api_key="sk-real", api_key="change-me")
+    with pytest.raises(ValueError, match="FLOWER_BASIC_AUTH has the placeholder password 'change-me'"):
+        Settings(environment="production", openai_api_key="sk-real", flower_basic_auth="ops:s3cret,admin:change-me")
+    Settings(environment="production", openai_api_key="sk-real", api_key="k" * 32, flower_basic_auth="admin:s3cret")
     assert Settings(database_url="postgres://u@h/db").sqlalchemy_url == "postgresql+psycopg://u@h/db"
 
 
 def test_the_api_key_never_shows_in_settings_output():
     settings = Settings(openai_api_key="sk-very-secret")
     assert "sk-very-secret" not in repr(settings) and "sk-very-secret" not in str(settings.model_dump())
+
+
+def test_a_refused_setting_names_the_problem_and_no_secret():
+    with pytest.raises(ValueError, match="HEARTBEAT_INTERVAL_S must be shorter") as refused:
+        Settings(openai_api_key="sk-very-secret", api_key="api-very-secret", flower_basic_auth="ops:very-secret",
+                 lease_s=1, heartbeat_interval_s=2)
+    assert "very-secret" not in str(refused.value)
 
 
 @pytest.mark.parametrize(
@@ -116,3 +128,29 @@ def test_schedules_are_cron_expressions_or_seconds_and_bad_ones_are_named():
     with pytest.raises(ValueError, match="neither a number of seconds"):
         Settings(knowledge_refresh_schedule="nightly")
     assert Settings(knowledge_refresh_schedule="").knowledge_refresh_schedule == ""
+
+
+def test_a_job_naming_a_page_column_its_results_lack_is_refused_when_defined():
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match="job propertyaudit: page_columns names no result column: ranking"):
+        replace(JOB, page_columns=("mentioned", "ranking"))
+
+
+def test_a_command_under_refused_settings_says_why_without_a_trace(monkeypatch):
+    from typer.testing import CliRunner
+
+    from dataengine.cli import cli
+    from dataengine.settings import get_settings
+
+    monkeypatch.setenv("DATAENGINE_ENVIRONMENT", "production")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-production")
+    monkeypatch.setenv("DATA_ENGINE_API_KEY", "change-me")
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(cli, ["status"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 2, result.output
+    assert "error: the settings are refused" in result.output and "[type=value_error]" in result.output
+    assert "Traceback" not in result.output and "change-me" not in result.output
