@@ -40,7 +40,9 @@ SOURCE_FROM_RESULT = """
         content_hash = CASE WHEN x.outcome = 'failed' THEN s.content_hash ELSE x.content_hash END,
         title = COALESCE(s.title, x.title), last_fetched_at = now(), last_error = x.error
     FROM inserted AS x
-    WHERE s.id = x.source_id
+    -- ANY(ARRAY(...)) finds the few sources by primary key: a join alone read every source of the
+    -- table for each checkpoint (the planner's guess of a CTE's rows), O(sources) per step.
+    WHERE s.id = x.source_id AND s.id = ANY(ARRAY(SELECT source_id FROM inserted))
 """
 #: The sources of a checkpoint's new chunks that still exist, kept from being deleted until it commits.
 LOCK_SOURCES = text("SELECT id FROM knowledge_sources WHERE id = ANY(:ids) FOR KEY SHARE")

@@ -9,8 +9,10 @@ This machine's PostgreSQL has no pgvector, so these tests cover the ``real[]`` f
 
 from __future__ import annotations
 
+import json
 import math
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -22,7 +24,7 @@ from sqlalchemy import select, text
 from dataengine.db import session_scope, statement_scope
 from dataengine.errors import LeaseLost, SpecInvalid
 from dataengine.runloop import execute_run
-from dataengine.runs import checkpoint
+from dataengine.runs import _checkpoint_sql, checkpoint
 from models.knowledge import DocumentChunk, KnowledgeSource
 from tasks.knowledge import JOB, fetch, vectors
 from tasks.knowledge.config import KnowledgeLimits
@@ -405,3 +407,25 @@ def test_a_resumed_refresh_embeds_only_the_sources_without_a_result(knowledge):
     assert execute_run(job=JOB, run_id=str(run_id), worker_id="w/2", task_id="t").status == "completed"
     assert [answered(knowledge, t) for t in knowledge_prompts(spec)] == [0, 0, 1, 0, 1, 1]
     assert run_row(run_id, job=JOB)["summary"]["sources_fetched"] == 3
+
+
+def test_a_checkpoint_finds_its_sources_by_key_however_many_the_table_holds(knowledge):
+    # The checkpoint copies each result's validators to its source row. Joined to the results alone,
+    # the planner read the whole sources table on every checkpoint: O(sources) per step.
+    with session_scope() as session:
+        session.execute(text("""
+            INSERT INTO knowledge_sources (id, property_id, kind, url)
+            SELECT gen_random_uuid(), 'p' || (n % 500), 'url', 'https://example.com/' || n
+            FROM generate_series(1, 20000) AS n"""))
+        session.execute(text("ANALYZE knowledge_sources"))
+        source_id = session.scalar(text("SELECT id FROM knowledge_sources LIMIT 1"))
+    row = {"query_index": 0, "source_id": str(source_id), "outcome": "unchanged", "run_id": str(uuid.uuid4()),
+           "fencing_token": 1}
+    with session_scope() as session:
+        plan = "\n".join(session.scalars(
+            text("EXPLAIN " + _checkpoint_sql(JOB).text),
+            {"id": row["run_id"], "token": 1, "rows": f"[{json.dumps(row)}]", "next_index": 1, "in_flight": "{}",
+             "eta_s": None, "lease_s": timedelta(seconds=3)},
+        ))
+    assert "Seq Scan on knowledge_sources" not in plan, plan
+    assert "pk_knowledge_sources" in plan, plan
