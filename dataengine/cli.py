@@ -201,13 +201,16 @@ def fake_llm(
     latency_ms: Annotated[float, typer.Option(help="Delay before each answer")] = 0.0,
     fail_429_every: Annotated[int, typer.Option(help="Every Nth request gets 429 + Retry-After")] = 0,
     fail_5xx_every: Annotated[int, typer.Option(help="Every Nth request gets a 500")] = 0,
+    rpm_limit: Annotated[int, typer.Option(help="Requests per minute it admits, as a provider would (0: no limit)")] = 0,
+    tpm_limit: Annotated[int, typer.Option(help="Tokens per minute it admits (0: no limit)")] = 0,
     allow_remote: Annotated[bool, typer.Option(help="Listen on a non-loopback address (containers)")] = False,
 ) -> None:
     """Serve the OpenAI-compatible stand-in LLM (for tests, the demo and benchmarks)."""
     from dataengine.fakellm import FakeConfig, serve
 
     console.print(f"stand-in LLM on http://{host}:{port}/v1 (OPENAI_BASE_URL); answers are canned, not a real model")
-    config = FakeConfig(latency_ms=latency_ms, fail_429_every=fail_429_every, fail_5xx_every=fail_5xx_every)
+    config = FakeConfig(latency_ms=latency_ms, fail_429_every=fail_429_every, fail_5xx_every=fail_5xx_every,
+                        rpm_limit=rpm_limit, tpm_limit=tpm_limit)
     serve(host=host, port=port, config=config, allow_remote=allow_remote)
 
 

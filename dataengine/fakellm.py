@@ -21,7 +21,8 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
 import httpx
@@ -31,6 +32,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from dataengine.fakelimits import ProviderLimits
 from dataengine.settings import get_settings
 
 #: Fictional apartment communities the plain answers recommend.
@@ -64,6 +66,10 @@ class FakeConfig(BaseModel):
     #: A chat request whose prompt contains one of these waits ``hang_s`` before answering.
     hang_substrings: list[str] = []
     hang_s: float = Field(3600, ge=0)
+    #: The provider's own limits over a sliding minute (0: none): requests, and tokens (a request's
+    #: prompt tokens plus the completion tokens it asks for at most). Above them: 429 + Retry-After.
+    rpm_limit: int = Field(0, ge=0)
+    tpm_limit: int = Field(0, ge=0)
 
 
 class _APIError(Exception):
@@ -83,9 +89,11 @@ class _State:
     def __init__(self, config: FakeConfig) -> None:
         self.config = config
         self.lock = threading.Lock()
+        self.limits = ProviderLimits()
         self.reset()
 
     def reset(self) -> None:
+        self.limits.reset()
         with self.lock:
             self.requests, self.answered = 0, 0
             self.prompts: Counter[str] = Counter()
@@ -109,7 +117,7 @@ class _State:
                 "answered": self.answered,
                 "prompts": dict(self.prompts),
                 "answered_prompts": dict(self.answered_prompts),
-            }
+            } | self.limits.snapshot()
 
 
 class ChatRequest(BaseModel):
@@ -119,6 +127,8 @@ class ChatRequest(BaseModel):
     model: str
     messages: list[dict[str, Any]] = Field(min_length=1)
     response_format: dict[str, Any] | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
 
 
 class EmbeddingRequest(BaseModel):
@@ -238,16 +248,28 @@ def _require_key(request: Request) -> None:
         raise _APIError(401, "Missing or empty bearer API key.", "invalid_request_error", "invalid_api_key")
 
 
-async def _admit(state: _State, prompts: list[str]) -> None:
-    """Count a request, wait out the configured latency, and raise any fault it is due."""
+@asynccontextmanager
+async def _admitted(state: _State, prompts: list[str], tokens: int) -> AsyncIterator[None]:
+    """Count a request, refuse it over the provider's limits, wait out the configured latency, and
+    raise any fault it is due; in flight until the block ends. ``tokens``: what it counts against TPM."""
     n = state.receive(prompts)
     config = state.config
-    await asyncio.sleep(config.latency_ms / 1000)
-    if config.fail_429_every and n % config.fail_429_every == 0:
-        headers = {"Retry-After": f"{config.retry_after_s:g}"}
-        raise _APIError(429, "Rate limit reached (injected).", "rate_limit_error", "rate_limit_exceeded", headers)
-    if config.fail_5xx_every and n % config.fail_5xx_every == 0:
-        raise _APIError(500, "The server had an error (injected).", "server_error", "internal_error")
+    refusal = state.limits.admit(tokens, rpm=config.rpm_limit, tpm=config.tpm_limit)
+    if refusal is not None:
+        headers = {"Retry-After": str(max(1, math.ceil(refusal.retry_after_s)))}
+        raise _APIError(429, f"Rate limit reached for {refusal.limit} per minute.", "rate_limit_error",
+                        "rate_limit_exceeded", headers)
+    state.limits.started()
+    try:
+        await asyncio.sleep(config.latency_ms / 1000)
+        if config.fail_429_every and n % config.fail_429_every == 0:
+            headers = {"Retry-After": f"{config.retry_after_s:g}"}
+            raise _APIError(429, "Rate limit reached (injected).", "rate_limit_error", "rate_limit_exceeded", headers)
+        if config.fail_5xx_every and n % config.fail_5xx_every == 0:
+            raise _APIError(500, "The server had an error (injected).", "server_error", "internal_error")
+        yield
+    finally:
+        state.limits.finished()
 
 
 def create_app(config: FakeConfig | None = None) -> FastAPI:
@@ -269,11 +291,12 @@ def create_app(config: FakeConfig | None = None) -> FastAPI:
     async def chat(body: ChatRequest) -> dict[str, Any]:
         users = [m for m in body.messages if m.get("role") == "user"]
         prompt = _text(users[-1].get("content")) if users else ""
-        await _admit(state, [prompt])
-        # Hang while the prompt matches; clearing hang_substrings releases requests already hung.
-        deadline = time.monotonic() + state.config.hang_s
-        while any(s in prompt for s in state.config.hang_substrings) and time.monotonic() < deadline:
-            await asyncio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+        asked = body.max_completion_tokens or body.max_tokens or 0
+        async with _admitted(state, [prompt], _tokens(*(_text(m.get("content")) for m in body.messages)) + asked):
+            # Hang while the prompt matches; clearing hang_substrings releases requests already hung.
+            deadline = time.monotonic() + state.config.hang_s
+            while any(s in prompt for s in state.config.hang_substrings) and time.monotonic() < deadline:
+                await asyncio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
         kind = (body.response_format or {}).get("type", "text")
         if kind == "text":
             content = plain_answer(prompt)
@@ -295,7 +318,8 @@ def create_app(config: FakeConfig | None = None) -> FastAPI:
     @app.post("/v1/embeddings", dependencies=authed)
     async def embeddings(body: EmbeddingRequest) -> dict[str, Any]:
         texts = [body.input] if isinstance(body.input, str) else body.input
-        await _admit(state, texts)
+        async with _admitted(state, texts, _tokens(*texts)):
+            pass
         data = []
         for i, text in enumerate(texts):
             vec: Any = embed(text, body.dimensions or DEFAULT_EMBEDDING_DIMENSIONS)

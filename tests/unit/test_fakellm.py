@@ -203,14 +203,18 @@ def test_per_prompt_counts_and_reset(fake: FakeLLMServer, client: openai.OpenAI)
     ask(client, "one")
     ask(client, "two")
     client.embeddings.create(model=EMBEDDING_MODEL, input=["two", "three"])
-    assert fake.stats() == {
+    stats = fake.stats()
+    assert {k: stats[k] for k in ("requests", "answered", "prompts", "answered_prompts")} == {
         "requests": 4,
         "answered": 4,
         "prompts": {"one": 2, "two": 2, "three": 1},
         "answered_prompts": {"one": 2, "two": 2, "three": 1},
     }
+    assert sum(stats["requests_per_second"].values()) == 4 and stats["max_requests_in_60s"] == 4
+    assert (stats["in_flight"], stats["max_in_flight"], stats["rate_limited"]) == (0, 1, 0)
     fake.reset()
-    assert fake.stats() == {"requests": 0, "answered": 0, "prompts": {}, "answered_prompts": {}}
+    stats = fake.stats()
+    assert (stats["requests"], stats["answered"], stats["prompts"], stats["requests_per_second"]) == (0, 0, {}, {})
     assert fake.configure().latency_ms == 1
 
 
@@ -264,3 +268,31 @@ def test_models_are_listed(client: openai.OpenAI) -> None:
 def test_serve_refuses_non_loopback_hosts() -> None:
     with pytest.raises(ValueError, match="allow_remote"):
         serve(host="0.0.0.0")
+
+
+def test_over_its_rpm_limit_the_server_answers_429_with_the_wait_until_the_window_has_room(
+    fake: FakeLLMServer, client: openai.OpenAI
+) -> None:
+    fake.configure(rpm_limit=3)
+    for i in range(3):
+        ask(client, f"within {i}")
+    refused = httpx.post(f"{fake.base_url}/chat/completions", headers={"Authorization": "Bearer sk-test"},
+                         json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "over"}]})
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert 55 <= int(refused.headers["Retry-After"]) <= 60  # the first of the three leaves the window then
+    stats = fake.stats()
+    assert (stats["rate_limited"], stats["max_requests_in_60s"], stats["answered"]) == (1, 3, 3)
+
+
+def test_tokens_count_against_the_tpm_limit_with_the_completion_asked_for(fake: FakeLLMServer) -> None:
+    fake.configure(tpm_limit=1000)
+    url, auth = f"{fake.base_url}/chat/completions", {"Authorization": "Bearer sk-test"}
+
+    def chat(max_tokens: int) -> httpx.Response:
+        return httpx.post(url, headers=auth, json={"model": "gpt-4o-mini", "max_tokens": max_tokens,
+                                                    "messages": [{"role": "user", "content": "x" * 400}]})
+
+    assert chat(600).status_code == 200  # 100 prompt tokens + 600 asked for
+    assert chat(600).status_code == 429  # 1,400 in the minute
+    assert chat(200).status_code == 200  # 1,000
+    assert fake.stats()["max_tokens_in_60s"] == 1000
