@@ -71,6 +71,16 @@ class CeleryProcess:
         except ProcessLookupError:
             pass
 
+    def freeze(self, timeout_s: float = 5.0) -> None:
+        """SIGSTOP the group and return once every process in it has stopped: a kill() returns before
+        the signal takes effect, and a process still running on the other core may log meanwhile."""
+        self.signal_group(signal.SIGSTOP)
+        deadline = time.monotonic() + timeout_s
+        while not all(_stopped(pid) for pid in [self.pid, *self.children()]):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} did not stop within {timeout_s}s of SIGSTOP")
+            time.sleep(0.01)
+
     def stop(self, timeout_s: float = 10.0) -> None:
         """Warm shutdown (SIGTERM), then SIGKILL the group if it does not go in time."""
         if self.proc.poll() is None:
@@ -84,6 +94,15 @@ class CeleryProcess:
         if self.proc.poll() is None:
             self.proc.wait()
         self._log.close()
+
+
+def _stopped(pid: int) -> bool:
+    """Whether the process is stopped by a signal, or gone (Linux ``/proc``)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return stat.rpartition(")")[2].split()[0] in ("T", "t", "Z", "X")
 
 
 def start_celery(
