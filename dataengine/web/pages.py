@@ -68,8 +68,19 @@ def _template(name: str) -> Template:
     return Template((HERE / "templates" / name).read_text())
 
 
-def _page(name: str, status_code: int = 200, **values: str) -> HTMLResponse:
-    text = _template(name).substitute({k: html.escape(v) for k, v in values.items()})
+#: The script every signed-in page runs (the login form runs none).
+PAGE_SCRIPT = '  <script src="/runs/static/runs.js" defer></script>\n'
+
+
+def _page(name: str, *, title: str, body_attrs: str, signed_in: bool = True, status_code: int = 200,
+          **values: str) -> HTMLResponse:
+    """``templates/<name>`` (its ``$values`` HTML-escaped) in ``layout.html``; a signed-in page gets the
+    header bar (brand, live status, log out) and the script."""
+    content = _template(name).substitute({k: html.escape(v) for k, v in values.items()})
+    text = _template("layout.html").substitute(
+        title=html.escape(title), body_attrs=body_attrs, head=PAGE_SCRIPT if signed_in else "",
+        content=(_template("bar.html").template if signed_in else "") + content,
+    )
     return HTMLResponse(text, status_code=status_code, headers=PAGE_HEADERS)
 
 
@@ -90,7 +101,8 @@ def login_form(request: Request, next_path: str = Query("/runs", alias="next")) 
     """The login form (or the runs page, for a live session)."""
     if session_valid(request):
         return RedirectResponse(_next_path(next_path), status_code=303)
-    return _page("login.html", error="", error_class="hidden", next=_next_path(next_path))
+    return _page("login.html", title="Log in", body_attrs='class="login"', signed_in=False, error="",
+                 error_class="hidden", next=_next_path(next_path))
 
 
 @pages.post("/runs/login")
@@ -100,7 +112,8 @@ async def login(request: Request) -> Response:
     key, next_path = form.get("key", [""])[0].strip(), _next_path(form.get("next", ["/runs"])[0])
     found = await run_in_threadpool(key_ref, key) if key else None
     if found is None:
-        return _page("login.html", 401, error="That API key is not valid (or it was revoked).", error_class="error",
+        return _page("login.html", title="Log in", body_attrs='class="login"', signed_in=False, status_code=401,
+                     error="That API key is not valid (or it was revoked).", error_class="error",
                      next=next_path)
     ref, key_hash = found
     response = RedirectResponse(next_path, status_code=303)
@@ -122,7 +135,7 @@ def runs_page(request: Request) -> Response:
     """Running and recent runs of every kind."""
     if not session_valid(request):
         return _to_login(request)
-    return _page("runs.html")
+    return _page("runs.html", title="Runs", body_attrs='data-page="runs"')
 
 
 @pages.get("/runs/{run_id}")
@@ -130,7 +143,8 @@ def run_page(request: Request, run_id: uuid.UUID) -> Response:
     """One run: its progress, summary and results (the page reads the run id from its own URL)."""
     if not session_valid(request):
         return _to_login(request)
-    return _page("run.html", run_id=str(run_id))
+    return _page("run.html", title=f"Run {run_id}", body_attrs=f'data-page="run" data-run-id="{run_id}"',
+                 run_id=str(run_id))
 
 
 # The JSON the pages poll ---------------------------------------------------------------------------
