@@ -161,11 +161,15 @@ def test_a_run_resumes_on_another_worker_within_seconds_of_a_main_process_sigkil
 @CRASH_ROUTES
 def test_a_sigstopped_worker_that_wakes_after_a_takeover_writes_nothing(workers, fake_llm, kind):
     job = kind.job
-    a, _, run_id = run_on_worker_a(workers, fake_llm, 80, latency_ms=150, kind=kind)
+    # Slow calls while worker b starts (seconds on a busy machine): a short run could otherwise end
+    # before the freeze, leaving nothing to take over.
+    a, _, run_id = run_on_worker_a(workers, fake_llm, 80, latency_ms=1000, kind=kind)
     wait_for(lambda: owned_by(run_id, "a", job), timeout_s=30, what="worker a to claim the run")
     workers("b")
+    fake_llm.configure(latency_ms=150 * kind.latency_scale)
     wait_for(lambda: progressed(run_id, 4, job), timeout_s=30, what="4 checkpointed steps")
-    a.freeze()  # counted once it has stopped: a step it started before freezing may have logged meanwhile
+    a.freeze()
+    assert run_row(run_id, job=job)["completed_steps"] < 60, "the run was nearly done before the freeze"  # counted once it has stopped: a step it started before freezing may have logged meanwhile
     started_by_a = a.log_text().count(f"Processing {job.step_noun}")
     a_token = run_row(run_id, job=job)["fencing_token"]
     taken = wait_for(lambda: owned_by(run_id, "b", job), timeout_s=15, what="worker b to take the run over")
