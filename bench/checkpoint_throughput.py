@@ -33,7 +33,7 @@ from typing import Any
 import _common
 
 TARGET_RATIO = 0.5
-_common.configure("checkpoint_throughput")
+_common.configure("checkpoint_throughput", step_concurrency=4)
 # Imported after configure(): the package reads its settings once, at import.
 from sqlalchemy import distinct, func, select, text  # noqa: E402
 

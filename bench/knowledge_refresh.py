@@ -26,7 +26,7 @@ from typing import Any
 import _common
 
 SPEED_TARGET = 20.0
-_common.configure("knowledge_refresh", knowledge_allow_private_urls="true", knowledge_max_sources=100_000)
+_common.configure("knowledge_refresh", step_concurrency=4, knowledge_allow_private_urls="true", knowledge_max_sources=100_000)
 # Imported after configure(): the package reads its settings once, at import.
 from dataengine.jobs import get_job, load_jobs  # noqa: E402
 from dataengine.runloop import execute_run  # noqa: E402

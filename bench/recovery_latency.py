@@ -31,7 +31,7 @@ POLL_S = 0.05
 #: Redis' visibility_timeout when a Celery app does not set it (kombu's default).
 CELERY_DEFAULT_VISIBILITY_S = 3600
 
-_common.configure("recovery_latency")
+_common.configure("recovery_latency", step_concurrency=4)
 # Imported after configure(): the package reads its settings once, at import.
 from sqlalchemy import text  # noqa: E402
 

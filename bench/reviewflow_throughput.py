@@ -24,7 +24,7 @@ import _common
 
 RATE_TARGET = 1.0
 TOKENS_TARGET = 0.7
-_common.configure("reviewflow_throughput", max_reviews=100_000)
+_common.configure("reviewflow_throughput", step_concurrency=4, max_reviews=100_000)
 # Imported after configure(): the package reads its settings once, at import.
 from dataengine.db import session_scope  # noqa: E402
 from dataengine.jobs import Job, get_job, load_jobs  # noqa: E402

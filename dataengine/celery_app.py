@@ -19,6 +19,7 @@ from celery.signals import (
     beat_init,
     worker_init,
     worker_process_init,
+    worker_process_shutdown,
     worker_ready,
     worker_shutting_down,
 )
@@ -26,7 +27,7 @@ from celery.utils.serialization import strtobool
 from celery.worker import control
 from kombu.utils.url import maybe_sanitize_url
 
-from dataengine import llm
+from dataengine import hosting, llm
 from dataengine.jobs import load_jobs
 from dataengine.queued import waiting_runs
 from dataengine.recovery import Sweeper
@@ -104,6 +105,15 @@ def _on_worker_ready(sender: object = None, **_: object) -> None:
 def _init_pool_process(**_: object) -> None:
     signal.signal(DRAIN_SIGNAL, lambda signum, frame: drain())
     llm.client()  # built now, not on a resumed run's first step
+
+
+@worker_process_shutdown.connect
+def _hand_back_hosted_runs(**_: object) -> None:
+    # The pool process is ending (a warm shutdown closes the pool): the runs on its threads are not
+    # Celery tasks any more, so Celery would not wait for them. Each finishes its steps in flight,
+    # checkpoints, and is handed back before the process exits.
+    drain()
+    hosting.join_all(timeout_s=get_settings().step_timeout_s)
 
 
 @beat_init.connect

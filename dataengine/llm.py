@@ -1,15 +1,24 @@
-"""The only module that imports ``openai``: one client per process, usage, latency and cost.
+"""The only module that imports ``openai``: one client per process, the fleet's rate limits, usage and cost.
 
-Retries of a single call (429 with ``Retry-After``, 5xx, connection errors) are the SDK's own;
-what is still failing after them is sorted here into transient (retry the run later) or not.
+Every call waits its turn under the fleet-wide limits (``dataengine.ratelimit``: requests and
+tokens per minute per model, shared through Redis), reserving its estimated tokens; the real usage
+corrects the reservation after. A 429 pauses the model for the whole fleet for its ``Retry-After``.
+
+Retries are not stacked: the SDK retries nothing itself; a failed call is tried again here at most
+``OPENAI_MAX_RETRIES`` times (a 429 after the fleet's pause, a 5xx or a lost connection after a
+short backoff), each time within the limits. What still fails fails the step, and the engine's
+retry with backoff takes over; errors are sorted here into transient (retry the run later) or not.
 """
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import os
+import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
 from typing import Any, TypeVar
@@ -17,13 +26,17 @@ from typing import Any, TypeVar
 import openai
 from pydantic import BaseModel
 
+from dataengine.ratelimit import FleetLimiter, ModelLimits, estimate_tokens, limiter_from
 from dataengine.settings import get_settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T", bound=BaseModel)
+R = TypeVar("R")
 
 _client: openai.OpenAI | None = None
 _client_pid: int | None = None
+_limiter: FleetLimiter | None = None
+_limiter_pid: int | None = None
 #: A run's step threads ask for the client at the same moment; only one may build it.
 _client_lock = threading.Lock()
 _TRANSIENT = (
@@ -78,18 +91,35 @@ def _new_client() -> openai.OpenAI:
     return openai.OpenAI(
         api_key=s.openai_api_key.get_secret_value(),
         base_url=s.openai_base_url,
-        max_retries=s.openai_max_retries,
+        max_retries=0,  # retried here, within the fleet's limits (``_within_limits``)
         timeout=s.openai_timeout_s,
     )
 
 
+def limiter() -> FleetLimiter:
+    """This process's view of the fleet's rate limits (a forked pool child opens its own Redis connections)."""
+    global _limiter, _limiter_pid
+    with _client_lock:
+        if _limiter is None or _limiter_pid != os.getpid():
+            s = get_settings()
+            _limiter = limiter_from(
+                s.redis_url, default=ModelLimits(s.llm_rpm, s.llm_tpm),
+                per_model={m: ModelLimits(v.rpm, v.tpm) for m, v in s.llm_model_limits.items()},
+                burst_s=s.llm_burst_s, token_burst_s=s.llm_token_burst_s, fallback_share=s.llm_fallback_share,
+                recovery_start=s.llm_recovery_start, recovery_s=s.llm_recovery_s,
+            )
+            _limiter_pid = os.getpid()
+        return _limiter
+
+
 def reset_client() -> None:
-    """Forget the client, so the next call reads the settings again (tests change ``OPENAI_BASE_URL``)."""
-    global _client, _client_pid
+    """Forget the client and the limiter, so the next call reads the settings again (tests change them)."""
+    global _client, _client_pid, _limiter, _limiter_pid
     with _client_lock:
         if _client is not None and _client_pid == os.getpid():
             _client.close()
         _client = _client_pid = None
+        _limiter = _limiter_pid = None
 
 
 def cost_usd(model: str, prompt_tokens: int, completion_tokens: int) -> Decimal:
@@ -107,17 +137,65 @@ def _usage(model: str, response: Any, started: float) -> Usage:
     return Usage(prompt, completion, cost_usd(model, prompt, completion), int((time.monotonic() - started) * 1000))
 
 
+def retry_after_s(exc: openai.APIStatusError) -> float:
+    """The seconds a 429 asks to wait (``retry-after-ms``, ``retry-after`` in seconds or as a date),
+    ``llm_default_retry_after_s`` when it says nothing; at most a minute."""
+    headers = exc.response.headers
+    seconds: float | None = None
+    try:
+        if "retry-after-ms" in headers:
+            seconds = float(headers["retry-after-ms"]) / 1000
+        elif "retry-after" in headers:
+            value = headers["retry-after"]
+            try:
+                seconds = float(value)
+            except ValueError:
+                seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+    except (TypeError, ValueError):
+        seconds = None
+    if seconds is None or seconds < 0:
+        seconds = get_settings().llm_default_retry_after_s
+    return min(seconds, 60.0)
+
+
+def _within_limits(model: str, tokens: int, send: Callable[[], R]) -> R:
+    """``send()`` once the fleet's limits allow it, tried again after a transient failure."""
+    s, limits = get_settings(), limiter()
+    for attempt in range(s.openai_max_retries + 1):
+        reservation = limits.acquire(model, tokens)
+        try:
+            response = send()
+        except openai.RateLimitError as exc:
+            limits.settle(reservation, 0)  # refused: it used no tokens
+            wait = retry_after_s(exc)
+            limits.pause(model, wait)
+            log.warning("%s answered 429: the fleet pauses %s for %.1fs", model, model, wait)
+            failure: Exception = exc
+        except _TRANSIENT as exc:
+            failure = exc
+            time.sleep(min(0.5 * 2**attempt, 8.0) * random.uniform(0.75, 1.0))  # the SDK's own backoff
+        else:
+            used = getattr(response, "usage", None)
+            limits.settle(reservation, getattr(used, "total_tokens", None) or tokens)
+            return response
+    raise failure
+
+
 def chat(*, messages: list[dict[str, str]], model: str) -> tuple[str, Usage]:
     """Ask the model; returns the answer text and the call's usage."""
     started = time.monotonic()
-    response = client().chat.completions.create(model=model, messages=messages)  # type: ignore[arg-type]
+    tokens = estimate_tokens(messages, get_settings().llm_output_tokens_estimate)
+    response = _within_limits(model, tokens, lambda: client().chat.completions.create(
+        model=model, messages=messages))  # type: ignore[arg-type]
     return response.choices[0].message.content or "", _usage(model, response, started)
 
 
 def parse(*, messages: list[dict[str, str]], model: str, schema: type[T]) -> tuple[T, Usage]:
     """Ask for a structured answer validated by ``schema`` (the SDK's ``parse``)."""
     started = time.monotonic()
-    response = client().chat.completions.parse(model=model, messages=messages, response_format=schema)  # type: ignore[arg-type]
+    tokens = estimate_tokens(messages, get_settings().llm_output_tokens_estimate)
+    response = _within_limits(model, tokens, lambda: client().chat.completions.parse(
+        model=model, messages=messages, response_format=schema))  # type: ignore[arg-type]
     message = response.choices[0].message
     if message.parsed is None:
         raise ValueError(f"model refused or returned no structured output: {message.refusal or 'empty'}")
@@ -128,7 +206,8 @@ def embed(*, texts: list[str], model: str | None = None) -> tuple[list[list[floa
     """Embed texts; returns one vector per text and the call's usage."""
     model = model or get_settings().openai_embedding_model
     started = time.monotonic()
-    response = client().embeddings.create(model=model, input=texts)
+    response = _within_limits(model, estimate_tokens(texts, 0), lambda: client().embeddings.create(
+        model=model, input=texts))
     return [d.embedding for d in response.data], _usage(model, response, started)
 
 

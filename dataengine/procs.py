@@ -130,12 +130,13 @@ def start_celery(
 
 
 def start_worker(
-    name: str, *, env: dict[str, str], log_dir: Path, concurrency: int = 1, loglevel: str = "INFO"
+    name: str, *, env: dict[str, str], log_dir: Path, concurrency: int = 1, loglevel: str = "INFO",
+    cwd: Path | None = None,
 ) -> CeleryProcess:
     """A prefork worker named ``name@<host>`` with ``concurrency`` pool processes."""
     args = ["worker", "--pool", "prefork", "-c", str(concurrency), "-n", f"{name}@%h", "--loglevel", loglevel,
             "--without-gossip", "--without-mingle"]
-    return start_celery(name, args, env=env, log_dir=log_dir)
+    return start_celery(name, args, env=env, log_dir=log_dir, cwd=cwd)
 
 
 def start_beat(name: str, *, env: dict[str, str], log_dir: Path) -> CeleryProcess:

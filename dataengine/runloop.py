@@ -1,7 +1,7 @@
 """The run loop every job shares: claim, resume, run steps a few at a time, checkpoint, finish.
 
-Steps run in a small thread pool (``step_concurrency``); results are checkpointed from the
-loop's own thread, in the order they finish, each batch in one transaction that also records
+Steps run on the process's step threads, each run keeping its fair share of them in flight
+(``dataengine.stepbudget``); results are checkpointed from the loop's own thread, in the order they finish, each batch in one transaction that also records
 the steps about to start, so a worker that dies is charged to the steps it really had in
 flight; being fenced, that write also proves the lease is still this worker's before any step
 starts. A heartbeat thread keeps the lease alive and notices cancellation or a takeover.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -41,6 +41,7 @@ from dataengine.runs import (
     renew_lease,
 )
 from dataengine.settings import get_settings
+from dataengine.stepbudget import budget
 from dataengine.workerid import dead_sibling
 from models.base import RunStatus
 
@@ -72,14 +73,30 @@ def execute_run(*, job: Job, run_id: object, worker_id: str, task_id: str | None
     step failed for now and ``DatabaseUnavailable`` when the database stayed away too long (the
     run is handed back for a retry in both cases), and ``StepFailed`` when the run ended failed.
     """
+    started = start_run(job=job, run_id=run_id, worker_id=worker_id, task_id=task_id, may_retry=may_retry)
+    return started if isinstance(started, RunOutcome) else started.run()
+
+
+def start_run(*, job: Job, run_id: object, worker_id: str, task_id: str | None,
+              may_retry: bool = True) -> RunOutcome | Execution:
+    """Claim the run: its execution, ready to ``run()`` on any thread, or the outcome when this
+    worker does not run it. Raises as ``execute_run`` does for what happens before the first step."""
     rid = parse_run_id(run_id)
     log = run_logger(run_id=rid, task_id=task_id)
+    if not budget.reserve(rid):
+        reason = f"run is being executed by {worker_id} (this process)"
+        log.info("[%s] Not running: %s", job.name, reason)
+        return RunOutcome(str(rid), RunStatus.running.value, reason, executed=False)
     try:
-        return _execute(job=job, rid=rid, worker_id=worker_id, task_id=task_id, may_retry=may_retry, log=log)
+        started = _start(job=job, rid=rid, worker_id=worker_id, task_id=task_id, may_retry=may_retry, log=log)
     except Exception as exc:
+        budget.release(rid)
         if isinstance(exc, DatabaseUnavailable) or not db_unavailable(exc):
             raise
         raise DatabaseUnavailable(seconds=0, what="claiming the run", run_id=rid) from exc
+    if isinstance(started, RunOutcome):
+        budget.release(rid)
+    return started
 
 
 def _claim(*, job: Job, rid: Any, worker_id: str, task_id: str | None, log: RunLogger) -> Claim | Refusal:
@@ -103,7 +120,8 @@ def _claim(*, job: Job, rid: Any, worker_id: str, task_id: str | None, log: RunL
     return claim
 
 
-def _execute(*, job: Job, rid: Any, worker_id: str, task_id: str | None, may_retry: bool, log: RunLogger) -> RunOutcome:
+def _start(*, job: Job, rid: Any, worker_id: str, task_id: str | None, may_retry: bool,
+           log: RunLogger) -> RunOutcome | Execution:
     claim = _claim(job=job, rid=rid, worker_id=worker_id, task_id=task_id, log=log)
     if isinstance(claim, Refusal):
         log.info("[%s] Not running: %s", job.name, claim.reason)
@@ -124,7 +142,7 @@ def _execute(*, job: Job, rid: Any, worker_id: str, task_id: str | None, may_ret
         with session_scope() as session:
             finish_run(session=session, job=job, run_id=rid, status=RunStatus.failed, token=claim.token, error=error)
         raise StepFailed(error)
-    return _Execution(job=job, claim=claim, log=log, may_retry=may_retry, total=total).run()
+    return Execution(job=job, claim=claim, log=log, may_retry=may_retry, total=total)
 
 
 class _Heartbeat(threading.Thread):
@@ -168,6 +186,11 @@ def drain() -> None:
     _draining.set()
 
 
+def is_draining() -> bool:
+    """Whether the worker is shutting down."""
+    return _draining.is_set()
+
+
 @dataclass(frozen=True)
 class _Running:
     """A step, or a group of steps sharing one call, in the thread pool."""
@@ -180,8 +203,8 @@ class _Running:
         return [index for index, _ in self.steps]
 
 
-class _Execution:
-    """One claimed run being worked by this worker."""
+class Execution:
+    """One claimed run being worked by this worker; ``run()`` works it to the end (once)."""
 
     def __init__(self, *, job: Job, claim: Claim, log: RunLogger, may_retry: bool, total: int) -> None:
         self.job, self.claim, self.log, self.may_retry, self.total = job, claim, log, may_retry, total
@@ -197,15 +220,17 @@ class _Execution:
         self.suspects = {int(i) for i in claim.row.step_losses}
         self.peeked: tuple[int, Any] | None = None
         self.heartbeat = _Heartbeat(job=job, claim=claim, log=log)
-        self.pool = self._new_pool()
-
-    def _new_pool(self) -> ThreadPoolExecutor:
-        return ThreadPoolExecutor(max_workers=self.s.step_concurrency, thread_name_prefix="step")
 
     def _db(self, fn: Callable[[], T], what: str) -> T:
         return retry_db(fn, what=what, run_id=self.claim.run_id, limit_s=self.s.db_retry_limit_s, log=self.log)
 
     def run(self) -> RunOutcome:
+        try:
+            return self._run()
+        finally:
+            budget.release(self.claim.run_id)
+
+    def _run(self) -> RunOutcome:
         job, rid = self.job, self.claim.run_id
 
         def read_recorded() -> set[int]:
@@ -228,7 +253,8 @@ class _Execution:
             self._release_quietly(str(exc))
             raise
         finally:
-            self.pool.shutdown(wait=False, cancel_futures=True)
+            for future in self.in_flight:
+                future.cancel()  # queued behind other runs' steps: never started
             self.heartbeat.stopped.set()
             # A renewal still in flight must not outlive the lease it renews.
             self.heartbeat.join(timeout=self.s.lease_s)
@@ -290,12 +316,10 @@ class _Execution:
         now = time.monotonic()
         for future, running in list(self.in_flight.items()):
             if now >= running.deadline:
-                # A thread cannot be stopped: it is left to end on its own, in a pool of its own.
+                # A thread cannot be stopped: it is left to end on its own (the SDK's timeout ends it).
                 del self.in_flight[future]
                 for step in running.steps:
                     self._step_failed(step, StepTimedOut(timeout_s=self.s.step_timeout_s), results)
-                self.pool.shutdown(wait=False)
-                self.pool = self._new_pool()
         return results
 
     def _transient(self, exc: BaseException) -> bool:
@@ -327,9 +351,9 @@ class _Execution:
             for index, _ in unit:
                 self.log.info("[%s] Processing %s %d/%d", self.job.name, self.job.step_noun, index + 1, self.total)
             if len(unit) == 1:
-                future = self.pool.submit(self.job.execute_step, context, *unit[0])
+                future = budget.submit(self.job.execute_step, context, *unit[0])
             else:
-                future = self.pool.submit(self.job.execute_group, context, unit)
+                future = budget.submit(self.job.execute_group, context, unit)
             self.in_flight[future] = _Running(unit, deadline)
 
     def _take(self, steps: Iterator[tuple[int, Any]]) -> tuple[int, Any] | None:
@@ -344,7 +368,7 @@ class _Execution:
 
     def _next_units(self, steps: Iterator[tuple[int, Any]]) -> list[list[tuple[int, Any]]]:
         """The steps to start now, each unit a step alone or a group of steps sharing one call."""
-        free = self.s.step_concurrency - len(self.in_flight)
+        free = budget.share() - len(self.in_flight)
         if free <= 0 or self.cancelled or self.exhausted or self.failure or _draining.is_set():
             return []
         units: list[list[tuple[int, Any]]] = []

@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal, Self
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The key the stand-in LLM server accepts; refused outside development.
@@ -22,6 +22,13 @@ MIN_PRODUCTION_API_KEY_CHARS = 16
 
 def _env(name: str) -> AliasChoices:
     return AliasChoices(name, name.lower())
+
+
+class LLMLimits(BaseModel):
+    """One model's provider limits per minute; unset (or 0) is no limit."""
+
+    rpm: float | None = Field(None, ge=0)
+    tpm: float | None = Field(None, ge=0)
 
 
 class Settings(BaseSettings):
@@ -62,7 +69,9 @@ class Settings(BaseSettings):
     openai_model: str = Field("gpt-4o-mini", validation_alias=_env("OPENAI_MODEL"))
     openai_eval_model: str = Field("gpt-4o-mini", validation_alias=_env("OPENAI_EVAL_MODEL"))
     openai_embedding_model: str = Field("text-embedding-3-small", validation_alias=_env("OPENAI_EMBEDDING_MODEL"))
-    openai_max_retries: int = Field(4, ge=0, validation_alias=_env("OPENAI_MAX_RETRIES"))
+    #: Tries of one call after the first, within the rate limits (the SDK itself retries nothing); what
+    #: still fails fails the step, and the run is retried with backoff.
+    openai_max_retries: int = Field(2, ge=0, le=10, validation_alias=_env("OPENAI_MAX_RETRIES"))
     openai_timeout_s: float = Field(120.0, gt=0, validation_alias=_env("OPENAI_TIMEOUT_S"))
     #: USD per million tokens, input and output, by model; unknown models cost 0 and say so in logs.
     model_prices_per_mtok: dict[str, tuple[float, float]] = {
@@ -72,6 +81,30 @@ class Settings(BaseSettings):
         "text-embedding-3-small": (0.02, 0.0),
     }
 
+    # The fleet-wide LLM rate limits (dataengine.ratelimit), shared by every worker through Redis.
+    #: Requests and tokens per minute of every model without an entry of its own in
+    #: ``llm_model_limits``; unset, no limit (a 429 still pauses the model for the whole fleet).
+    llm_rpm: float | None = Field(None, ge=0)
+    llm_tpm: float | None = Field(None, ge=0)
+    #: Per-model limits as JSON: ``{"gpt-4o": {"rpm": 500, "tpm": 30000}}``. A model listed here uses
+    #: only its own (a limit left out is no limit).
+    llm_model_limits: dict[str, LLMLimits] = {}
+    #: What a model may send at once, in seconds of its request rate; the rest of the minute is spread evenly.
+    llm_burst_s: float = Field(1.0, ge=0, le=30)
+    #: The same for tokens. It should cover a typical call: a call larger than the burst waits for
+    #: an idle gap, which costs throughput.
+    llm_token_burst_s: float = Field(6.0, ge=0, le=30)
+    #: Tokens reserved for the answer of a call that sets no ``max_tokens`` (corrected after the call).
+    llm_output_tokens_estimate: int = Field(512, ge=0)
+    #: A 429 without ``Retry-After`` pauses its model this long.
+    llm_default_retry_after_s: float = Field(2.0, ge=0, le=60)
+    #: While Redis is unreachable, each worker process keeps to this share of every limit on its own
+    #: (at most 1 / the fleet's processes keeps the fleet under the limit during an outage).
+    llm_fallback_share: float = Field(0.1, gt=0, le=1)
+    #: After a 429's pause a model runs at this share of its rate, rising to all of it over ``llm_recovery_s``.
+    llm_recovery_start: float = Field(0.5, gt=0, le=1)
+    llm_recovery_s: float = Field(30.0, ge=0)
+
     # The run engine (dataengine.runs / dataengine.recovery).
     lease_s: float = Field(3.0, gt=0)
     heartbeat_interval_s: float = Field(1.0, gt=0)
@@ -80,8 +113,14 @@ class Settings(BaseSettings):
     redispatch_after_s: float = Field(300.0, gt=0)
     #: A run whose workers died this many times with the same step in flight ends ``failed``.
     max_losses_per_step: int = Field(3, ge=1)
-    #: Steps of one run in flight at once.
-    step_concurrency: int = Field(4, ge=1, le=64)
+    #: LLM calls (steps) in flight at once in one worker process, across every run it holds.
+    calls_in_flight: int = Field(256, ge=1, le=4096)
+    #: Runs one worker process holds at once: a pool process hands a claimed run to its own threads
+    #: and takes the next message, up to this many (they share ``calls_in_flight`` fairly).
+    runs_per_process: int = Field(64, ge=1, le=1024)
+    #: Steps of one run in flight at once at most. Unset, a run takes its fair share of
+    #: ``calls_in_flight``: all of it when it is alone, an equal part when the process holds several.
+    step_concurrency: int | None = Field(None, ge=1, le=4096)
     #: A step still running after this long is abandoned and counts as a transient failure.
     step_timeout_s: float = Field(900.0, gt=0)
     #: How long a run waits out a database outage (retrying checkpoints, confirming its lease)
@@ -130,7 +169,7 @@ class Settings(BaseSettings):
             parse_schedule(value)
         return value.strip()
 
-    @field_validator("api_key", "flower_basic_auth", mode="before")
+    @field_validator("api_key", "flower_basic_auth", "step_concurrency", "llm_rpm", "llm_tpm", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

@@ -6,19 +6,20 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Task, current_app, shared_task
+from celery.exceptions import Ignore, Reject
 
 from dataengine.errors import (
     DatabaseUnavailable,
     InvalidRunId,
-    LeaseLost,
     RunNotFound,
     SpecInvalid,
     StepFailed,
     TransientStepError,
 )
+from dataengine.hosting import TaskMessage, attach, database_away, host, run_eagerly, wait_for_room
 from dataengine.jobs import Job
-from dataengine.logs import run_logger
-from dataengine.runloop import execute_run
+from dataengine.runloop import RunOutcome, start_run
+from dataengine.runs import parse_run_id
 from dataengine.settings import get_settings
 from dataengine.workerid import worker_id as make_worker_id
 
@@ -42,24 +43,29 @@ class RunTask(Task):
 
 
 def run_job(task: Task, job: Job, run_id: object) -> dict[str, Any]:
-    """Execute ``run_id`` of ``job`` in this task; returns the task's JSON result."""
+    """Claim ``run_id`` of ``job`` and hand it to this process's threads (``dataengine.hosting``),
+    which report its end as this task's; returns the task's JSON result only when this worker does
+    not run it (finished, held elsewhere) or when the task runs eagerly."""
     worker_id = make_worker_id(task.request.hostname)
     may_retry = task.request.retries < (task.max_retries or 0)
+    if not task.request.is_eager:
+        if attach(TaskMessage.of(task, job, str(parse_run_id(run_id)), may_retry)):
+            raise Ignore()  # a later delivery of a run this process executes: it ends with the run
+        if not wait_for_room():
+            raise Reject("the worker is shutting down", requeue=True)
     try:
-        outcome = execute_run(job=job, run_id=run_id, worker_id=worker_id, task_id=task.request.id, may_retry=may_retry)
-    except LeaseLost as exc:
-        run_logger(run_id=run_id, task_id=task.request.id).warning("[%s] %s", job.name, exc)
-        return {"run_id": str(run_id), "status": "lost", "detail": str(exc), "executed": True}
+        started = start_run(job=job, run_id=run_id, worker_id=worker_id, task_id=task.request.id, may_retry=may_retry)
     except DatabaseUnavailable as exc:
         if may_retry:
             raise
-        # Not a failure of the run: it resumes from its last checkpoint once the database is back.
-        detail = f"{exc}; no task retries left, so the recovery sweeper re-enqueues it once the database is back"
-        run_logger(run_id=run_id, task_id=task.request.id).warning("[%s] %s", job.name, detail)
-        return {"run_id": str(run_id), "status": "running", "detail": detail, "executed": True}
-    if outcome.requeue:
-        task.app.send_task(job.task_name, kwargs={"run_id": outcome.run_id})
-    return outcome.as_dict()
+        return database_away(job, run_id, task.request.id, exc)
+    if isinstance(started, RunOutcome):
+        return started.as_dict()
+    message = TaskMessage.of(task, job, str(started.claim.run_id), may_retry)
+    if task.request.is_eager:
+        return run_eagerly(started, message)
+    host(started, message)
+    raise Ignore()
 
 
 def start_runs(job: Job, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -38,6 +38,10 @@ def pytest_configure(config: pytest.Config) -> None:
     global _redis_db
     import redis
 
+    # The crash tests pace a run at 4 steps in flight, so that a kill lands mid-run (alone, a run
+    # would take its process's whole budget and end at once). Tests of the adaptive share unset it.
+    os.environ.setdefault("DATAENGINE_STEP_CONCURRENCY", "4")
+
     base = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     _loopback_only(base, "REDIS_URL")
     _loopback_only(_server_url(), "DATABASE_URL")

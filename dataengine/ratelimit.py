@@ -1,0 +1,455 @@
+"""A fleet-wide limit on LLM calls: requests and tokens per minute, per model, shared through Redis.
+
+Every worker process asks :class:`FleetLimiter` before a call (``acquire``, with the call's
+estimated tokens) and corrects the reservation afterwards with the real usage (``settle``). A 429
+pauses the model for the whole fleet (``pause``), after which its rate comes back gradually.
+
+The algorithm is GCRA (the generic cell rate algorithm of redis-cell and ``throttled``) in one Lua
+script that checks and updates a model's RPM and TPM state together, so a call takes from both
+limits or from neither, and reads Redis's own clock (``TIME``), so workers' clocks do not matter.
+We do not use the ``limits`` library: its windows let a whole window's worth through at once, a
+reservation cannot be refunded or corrected, and two limits are checked one after the other, not
+atomically.
+
+The guarantee. A limit of ``L`` per minute lets a burst of ``C`` through at once (``burst_s``
+seconds' worth, at least one request) and then runs at ``r = (L - C) / 60``, so ``60 * r + C = L``:
+in any 60 seconds (sliding, not aligned to anything) at most ``L`` requests are admitted, and at
+most ``L`` tokens as corrected by ``settle``. In the script each unit costs ``T = 1 / r`` seconds of
+backlog (``tat``, the theoretical arrival time) and the burst is ``tau = C * T`` seconds; a call of
+``c`` seconds may go when ``tat <= now + tau - c``. Unlike textbook GCRA the test is on ``tat``
+itself, not on ``max(tat, now)``: a call larger than the burst (4,000 tokens against a 500-token
+burst) is not refused forever but waits until the model has been idle for the excess, which is what
+keeps the bound. A call larger than the whole limit waits for an idle minute and then goes (the
+provider will most likely refuse it). Calls larger than the burst cost throughput (each waits for
+an idle gap: about half the rate when they are all much larger), so ``burst_s`` worth of the TPM
+should cover a typical call.
+
+Corrections. A refund (real usage below the estimate) gives back only the part of the call's
+backlog that has not yet elapsed: backlog that has elapsed was admitted capacity, and handing it
+out again could put more than ``L`` into some minute. Usage above the estimate is charged as new
+backlog, so later calls wait for it; the 60-second bound then holds for the reservations, not for
+the excess.
+
+A 429 pauses the model until ``now + retry_after`` on Redis's clock (the later of an existing pause
+and the new one); after it the model runs at ``recovery_start`` of its rate, rising linearly to the
+full rate over ``recovery_s`` seconds. A model with no configured limit has no rate to scale: only
+the pause applies to it.
+
+When Redis is unreachable each process keeps to ``fallback_share`` of the limits on its own (the
+same algorithm, in memory) and to the pauses it saw itself, and says so in the log once per outage
+and once when Redis answers again. Calls go on, more slowly, rather than stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+log = logging.getLogger(__name__)
+
+#: Every key of the limiter starts with this; the model is a hash tag, so one model's keys share a
+#: Redis Cluster slot (the script touches them together).
+KEY_PREFIX = "dataengine:llm:"
+#: The window both limits are counted over, in seconds.
+WINDOW_S = 60.0
+#: The longest single sleep of ``acquire``, so a pause that is lifted or moved is noticed.
+MAX_SLEEP_S = 1.0
+#: After Redis failed, how long a process keeps to its local share before asking Redis again.
+REDIS_RETRY_S = 1.0
+#: Waits shorter than this are rounding (61 / 610 × 10 is a hair over 1): the call goes.
+_EPSILON_S = 1e-9
+_UNREACHABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+# KEYS: rpm state, tpm state, pause. ARGV: seconds per request and burst (s), the same for tokens
+# (0 = no limit), tokens, recovery start, recovery seconds, now ('' = Redis's clock).
+# Returns {admitted, wait, tpm slot end, tpm cut total, seconds per token} (numbers as strings).
+_ACQUIRE = """
+local function fmt(x) return string.format('%.17g', x) end
+local now = tonumber(ARGV[8])
+if not now then local t = redis.call('TIME'); now = tonumber(t[1]) + tonumber(t[2]) / 1000000 end
+local paused = tonumber(redis.call('GET', KEYS[3]) or '')
+if paused and now < paused then return {'0', fmt(paused - now)} end
+local factor, start, ramp = 1, tonumber(ARGV[6]), tonumber(ARGV[7])
+if paused and ramp > 0 and now < paused + ramp then factor = start + (1 - start) * (now - paused) / ramp end
+local window = 60
+local function plan(key, interval, burst, units)
+  if interval <= 0 then return nil, 0, 0 end
+  local tat = tonumber(redis.call('HGET', key, 'tat') or '') or (now - 3600)
+  local cost = units * interval / factor
+  return tat, cost, tat - burst + math.min(cost, burst + window) - now
+end
+local rpm_tat, rpm_cost, rpm_wait = plan(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), 1)
+local tpm_tat, tpm_cost, tpm_wait = plan(KEYS[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]))
+local wait = math.max(rpm_wait, tpm_wait)
+if wait > 1e-9 then return {'0', fmt(wait)} end
+local function take(key, tat, cost)
+  local new_tat = math.max(tat, now) + cost
+  redis.call('HSET', key, 'tat', fmt(new_tat))
+  redis.call('PEXPIRE', key, math.ceil((new_tat - now + window) * 1000))
+  return new_tat
+end
+if rpm_tat then take(KEYS[1], rpm_tat, rpm_cost) end
+if not tpm_tat then return {'1', '0'} end
+local slot_end = take(KEYS[2], tpm_tat, tpm_cost)
+return {'1', '0', fmt(slot_end), redis.call('HGET', KEYS[2], 'cut') or '0', fmt(tonumber(ARGV[3]) / factor)}
+"""
+
+# KEYS: tpm state. ARGV: tokens to charge (negative: refund), seconds per token, the call's slot
+# end, the cut total when it was admitted, now ('' = Redis's clock). Returns the seconds applied.
+_SETTLE = """
+local now = tonumber(ARGV[5])
+if not now then local t = redis.call('TIME'); now = tonumber(t[1]) + tonumber(t[2]) / 1000000 end
+local delta, per_token = tonumber(ARGV[1]), tonumber(ARGV[2])
+local tat = tonumber(redis.call('HGET', KEYS[1], 'tat') or '')
+local cut = tonumber(redis.call('HGET', KEYS[1], 'cut') or '') or 0
+local change
+if delta > 0 then
+  change = delta * per_token
+  tat = math.max(tat or now, now) + change
+else
+  if not tat then return '0' end
+  local slot_end = tonumber(ARGV[3]) - math.max(0, cut - tonumber(ARGV[4]))
+  change = math.min(-delta * per_token, slot_end - now, tat - now)
+  if change <= 0 then return '0' end
+  tat = tat - change
+  cut = cut + change
+  change = -change
+end
+redis.call('HSET', KEYS[1], 'tat', string.format('%.17g', tat), 'cut', string.format('%.17g', cut))
+redis.call('PEXPIRE', KEYS[1], math.ceil((tat - now + 60) * 1000))
+return string.format('%.17g', change)
+"""
+
+# KEYS: pause. ARGV: retry-after seconds ('' = only read), recovery seconds, now ('' = Redis's clock).
+# Returns the seconds the model is still paused.
+_PAUSE = """
+local now = tonumber(ARGV[3])
+if not now then local t = redis.call('TIME'); now = tonumber(t[1]) + tonumber(t[2]) / 1000000 end
+local till = tonumber(redis.call('GET', KEYS[1]) or '') or 0
+local retry_after = tonumber(ARGV[1])
+if retry_after then
+  till = math.max(till, now + retry_after)
+  redis.call('SET', KEYS[1], string.format('%.17g', till), 'PX', math.ceil((till - now + tonumber(ARGV[2]) + 1) * 1000))
+end
+return string.format('%.17g', math.max(0, till - now))
+"""
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """A model's provider limits per minute; ``None`` (or 0) is no limit."""
+
+    rpm: float | None = None
+    tpm: float | None = None
+
+
+class TokenSlot(NamedTuple):
+    """Where a reservation sits in the TPM state, so ``settle`` can correct it safely."""
+
+    end: float  # the backlog (``tat``) right after it was admitted
+    cut: float  # the total of refunds applied to the model so far, then
+    per_token: float  # seconds of backlog each of its tokens cost
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """What one admitted call took: its model and reserved tokens, and whether Redis was unreachable."""
+
+    model: str
+    tokens: int
+    local: bool
+    slot: TokenSlot | None = field(default=None, repr=False, compare=False)
+
+
+class RateLimitWait(Exception):
+    """The call would have to wait longer than the limiter's ``max_wait_s``."""
+
+    def __init__(self, model: str, wait_s: float) -> None:
+        super().__init__(f"{model}: rate limited for another {wait_s:.1f}s")
+        self.model = model
+        self.wait_s = wait_s
+
+
+class _Shape(NamedTuple):
+    """A per-minute limit as the script sees it: seconds of backlog per unit (0: no limit), and the burst."""
+
+    interval: float
+    burst_s: float
+
+
+def _shape(limit: float | None, scale: float, burst_s: float) -> _Shape:
+    """The burst ``C`` (``burst_s`` seconds' worth, at least one unit when the limit allows two) and
+    the rate ``r = (L - C) / 60`` of a limit ``L = limit × scale``: so that 60 × r + C = L."""
+    if not limit or limit <= 0:
+        return _Shape(0.0, 0.0)
+    per_minute = limit * scale
+    burst = burst_s * per_minute / (WINDOW_S + burst_s)  # burst_s seconds' worth of the rate it leaves
+    if burst < 1 <= per_minute / 2:
+        burst = 1.0
+    interval = WINDOW_S / (per_minute - burst)
+    return _Shape(interval, burst * interval)
+
+
+def _ramp(now: float, paused_until: float, start: float, recovery_s: float) -> float:
+    """The share of the rate a model runs at ``now``, recovering from a pause that ended then."""
+    if recovery_s <= 0 or now >= paused_until + recovery_s:
+        return 1.0
+    return start + (1 - start) * (now - paused_until) / recovery_s
+
+
+class _LocalState:
+    """One model's limits in this process alone (while Redis is unreachable): the script, in Python."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.tat = {"rpm": -math.inf, "tpm": -math.inf}
+        self.cut = 0.0
+        self.paused_until = -math.inf
+
+
+class FleetLimiter:
+    """RPM and TPM limits per model for the whole fleet, with a local fallback; thread-safe.
+
+    The Redis client should give up fast (see :func:`limiter_from`): while Redis is unreachable, one
+    caller every ``REDIS_RETRY_S`` asks it again and waits out the client's timeouts and retries.
+
+    ``clock`` is for tests: the time the scripts and the local fallback see (production leaves it
+    out, and the scripts read Redis's clock, the fallback ``time.monotonic``).
+    """
+
+    def __init__(
+        self,
+        redis_client: redis.Redis,
+        limits_for: Callable[[str], ModelLimits],
+        *,
+        burst_s: float = 1.0,
+        token_burst_s: float | None = None,
+        fallback_share: float = 0.1,
+        recovery_start: float = 0.5,
+        recovery_s: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
+        max_wait_s: float | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        if burst_s < 0 or not 0 < fallback_share <= 1 or not 0 < recovery_start <= 1 or recovery_s < 0:
+            raise ValueError("burst_s and recovery_s must be >= 0, fallback_share and recovery_start in (0, 1]")
+        self._redis = redis_client
+        self._limits_for = limits_for
+        self._burst_s = burst_s
+        #: Tokens may need a longer burst than requests: one must cover a typical call.
+        self._token_burst_s = burst_s if token_burst_s is None else token_burst_s
+        self._fallback_share = fallback_share
+        self._recovery_start = recovery_start
+        self._recovery_s = recovery_s
+        self._sleep = sleep
+        self._max_wait_s = max_wait_s
+        self._clock = clock
+        self._acquire_script = redis_client.register_script(_ACQUIRE)
+        self._settle_script = redis_client.register_script(_SETTLE)
+        self._pause_script = redis_client.register_script(_PAUSE)
+        self._lock = threading.Lock()  # guards the two below and the outage state; never held while sleeping
+        self._local: dict[str, _LocalState] = {}
+        self._down = False
+        self._retry_at = 0.0
+
+    def acquire(self, model: str, tokens: int) -> Reservation:
+        """Wait until a call of ``tokens`` (estimated) may go to ``model``; its reservation.
+
+        Sleeps what the limit says to wait, at most ``MAX_SLEEP_S`` at a time. Raises
+        :class:`RateLimitWait` only when ``max_wait_s`` is set and the sleeps would add up to more.
+        """
+        waited = 0.0
+        while True:
+            reservation, wait_s = self._try(model, tokens)
+            if reservation is not None:
+                return reservation
+            if self._max_wait_s is not None and waited + wait_s > self._max_wait_s:
+                raise RateLimitWait(model, wait_s)
+            nap = min(max(wait_s, 0.001), MAX_SLEEP_S)
+            self._sleep(nap)
+            waited += nap
+
+    def settle(self, reservation: Reservation, actual_tokens: int) -> None:
+        """Correct the TPM state by actual − reserved tokens (a refund when negative); never raises on
+        a Redis error (it is logged at debug level)."""
+        delta = actual_tokens - reservation.tokens
+        slot = reservation.slot
+        if delta == 0 or slot is None:
+            return
+        if reservation.local:
+            self._local_settle(self._local_state(reservation.model), delta, slot)
+            return
+        try:
+            self._settle_script(keys=[_key(reservation.model, "tpm")],
+                                args=[delta, slot.per_token, slot.end, slot.cut, self._now_arg()])
+        except redis.RedisError as exc:
+            log.debug("could not settle %s tokens of %s in Redis: %s", delta, reservation.model, exc)
+
+    def pause(self, model: str, retry_after_s: float) -> None:
+        """A 429: pause ``model`` for every worker for ``retry_after_s``, then recover gradually.
+
+        Never raises on a Redis error: the pause then holds in this process only.
+        """
+        state = self._local_state(model)
+        with state.lock:
+            state.paused_until = max(state.paused_until, self._local_now() + retry_after_s)
+        if not self._redis_usable():
+            return
+        try:
+            self._pause_script(keys=[_key(model, "pause")], args=[retry_after_s, self._recovery_s, self._now_arg()])
+        except _UNREACHABLE as exc:
+            self._went_down(model, exc)
+        except redis.RedisError as exc:
+            log.debug("could not pause %s in Redis: %s", model, exc)
+        else:
+            self._came_back()
+
+    def paused_for(self, model: str) -> float:
+        """Seconds ``model`` is still paused (0 if it is not)."""
+        if self._redis_usable():
+            try:
+                left = float(self._pause_script(keys=[_key(model, "pause")], args=["", 0, self._now_arg()]))
+            except _UNREACHABLE as exc:
+                self._went_down(model, exc)
+            else:
+                self._came_back()
+                return left
+        state = self._local_state(model)
+        with state.lock:
+            return max(0.0, state.paused_until - self._local_now())
+
+    def _try(self, model: str, tokens: int) -> tuple[Reservation | None, float]:
+        """One attempt: the reservation, or None and the seconds to wait before the next one."""
+        limits = self._limits_for(model)
+        if self._redis_usable():
+            args = [*_shape(limits.rpm, 1.0, self._burst_s), *_shape(limits.tpm, 1.0, self._token_burst_s),
+                    tokens, self._recovery_start, self._recovery_s, self._now_arg()]
+            try:
+                answer = self._acquire_script(keys=[_key(model, "rpm"), _key(model, "tpm"), _key(model, "pause")],
+                                              args=args)
+            except _UNREACHABLE as exc:
+                self._went_down(model, exc)
+            else:
+                self._came_back()
+                if answer[0] not in (b"1", "1"):
+                    return None, float(answer[1])
+                slot = TokenSlot(*(float(x) for x in answer[2:])) if len(answer) > 2 else None
+                return Reservation(model, tokens, False, slot), 0.0
+        return self._local_try(model, tokens, limits)
+
+    def _local_try(self, model: str, tokens: int, limits: ModelLimits) -> tuple[Reservation | None, float]:
+        """The acquire script, in this process, at ``fallback_share`` of the limits."""
+        share = self._fallback_share
+        shapes = {"rpm": _shape(limits.rpm, share, self._burst_s),
+                  "tpm": _shape(limits.tpm, share, self._token_burst_s)}
+        units = {"rpm": 1, "tpm": tokens}
+        state = self._local_state(model)
+        with state.lock:
+            now = self._local_now()
+            if now < state.paused_until:
+                return None, state.paused_until - now
+            factor = _ramp(now, state.paused_until, self._recovery_start, self._recovery_s)
+            costs = {k: units[k] * shape.interval / factor for k, shape in shapes.items() if shape.interval > 0}
+            wait = max((state.tat[k] - shapes[k].burst_s + min(cost, shapes[k].burst_s + WINDOW_S) - now
+                        for k, cost in costs.items()), default=0.0)
+            if wait > _EPSILON_S:
+                return None, wait
+            for k, cost in costs.items():
+                state.tat[k] = max(state.tat[k], now) + cost
+            slot = TokenSlot(state.tat["tpm"], state.cut, shapes["tpm"].interval / factor) if "tpm" in costs else None
+        return Reservation(model, tokens, True, slot), 0.0
+
+    def _local_settle(self, state: _LocalState, delta: int, slot: TokenSlot) -> None:
+        """The settle script, in this process."""
+        with state.lock:
+            now = self._local_now()
+            if delta > 0:
+                state.tat["tpm"] = max(state.tat["tpm"], now) + delta * slot.per_token
+                return
+            slot_end = slot.end - max(0.0, state.cut - slot.cut)
+            back = min(-delta * slot.per_token, slot_end - now, state.tat["tpm"] - now)
+            if back > 0:
+                state.tat["tpm"] -= back
+                state.cut += back
+
+    def _local_state(self, model: str) -> _LocalState:
+        with self._lock:
+            return self._local.setdefault(model, _LocalState())
+
+    def _now_arg(self) -> float | str:
+        return "" if self._clock is None else self._clock()
+
+    def _local_now(self) -> float:
+        return time.monotonic() if self._clock is None else self._clock()
+
+    def _redis_usable(self) -> bool:
+        """Whether to ask Redis: always while it answers; while it does not, one caller every ``REDIS_RETRY_S``."""
+        with self._lock:
+            if not self._down:
+                return True
+            if self._local_now() < self._retry_at:
+                return False
+            self._retry_at = self._local_now() + REDIS_RETRY_S  # this caller asks; the others stay local
+            return True
+
+    def _went_down(self, model: str, exc: BaseException) -> None:
+        with self._lock:
+            first = not self._down
+            self._down = True
+            self._retry_at = self._local_now() + REDIS_RETRY_S
+        if first:
+            rpm = self._limits_for(model).rpm
+            local = f"{rpm * self._fallback_share:g} RPM of {rpm:g}" if rpm else "no RPM limit"
+            log.warning("Redis is unreachable (%s): LLM rate limits are kept per process at %g%% of the fleet's "
+                        "(%s: %s) until it answers again", exc, self._fallback_share * 100, model, local)
+
+    def _came_back(self) -> None:
+        if not self._down:  # read without the lock: the usual case, and a stale answer only delays the log
+            return
+        with self._lock:
+            was_down, self._down = self._down, False
+        if was_down:
+            log.info("Redis answers again: LLM rate limits are fleet-wide again")
+
+
+def _key(model: str, what: str) -> str:
+    return f"{KEY_PREFIX}{{{model}}}:{what}"
+
+
+def limiter_from(
+    redis_url: str,
+    *,
+    default: ModelLimits,
+    per_model: dict[str, ModelLimits],
+    burst_s: float,
+    token_burst_s: float,
+    fallback_share: float,
+    recovery_start: float,
+    recovery_s: float,
+) -> FleetLimiter:
+    """The process's limiter: ``per_model`` limits, else ``default``, on a Redis client that gives up
+    fast (0.5 s to connect or answer, no retries), so an outage turns into the local fallback at once."""
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=0.5, socket_timeout=0.5,
+                                  retry=Retry(NoBackoff(), 0), retry_on_timeout=False, health_check_interval=0)
+    return FleetLimiter(client, lambda model: per_model.get(model, default), burst_s=burst_s,
+                        token_burst_s=token_burst_s, fallback_share=fallback_share, recovery_start=recovery_start, recovery_s=recovery_s)
+
+
+def estimate_tokens(messages: list[dict[str, str]] | list[str], max_output_tokens: int) -> int:
+    """A cheap upper-leaning estimate of a call's tokens, to reserve before it is sent: the text's
+    characters / 4 (rounded up), 4 per message, and the most the answer may take. It is only an
+    estimate; ``FleetLimiter.settle`` corrects the reservation with the real usage after the call."""
+    chars = 0
+    for message in messages:
+        parts: Any = message.values() if isinstance(message, dict) else (message,)
+        chars += sum(len(part) for part in parts if isinstance(part, str))
+    return math.ceil(chars / 4) + 4 * len(messages) + max_output_tokens

@@ -1,0 +1,84 @@
+"""The steps one process keeps in flight, shared fairly by the runs it executes.
+
+A step spends nearly all its time waiting on the LLM, so one process can keep hundreds in flight:
+every run of the process submits its steps to one thread pool of ``calls_in_flight`` threads, and
+each run keeps at most its fair share in flight: the whole budget when it is alone, an equal part
+when the process holds several (``step_concurrency`` caps it further). A run that joins makes the
+others' shares smaller at once; they start no new step until they are back under it, so nobody
+starves and the pool's queue stays short.
+
+It also knows which runs this process is executing, so a second delivery of one of them is
+refused here instead of being mistaken for this process's own abandoned lease.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from dataengine.settings import get_settings
+
+
+class StepBudget:
+    """This process's step threads and the runs sharing them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs: set[uuid.UUID] = set()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid: int | None = None
+
+    def share(self) -> int:
+        """Steps each run may have in flight now."""
+        s = get_settings()
+        fair = max(1, s.calls_in_flight // max(len(self._runs), 1))
+        return min(fair, s.step_concurrency) if s.step_concurrency else fair
+
+    def executing(self, run_id: uuid.UUID) -> bool:
+        """Whether this process is executing ``run_id`` now."""
+        return run_id in self._runs
+
+    @property
+    def runs(self) -> int:
+        """How many runs this process is executing."""
+        return len(self._runs)
+
+    def reserve(self, run_id: uuid.UUID) -> bool:
+        """Count ``run_id`` among this process's runs, from its claim on; False if it already is."""
+        with self._lock:
+            if run_id in self._runs:
+                return False
+            self._runs.add(run_id)
+            return True
+
+    def release(self, run_id: uuid.UUID) -> None:
+        """``run_id`` no longer executes here."""
+        with self._lock:
+            self._runs.discard(run_id)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        """Run a step on one of this process's step threads (queued while all are busy)."""
+        return self._threads().submit(fn, *args)
+
+    def _threads(self) -> ThreadPoolExecutor:
+        # A forked pool process inherits the object but none of its threads: it builds its own.
+        with self._lock:
+            if self._pool is None or self._pool_pid != os.getpid():
+                self._pool = ThreadPoolExecutor(max_workers=get_settings().calls_in_flight, thread_name_prefix="step")
+                self._pool_pid = os.getpid()
+            return self._pool
+
+    def reset(self) -> None:
+        """Forget the thread pool, so the next step builds one from the settings (tests change them)."""
+        with self._lock:
+            pool, self._pool, self._pool_pid = self._pool, None, None
+        if pool is not None and not self._runs:
+            pool.shutdown(wait=False)
+
+
+#: The process's budget.
+budget = StepBudget()

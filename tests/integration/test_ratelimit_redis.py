@@ -1,0 +1,67 @@
+"""The fleet-wide LLM rate limiter on the real Redis, on Redis's own clock: two limiters stand for
+two worker processes, with several threads each, as a worker's steps call the LLM."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from dataengine.ratelimit import KEY_PREFIX, FleetLimiter, ModelLimits, limiter_from
+
+pytestmark = pytest.mark.timeout(60)
+RPM = 600
+
+
+@pytest.fixture
+def model(redis_url: str) -> Iterator[str]:
+    """A model name of this test's own; its keys are deleted afterwards."""
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    yield name
+    client = redis.Redis.from_url(redis_url)
+    keys = client.keys(f"{KEY_PREFIX}{{{name}}}:*")
+    if keys:
+        client.delete(*keys)
+
+
+def worker(redis_url: str) -> FleetLimiter:
+    return limiter_from(redis_url, default=ModelLimits(rpm=RPM), per_model={}, burst_s=1.0, token_burst_s=1.0, fallback_share=0.1,
+                        recovery_start=0.5, recovery_s=30.0)
+
+
+def test_two_workers_with_four_threads_each_share_the_limit_and_run_at_it(redis_url, model):
+    limiters = [worker(redis_url), worker(redis_url)]
+    admitted: list[float] = []
+    stop = threading.Event()
+
+    def greedy(lim: FleetLimiter) -> None:
+        while not stop.is_set():
+            assert not lim.acquire(model, 1).local
+            admitted.append(time.monotonic())
+
+    threads = [threading.Thread(target=greedy, args=(lim,)) for lim in limiters for _ in range(4)]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    time.sleep(6)
+    stop.set()
+    for t in threads:
+        t.join(5)
+    rate = RPM / 61  # per second; a burst of as many at once: 60 × rate + burst = RPM
+    allowed = rate + rate * (max(admitted) - start)  # in 60 s that is exactly RPM
+    assert 0.97 * allowed <= len(admitted) <= allowed
+
+
+def test_a_pause_from_one_worker_delays_the_other(redis_url, model):
+    a, b = worker(redis_url), worker(redis_url)
+    assert not b.acquire(model, 1).local
+    a.pause(model, 1.0)
+    assert 0.9 < b.paused_for(model) <= 1.0
+    started = time.monotonic()
+    assert not b.acquire(model, 1).local
+    assert 0.95 <= time.monotonic() - started < 1.5
+    assert b.paused_for(model) == 0
