@@ -65,6 +65,11 @@ WINDOW_S = 60.0
 MAX_SLEEP_S = 1.0
 #: After Redis failed, how long a process keeps to its local share before asking Redis again.
 REDIS_RETRY_S = 1.0
+#: Connections to Redis per process, shared by its step threads, and how long one waits for a free one.
+REDIS_CONNECTIONS = 16
+REDIS_POOL_WAIT_S = 5.0
+#: An outage is logged once, and again only if Redis fails again this long after it last did.
+OUTAGE_LOG_EVERY_S = 60.0
 #: Waits shorter than this are rounding (61 / 610 × 10 is a hair over 1): the call goes.
 _EPSILON_S = 1e-9
 _UNREACHABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
@@ -260,6 +265,8 @@ class FleetLimiter:
         self._local: dict[str, _LocalState] = {}
         self._down = False
         self._retry_at = 0.0
+        self._logged_down_at = -math.inf
+        self._announced = False  # this outage was logged
 
     def acquire(self, model: str, tokens: int) -> Reservation:
         """Wait until a call of ``tokens`` (estimated) may go to ``model``; its reservation.
@@ -403,9 +410,13 @@ class FleetLimiter:
 
     def _went_down(self, model: str, exc: BaseException) -> None:
         with self._lock:
-            first = not self._down
+            now = self._local_now()
+            # Once per outage: an outage where a few calls still get through is still one outage.
+            first = not self._down and now - self._logged_down_at >= OUTAGE_LOG_EVERY_S
             self._down = True
-            self._retry_at = self._local_now() + REDIS_RETRY_S
+            self._retry_at = now + REDIS_RETRY_S
+            if first:
+                self._logged_down_at, self._announced = now, True
         if first:
             rpm = self._limits_for(model).rpm
             local = f"{rpm * self._fallback_share:g} RPM of {rpm:g}" if rpm else "no RPM limit"
@@ -416,8 +427,9 @@ class FleetLimiter:
         if not self._down:  # read without the lock: the usual case, and a stale answer only delays the log
             return
         with self._lock:
-            was_down, self._down = self._down, False
-        if was_down:
+            announced = self._down and self._announced
+            self._down = self._announced = False
+        if announced:
             log.info("Redis answers again: LLM rate limits are fleet-wide again")
 
 
@@ -437,9 +449,16 @@ def limiter_from(
     recovery_s: float,
 ) -> FleetLimiter:
     """The process's limiter: ``per_model`` limits, else ``default``, on a Redis client that gives up
-    fast (0.5 s to connect or answer, no retries), so an outage turns into the local fallback at once."""
-    client = redis.Redis.from_url(redis_url, socket_connect_timeout=0.5, socket_timeout=0.5,
-                                  retry=Retry(NoBackoff(), 0), retry_on_timeout=False, health_check_interval=0)
+    fast (0.5 s to connect or answer, no retries), so an outage turns into the local fallback at once.
+
+    Hundreds of step threads share ``REDIS_CONNECTIONS`` connections: a thread waits for a free one
+    (a busy pool is not an outage) rather than opening one each.
+    """
+    pool = redis.BlockingConnectionPool.from_url(
+        redis_url, max_connections=REDIS_CONNECTIONS, timeout=REDIS_POOL_WAIT_S, socket_connect_timeout=0.5,
+        socket_timeout=0.5, retry=Retry(NoBackoff(), 0), retry_on_timeout=False, health_check_interval=0,
+    )
+    client = redis.Redis(connection_pool=pool)
     return FleetLimiter(client, lambda model: per_model.get(model, default), burst_s=burst_s,
                         token_burst_s=token_burst_s, fallback_share=fallback_share, recovery_start=recovery_start, recovery_s=recovery_s)
 

@@ -29,8 +29,8 @@ def model(redis_url: str) -> Iterator[str]:
 
 
 def worker(redis_url: str) -> FleetLimiter:
-    return limiter_from(redis_url, default=ModelLimits(rpm=RPM), per_model={}, burst_s=1.0, token_burst_s=1.0, fallback_share=0.1,
-                        recovery_start=0.5, recovery_s=30.0)
+    return limiter_from(redis_url, default=ModelLimits(rpm=RPM), per_model={}, burst_s=1.0, token_burst_s=1.0,
+                        fallback_share=0.1, recovery_start=0.5, recovery_s=30.0)
 
 
 def test_two_workers_with_four_threads_each_share_the_limit_and_run_at_it(redis_url, model):
@@ -65,3 +65,23 @@ def test_a_pause_from_one_worker_delays_the_other(redis_url, model):
     assert not b.acquire(model, 1).local
     assert 0.95 <= time.monotonic() - started < 1.5
     assert b.paused_for(model) == 0
+
+
+def test_hundreds_of_threads_of_one_process_share_its_connections_without_falling_back(redis_url, model, caplog):
+    # More threads than connections: they wait for one, Redis is not "down".
+    lim = limiter_from(redis_url, default=ModelLimits(), per_model={}, burst_s=1.0, token_burst_s=1.0,
+                       fallback_share=0.1, recovery_start=0.5, recovery_s=30.0)
+    local: list[bool] = []
+    together = threading.Barrier(300)
+
+    def calls() -> None:
+        together.wait()
+        local.extend(lim.acquire(model, 1).local for _ in range(20))
+
+    threads = [threading.Thread(target=calls) for _ in range(300)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(local) == 6000 and not any(local)
+    assert "unreachable" not in caplog.text

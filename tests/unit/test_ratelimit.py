@@ -337,8 +337,8 @@ def test_no_lock_is_held_while_a_call_sleeps(server, clock):
 
 def test_the_builder_uses_a_client_that_gives_up_fast(caplog):
     lim = limiter_from(f"redis://127.0.0.1:{free_port()}/3", default=ModelLimits(rpm=100),
-                       per_model={"big": ModelLimits(tpm=9)}, burst_s=1, token_burst_s=1, fallback_share=0.2, recovery_start=0.5,
-                       recovery_s=30)
+                       per_model={"big": ModelLimits(tpm=9)}, burst_s=1, token_burst_s=1, fallback_share=0.2,
+                       recovery_start=0.5, recovery_s=30)
     kwargs = lim._redis.connection_pool.connection_kwargs
     assert (kwargs["socket_connect_timeout"], kwargs["socket_timeout"], kwargs["db"]) == (0.5, 0.5, 3)
     assert kwargs["retry"].get_retries() == 0 and kwargs["health_check_interval"] == 0
