@@ -6,7 +6,7 @@
    Targets: elapsed ≤ 1.15 × the bound; the most requests the stand-in admitted in any 60 s
    window ≤ 6,000; ≤ 1 % of the calls answered 429.
 2. **In flight.** One worker (default pool size), no limit, stand-in latency 2 s, 100 runs of 20
-   queries. Target: calls in flight per pool process, the mean while runs are unfinished, ≥ 200;
+   queries. Target: calls in flight per pool process, the mean from the first call to the end, ≥ 200;
    elapsed is printed against the bound that in-flight count × latency allows.
 3. **Before and after.** The same smaller workload (``--before-runs`` runs of 20 queries, one
    worker, latency 1 s, no limit) on the engine of ``--before`` (a git worktree of the commit before
@@ -56,16 +56,19 @@ class Outcome:
     max_in_flight: int
     max_in_60s: int
     rate_limited: int
-    #: CPU seconds of the workers' processes (main and pool) over the workload.
+    #: The stand-in's calls in flight, every 200 ms.
+    samples: list[int]
+    #: CPU seconds of the workers' processes (main and pool), and of the stand-in, over the workload.
     cpu_s: float
+    llm_cpu_s: float
 
-    @property
-    def cpu_ms_per_call(self) -> float:
-        return self.cpu_s * 1000 / max(self.calls, 1)
+    def cpu_line(self) -> str:
+        per = max(self.calls, 1) / 1000
+        return f"CPU per call: workers {self.cpu_s / per:.2f} ms, stand-in {self.llm_cpu_s / per:.2f} ms"
 
 
 class Sampler(threading.Thread):
-    """Reads the stand-in's calls in flight every 200 ms until stopped."""
+    """Reads the stand-in's calls in flight every 200 ms, from the first call until stopped."""
 
     def __init__(self, url: str) -> None:
         super().__init__(daemon=True)
@@ -74,7 +77,9 @@ class Sampler(threading.Thread):
     def run(self) -> None:
         with httpx.Client() as client:
             while not self.stop.wait(0.2):
-                self.samples.append(client.get(f"{self.url}/_fake/stats").json()["in_flight"])
+                n = client.get(f"{self.url}/_fake/stats").json()["in_flight"]
+                if n or self.samples:  # from the first call on
+                    self.samples.append(n)
 
 
 def stand_in(llm: _common.FakeLLMProcess, **config: object) -> dict:
@@ -88,10 +93,15 @@ def unfinished(run_ids: list[str]) -> int:
                                    "AND status NOT IN ('completed', 'failed', 'cancelled')"), {"ids": run_ids})
 
 
-def cpu_s(procs: list[CeleryProcess]) -> float:
-    """CPU seconds (user + system) used so far by these workers' main and pool processes (Linux ``/proc``)."""
+def pids(procs: list[CeleryProcess]) -> list[int]:
+    """The workers' main and pool processes."""
+    return [p for proc in procs for p in (proc.pid, *proc.children())]
+
+
+def cpu_s(processes: list[int]) -> float:
+    """CPU seconds (user + system) used so far by these processes (Linux ``/proc``)."""
     total = 0
-    for pid in [p for proc in procs for p in (proc.pid, *proc.children())]:
+    for pid in processes:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
         except OSError:
@@ -107,19 +117,18 @@ def profile(pid: int, seconds: float) -> None:
     if not spy.exists():
         print("   (no py-spy: pip install -e '.[bench]' to see where the CPU goes)")
         return
-    subprocess.run([str(spy), "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "200", "--format", "raw",
+    subprocess.run([str(spy), "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "200", "--format", "raw", "--gil",
                     "-o", str(out), "--nonblocking"], check=False, capture_output=True)
     by_package: dict[str, int] = {}
     for line in out.read_text().splitlines() if out.exists() else []:
         stack, _, count = line.rpartition(" ")
         frame = stack.rsplit(";", 1)[-1]
-        where = frame.partition("(")[2].rstrip(")")
-        package = where.split("site-packages/")[-1].split("/")[0] if "site-packages/" in where else \
-            ("dataengine" if "/dataengine/" in where else "python")
+        path = frame.rpartition("(")[2].rstrip(")").rpartition(":")[0]
+        package = path.split("/")[0] if "/" in path else "stdlib"
         by_package[package] = by_package.get(package, 0) + int(count)
     total = sum(by_package.values()) or 1
     top = sorted(by_package.items(), key=lambda kv: -kv[1])[:8]
-    print("   where a pool process's CPU goes (py-spy, innermost frame, busy samples): "
+    print("   where a pool process's CPU goes (py-spy --gil, innermost frame): "
           + ", ".join(f"{k} {v / total:.0%}" for k, v in top))
 
 
@@ -136,18 +145,19 @@ def workload(llm: _common.FakeLLMProcess, *, runs: int, queries: int, workers: i
         for proc in started:
             proc.wait_ready(timeout_s=60)
         sampler = Sampler(llm.url)
-        cpu_before = cpu_s(started)
+        assert llm.proc is not None
+        cpu_before, llm_before = cpu_s(pids(started)), cpu_s([llm.proc.pid])
         began = time.monotonic()
         sampler.start()
         for run_id in run_ids:
             enqueue("propertyaudit.run", {"run_id": run_id})
         if spy_s:
-            time.sleep(1.0)  # past the claims, into the steady state
+            time.sleep(2.0)  # past the claims, into the steady state
             profile(started[0].children()[0], spy_s)
         while unfinished(run_ids):
             time.sleep(0.1)
         elapsed = time.monotonic() - began
-        cpu = cpu_s(started) - cpu_before
+        cpu, llm_cpu = cpu_s(pids(started)) - cpu_before, cpu_s([llm.proc.pid]) - llm_before
         sampler.stop.set()
         sampler.join()
     finally:
@@ -155,8 +165,9 @@ def workload(llm: _common.FakeLLMProcess, *, runs: int, queries: int, workers: i
             proc.stop(timeout_s=10)
     stats = httpx.get(f"{llm.url}/_fake/stats").json()
     busy = sampler.samples or [0]
-    return Outcome(elapsed, stats["requests"], statistics.fmean(busy), stats["max_in_flight"],
-                   stats["max_requests_in_60s"], stats["rate_limited"], cpu)
+    return Outcome(elapsed_s=elapsed, calls=stats["requests"], mean_in_flight=statistics.fmean(busy),
+                   max_in_flight=stats["max_in_flight"], max_in_60s=stats["max_requests_in_60s"],
+                   rate_limited=stats["rate_limited"], samples=busy, cpu_s=cpu, llm_cpu_s=llm_cpu)
 
 
 def env_of(extra: dict[str, str], cwd: Path | None) -> dict[str, str]:
@@ -189,7 +200,8 @@ def in_flight(llm: _common.FakeLLMProcess, spy_s: float) -> bool:
     bound = o.calls * 2.0 / max(o.mean_in_flight, 1)
     print(f"   {o.calls} calls of 2 s, one worker of {processes} pool processes: {o.elapsed_s:.1f} s "
           f"(in-flight × latency allows {bound:.1f} s); in flight: mean {o.mean_in_flight:.0f}, max {o.max_in_flight}; "
-          f"CPU {o.cpu_ms_per_call:.2f} ms per call")
+          + o.cpu_line())
+    print("   in flight, every 2 s: " + " ".join(str(n) for n in o.samples[::10]))
     return _common.verdict("calls in flight per process", per_process >= TARGET_IN_FLIGHT,
                            f"mean {per_process:.0f} (target ≥ {TARGET_IN_FLIGHT})")
 
@@ -207,7 +219,7 @@ def before_after(llm: _common.FakeLLMProcess, commit: str, runs: int) -> bool:
             figures[label] = workload(llm, runs=runs, queries=20, workers=1, env={}, name=label, cwd=cwd)
             o = figures[label]
             print(f"   {label}: {o.elapsed_s:.1f} s for {o.calls} calls; in flight: mean {o.mean_in_flight:.0f}, "
-                  f"max {o.max_in_flight}; CPU {o.cpu_ms_per_call:.2f} ms per call")
+                  f"max {o.max_in_flight}; {o.cpu_line()}")
     finally:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(worktree)], check=False)
     speedup = figures["before"].elapsed_s / figures["after"].elapsed_s

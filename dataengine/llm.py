@@ -13,6 +13,7 @@ retry with backoff takes over; errors are sorted here into transient (retry the 
 from __future__ import annotations
 
 import email.utils
+import itertools
 import logging
 import os
 import random
@@ -33,8 +34,14 @@ log = logging.getLogger(__name__)
 T = TypeVar("T", bound=BaseModel)
 R = TypeVar("R")
 
-_client: openai.OpenAI | None = None
+#: Clients per process, each with its own connection pool: httpx's pool does work in proportion to
+#: its connections under one lock on every request, which a single pool for hundreds of calls in
+#: flight turns into the largest CPU cost of a call (py-spy). A thread keeps to one of them.
+CLIENT_SHARDS = 8
+_clients: list[openai.OpenAI] = []
 _client_pid: int | None = None
+_shard = threading.local()
+_next_shard = itertools.count()
 _limiter: FleetLimiter | None = None
 _limiter_pid: int | None = None
 #: A run's step threads ask for the client at the same moment; only one may build it.
@@ -77,13 +84,16 @@ class Usage:
 
 
 def client() -> openai.OpenAI:
-    """This process's client (a forked pool child builds its own connection pool)."""
-    global _client, _client_pid
+    """This thread's client of the process (a forked pool child builds its own connection pools)."""
+    global _clients, _client_pid
+    shard = getattr(_shard, "index", None)
+    if shard is None:
+        shard = _shard.index = next(_next_shard) % CLIENT_SHARDS
     with _client_lock:
-        if _client is None or _client_pid != os.getpid():
-            _client = _new_client()
+        if not _clients or _client_pid != os.getpid():
+            _clients = [_new_client() for _ in range(CLIENT_SHARDS)]
             _client_pid = os.getpid()
-        return _client
+        return _clients[shard]
 
 
 def _new_client() -> openai.OpenAI:
@@ -114,11 +124,12 @@ def limiter() -> FleetLimiter:
 
 def reset_client() -> None:
     """Forget the client and the limiter, so the next call reads the settings again (tests change them)."""
-    global _client, _client_pid, _limiter, _limiter_pid
+    global _clients, _client_pid, _limiter, _limiter_pid
     with _client_lock:
-        if _client is not None and _client_pid == os.getpid():
-            _client.close()
-        _client = _client_pid = None
+        if _client_pid == os.getpid():
+            for each in _clients:
+                each.close()
+        _clients, _client_pid = [], None
         _limiter = _limiter_pid = None
 
 

@@ -65,6 +65,8 @@ WINDOW_S = 60.0
 MAX_SLEEP_S = 1.0
 #: After Redis failed, how long a process keeps to its local share before asking Redis again.
 REDIS_RETRY_S = 1.0
+#: How stale a process's view of the fleet's pause of a model with no limit may be.
+PAUSE_READ_EVERY_S = 0.2
 #: Connections to Redis per process, shared by its step threads, and how long one waits for a free one.
 REDIS_CONNECTIONS = 16
 REDIS_POOL_WAIT_S = 5.0
@@ -219,6 +221,9 @@ class _LocalState:
         self.tat = {"rpm": -math.inf, "tpm": -math.inf}
         self.cut = 0.0
         self.paused_until = -math.inf
+        #: A model with no limit: the fleet's pause as last read from Redis, and when.
+        self.fleet_paused_until = -math.inf
+        self.pause_read_at = -math.inf
 
 
 class FleetLimiter:
@@ -337,6 +342,8 @@ class FleetLimiter:
     def _try(self, model: str, tokens: int) -> tuple[Reservation | None, float]:
         """One attempt: the reservation, or None and the seconds to wait before the next one."""
         limits = self._limits_for(model)
+        if not limits.rpm and not limits.tpm:
+            return self._unlimited_try(model, tokens)
         if self._redis_usable():
             args = [*_shape(limits.rpm, 1.0, self._burst_s), *_shape(limits.tpm, 1.0, self._token_burst_s),
                     tokens, self._recovery_start, self._recovery_s, self._now_arg()]
@@ -352,6 +359,23 @@ class FleetLimiter:
                 slot = TokenSlot(*(float(x) for x in answer[2:])) if len(answer) > 2 else None
                 return Reservation(model, tokens, False, slot), 0.0
         return self._local_try(model, tokens, limits)
+
+    def _unlimited_try(self, model: str, tokens: int) -> tuple[Reservation | None, float]:
+        """A model with no limit only waits out pauses: the fleet's, read from Redis at most every
+        ``PAUSE_READ_EVERY_S`` per process (not once per call), and this process's own."""
+        state = self._local_state(model)
+        with state.lock:
+            stale = self._local_now() - state.pause_read_at >= PAUSE_READ_EVERY_S
+        if stale:
+            left = self.paused_for(model)
+            with state.lock:
+                state.pause_read_at = now = self._local_now()
+                state.fleet_paused_until = now + left
+        with state.lock:
+            wait = max(state.fleet_paused_until, state.paused_until) - self._local_now()
+        if wait > _EPSILON_S:
+            return None, wait
+        return Reservation(model, tokens, self._down), 0.0
 
     def _local_try(self, model: str, tokens: int, limits: ModelLimits) -> tuple[Reservation | None, float]:
         """The acquire script, in this process, at ``fallback_share`` of the limits."""

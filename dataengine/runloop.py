@@ -4,7 +4,8 @@ Steps run on the process's step threads, each run keeping its fair share of them
 (``dataengine.stepbudget``); results are checkpointed from the loop's own thread, in the order they finish, each batch in one transaction that also records
 the steps about to start, so a worker that dies is charged to the steps it really had in
 flight; being fenced, that write also proves the lease is still this worker's before any step
-starts. A heartbeat thread keeps the lease alive and notices cancellation or a takeover.
+starts. The process's heartbeat (``dataengine.heartbeats``) keeps the lease alive and notices
+cancellation or a takeover.
 Database outages are waited out (``db_retry_limit_s``): every write is fenced and idempotent,
 so retrying is safe.
 """
@@ -24,6 +25,7 @@ from dataengine import llm
 from dataengine.db import session_scope, statement_scope
 from dataengine.dbretry import db_unavailable, retry_db
 from dataengine.errors import DatabaseUnavailable, LeaseLost, StepFailed, StepTimedOut, TransientStepError
+from dataengine.heartbeats import Lease
 from dataengine.jobs import Job, StepOutcome
 from dataengine.logs import RunLogger, run_logger
 from dataengine.recovery import describe_losses
@@ -38,7 +40,6 @@ from dataengine.runs import (
     poison_step,
     recorded_steps,
     release_run,
-    renew_lease,
 )
 from dataengine.settings import get_settings
 from dataengine.stepbudget import budget
@@ -145,39 +146,6 @@ def _start(*, job: Job, rid: Any, worker_id: str, task_id: str | None, may_retry
     return Execution(job=job, claim=claim, log=log, may_retry=may_retry, total=total)
 
 
-class _Heartbeat(threading.Thread):
-    """Renews the lease every ``heartbeat_interval_s``; flags a takeover or a cancellation.
-
-    A database that does not answer is retried for as long as the run goes on: the loop starts
-    no step meanwhile, and gives up after ``db_retry_limit_s``.
-    """
-
-    def __init__(self, *, job: Job, claim: Claim, log: RunLogger) -> None:
-        super().__init__(name=f"heartbeat-{claim.run_id}", daemon=True)
-        self.job, self.claim, self.log = job, claim, log
-        self.stopped, self.lost, self.cancel = threading.Event(), threading.Event(), threading.Event()
-
-    def run(self) -> None:
-        failing = False
-        while not self.stopped.wait(get_settings().heartbeat_interval_s):
-            try:
-                with session_scope() as session:
-                    cancel = renew_lease(session=session, job=self.job, claim=self.claim)
-            except LeaseLost:
-                self.lost.set()
-                return
-            except Exception as exc:
-                if not failing:
-                    self.log.warning("[%s] heartbeat failed, retrying: %s: %s", self.job.name, type(exc).__name__, exc)
-                failing = True
-                continue
-            if failing:
-                self.log.info("[%s] heartbeat renewed the lease again", self.job.name)
-            failing = False
-            if cancel:
-                self.cancel.set()
-
-
 _draining = threading.Event()
 
 
@@ -219,7 +187,7 @@ class Execution:
         #: Steps that were in flight when a worker died holding this run.
         self.suspects = {int(i) for i in claim.row.step_losses}
         self.peeked: tuple[int, Any] | None = None
-        self.heartbeat = _Heartbeat(job=job, claim=claim, log=log)
+        self.heartbeat = Lease(job=job, claim=claim, log=log)
 
     def _db(self, fn: Callable[[], T], what: str) -> T:
         return retry_db(fn, what=what, run_id=self.claim.run_id, limit_s=self.s.db_retry_limit_s, log=self.log)
@@ -255,9 +223,7 @@ class Execution:
         finally:
             for future in self.in_flight:
                 future.cancel()  # queued behind other runs' steps: never started
-            self.heartbeat.stopped.set()
-            # A renewal still in flight must not outlive the lease it renews.
-            self.heartbeat.join(timeout=self.s.lease_s)
+            self.heartbeat.stop()
         if self.failure is not None:
             return self._fail(*self.failure)
         if self.cancelled:
@@ -368,7 +334,7 @@ class Execution:
 
     def _next_units(self, steps: Iterator[tuple[int, Any]]) -> list[list[tuple[int, Any]]]:
         """The steps to start now, each unit a step alone or a group of steps sharing one call."""
-        free = budget.share() - len(self.in_flight)
+        free = budget.room(len(self.in_flight))
         if free <= 0 or self.cancelled or self.exhausted or self.failure or _draining.is_set():
             return []
         units: list[list[tuple[int, Any]]] = []

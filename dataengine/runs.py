@@ -182,24 +182,27 @@ def count_steps(*, session: Session, job: Job, claim: Claim) -> int:
     return total
 
 
-def renew_lease(*, session: Session, job: Job, claim: Claim) -> bool:
-    """Extend the lease (the heartbeat); returns whether cancellation was requested. ``LeaseLost`` if the run
-    was taken over, taken back by the sweeper, handed back or finished: a late renewal never revives a lease."""
-    t = job.runs
-    cancel = session.execute(
-        update(t)
-        .where(
-            t.c.id == claim.run_id,
-            t.c.fencing_token == claim.token,
-            t.c.lease_owner == claim.worker_id,
-            t.c.status == RunStatus.running.value,
-        )
-        .values(lease_expires_at=func.now() + _seconds(get_settings().lease_s), heartbeat_at=func.now())
-        .returning(t.c.cancel_requested)
-    ).scalar_one_or_none()
-    if cancel is None:
-        raise LeaseLost(run_id=claim.run_id, token=claim.token)
-    return bool(cancel)
+def renew_leases(*, conn: Connection, job: Job, claims: list[Claim]) -> dict[uuid.UUID, bool]:
+    """Extend the leases of many runs of ``job`` in one statement (a process's heartbeat): the runs still
+    held, each with whether cancellation was requested. A run missing from it lost its lease: taken
+    over, taken back by the sweeper, handed back or finished (a late renewal never revives a lease)."""
+    rows = conn.execute(_renew_sql(job), {
+        "ids": [c.run_id for c in claims], "tokens": [c.token for c in claims],
+        "owners": [c.worker_id for c in claims], "lease": timedelta(seconds=get_settings().lease_s),
+    })
+    return {row.id: bool(row.cancel_requested) for row in rows}
+
+
+@cache
+def _renew_sql(job: Job) -> TextClause:
+    t = job.runs.name
+    return text(f"""
+        UPDATE {t} SET lease_expires_at = now() + :lease, heartbeat_at = now()
+        FROM unnest(CAST(:ids AS uuid[]), CAST(:tokens AS bigint[]), CAST(:owners AS text[])) AS h(id, token, owner)
+        WHERE {t}.id = h.id AND {t}.fencing_token = h.token AND {t}.lease_owner = h.owner
+          AND {t}.status = '{RunStatus.running.value}'
+        RETURNING {t}.id, {t}.cancel_requested
+    """)
 
 
 def recorded_steps(*, session: Session, job: Job, run_id: uuid.UUID, from_index: int) -> set[int]:

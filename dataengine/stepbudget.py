@@ -2,10 +2,10 @@
 
 A step spends nearly all its time waiting on the LLM, so one process can keep hundreds in flight:
 every run of the process submits its steps to one thread pool of ``calls_in_flight`` threads, and
-each run keeps at most its fair share in flight: the whole budget when it is alone, an equal part
-when the process holds several (``step_concurrency`` caps it further). A run that joins makes the
-others' shares smaller at once; they start no new step until they are back under it, so nobody
-starves and the pool's queue stays short.
+each run keeps its fair share in flight: the whole budget when it is alone, an equal part when
+the process holds several (``step_concurrency`` caps it further), and more while the others leave
+threads idle. A run that joins makes the others' shares smaller at once; they start no new step
+until they are back under it, so nobody starves and the pool's queue stays short.
 
 It also knows which runs this process is executing, so a second delivery of one of them is
 refused here instead of being mistaken for this process's own abandoned lease.
@@ -29,14 +29,18 @@ class StepBudget:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._runs: set[uuid.UUID] = set()
+        self._in_flight = 0  # steps submitted and not yet ended, every run's
         self._pool: ThreadPoolExecutor | None = None
         self._pool_pid: int | None = None
 
-    def share(self) -> int:
-        """Steps each run may have in flight now."""
+    def room(self, mine: int) -> int:
+        """Steps a run with ``mine`` in flight may start now: up to its fair share, and past it into
+        what the process leaves idle (never past the process's budget that way); at most
+        ``step_concurrency`` in all."""
         s = get_settings()
         fair = max(1, s.calls_in_flight // max(len(self._runs), 1))
-        return min(fair, s.step_concurrency) if s.step_concurrency else fair
+        room = max(fair - mine, s.calls_in_flight - self._in_flight, 0)
+        return min(room, s.step_concurrency - mine) if s.step_concurrency else room
 
     def executing(self, run_id: uuid.UUID) -> bool:
         """Whether this process is executing ``run_id`` now."""
@@ -62,7 +66,15 @@ class StepBudget:
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
         """Run a step on one of this process's step threads (queued while all are busy)."""
-        return self._threads().submit(fn, *args)
+        with self._lock:
+            self._in_flight += 1
+        future = self._threads().submit(fn, *args)
+        future.add_done_callback(self._ended)
+        return future
+
+    def _ended(self, _: Future[Any]) -> None:
+        with self._lock:
+            self._in_flight -= 1
 
     def _threads(self) -> ThreadPoolExecutor:
         # A forked pool process inherits the object but none of its threads: it builds its own.

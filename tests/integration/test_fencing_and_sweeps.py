@@ -15,7 +15,7 @@ from enginejob import ECHO as JOB
 from helpers import result_row
 from sqlalchemy import text
 
-from dataengine.db import session_scope
+from dataengine.db import session_scope, statement_scope
 from dataengine.errors import LeaseLost
 from dataengine.jobs import StepOutcome
 from dataengine.recovery import sweep_job
@@ -26,7 +26,7 @@ from dataengine.runs import (
     due_runs,
     finish_run,
     release_run,
-    renew_lease,
+    renew_leases,
     requeue_expired,
 )
 from dataengine.settings import get_settings
@@ -36,8 +36,12 @@ pytestmark = pytest.mark.usefixtures("echo")
 
 
 def renew(c: Claim) -> bool:
-    with session_scope() as session:
-        return renew_lease(session=session, job=JOB, claim=c)
+    """The heartbeat's renewal of one lease: whether cancellation was requested; ``LeaseLost`` if it is gone."""
+    with statement_scope() as conn:
+        held = renew_leases(conn=conn, job=JOB, claims=[c])
+    if c.run_id not in held:
+        raise LeaseLost(run_id=c.run_id, token=c.token)
+    return held[c.run_id]
 
 
 def ignore_sends(name: str, kwargs: dict) -> None:
@@ -206,9 +210,9 @@ def test_a_long_run_is_read_in_pages_and_resumes_mid_page():
 def test_a_worker_whose_lease_may_have_run_out_confirms_it_before_starting_a_step(monkeypatch):
     """As after a SIGSTOP: the whole process, heartbeat included, stood still past its lease, and
     another worker took the run over. Waking, it finishes what was in flight but starts nothing."""
-    from dataengine import runloop
+    from dataengine import heartbeats
 
-    monkeypatch.setattr(runloop._Heartbeat, "run", lambda self: self.stopped.wait())  # frozen
+    monkeypatch.setattr(heartbeats.Heartbeats, "beat", lambda self: None)  # frozen
     run_id = create_texts(6)
     release, started = threading.Event(), []
 
