@@ -340,6 +340,11 @@ def create_app(config: FakeConfig | None = None) -> FastAPI:
     async def stats() -> dict[str, Any]:
         return state.snapshot()
 
+    @app.get("/_fake/in-flight")
+    async def in_flight() -> dict[str, int]:
+        """Requests being answered now: cheap enough to sample many times a second."""
+        return {"in_flight": state.limits.in_flight}
+
     @app.post("/_fake/config")
     async def configure(changes: dict[str, Any]) -> FakeConfig:
         try:

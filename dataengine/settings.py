@@ -114,7 +114,7 @@ class Settings(BaseSettings):
     #: A run whose workers died this many times with the same step in flight ends ``failed``.
     max_losses_per_step: int = Field(3, ge=1)
     #: LLM calls (steps) in flight at once in one worker process, across every run it holds.
-    calls_in_flight: int = Field(256, ge=1, le=4096)
+    calls_in_flight: int = Field(512, ge=1, le=4096)
     #: Runs one worker process holds at once: a pool process hands a claimed run to its own threads
     #: and takes the next message, up to this many (they share ``calls_in_flight`` fairly).
     runs_per_process: int = Field(64, ge=1, le=1024)

@@ -67,9 +67,9 @@ def test_a_big_run_alone_takes_the_whole_budget_and_shares_it_when_others_arrive
 
 def held_mid_way(workers: Any, fake_llm: Any, *, runs: int, calls: int, tag: str
                  ) -> tuple[Any, list[uuid.UUID], list[str]]:
-    """Worker ``a`` (one pool process, ``calls`` in flight) holding ``runs`` runs of 60 queries, each mid-way."""
-    fake_llm.configure(latency_ms=300)
-    run_ids, queries = audits(runs, 60, tag)
+    """Worker ``a`` (one pool process, ``calls`` in flight) holding ``runs`` runs of 40 queries, each mid-way."""
+    fake_llm.configure(latency_ms=250)
+    run_ids, queries = audits(runs, 40, tag)
     a = workers("a", concurrency=1, env={**ADAPTIVE, "DATAENGINE_CALLS_IN_FLIGHT": str(calls)})
     start(run_ids)
     wait_for(lambda: all(run_row(r)["completed_steps"] >= 4 for r in run_ids), timeout_s=60,
@@ -78,23 +78,23 @@ def held_mid_way(workers: Any, fake_llm: Any, *, runs: int, calls: int, tag: str
 
 
 def test_runs_held_by_a_sigkilled_pool_process_all_resume_and_nothing_recorded_is_asked_again(workers, fake_llm):
-    a, run_ids, queries = held_mid_way(workers, fake_llm, runs=8, calls=32, tag="kill")
+    a, run_ids, queries = held_mid_way(workers, fake_llm, runs=6, calls=24, tag="kill")
     (child,) = a.children()
     os.kill(child, signal.SIGKILL)
     checkpointed = {q for r in run_ids for i, q in enumerate(audit_queries(r)) if i in results(r)}
     rows = wait_for(lambda: finished(run_ids), timeout_s=120, what="every run to finish after the kill")
     assert {r["status"] for r in rows} == {"completed"} and all(r["fencing_token"] >= 2 for r in rows)
-    assert all(sorted(results(r)) == list(range(60)) for r in run_ids)
+    assert all(sorted(results(r)) == list(range(40)) for r in run_ids)
     counts = {q: answered(fake_llm, q) for q in queries}
     assert all(counts[q] == 1 for q in checkpointed)
     assert all(c >= 1 for c in counts.values())
     # Asked again: at most the calls that were in flight in the killed process.
-    assert sum(c - 1 for c in counts.values()) <= 32
+    assert sum(c - 1 for c in counts.values()) <= 24
     assert a.proc.poll() is None
 
 
 def test_a_warm_shutdown_hands_back_every_run_the_process_holds(workers, fake_llm):
-    a, run_ids, queries = held_mid_way(workers, fake_llm, runs=6, calls=24, tag="warm")
+    a, run_ids, queries = held_mid_way(workers, fake_llm, runs=4, calls=16, tag="warm")
     os.kill(a.pid, signal.SIGTERM)
     a.proc.wait(timeout=30)
     held = [run_row(r) for r in run_ids]

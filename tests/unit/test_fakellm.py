@@ -255,6 +255,7 @@ def test_a_hung_request_is_visible_in_flight_and_can_be_released(
     while fake.stats()["requests"] == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert fake.stats()["prompts"] == {"please HANG here": 1} and fake.stats()["answered"] == 0
+    assert httpx.get(f"{fake.url}/_fake/in-flight").json() == {"in_flight": 1}  # what benchmarks sample
     assert listed(ask(client, "not hung"))
     fake.configure(hang_substrings=[])
     worker.join(timeout=5)
