@@ -1,11 +1,11 @@
 """The run loop every job shares: claim, resume, run steps a few at a time, checkpoint, finish.
 
 Steps run on the process's step threads, each run keeping its fair share of them in flight
-(``dataengine.stepbudget``); results are checkpointed from the loop's own thread, in the order they finish, each batch in one transaction that also records
-the steps about to start, so a worker that dies is charged to the steps it really had in
-flight; being fenced, that write also proves the lease is still this worker's before any step
-starts. The process's heartbeat (``dataengine.heartbeats``) keeps the lease alive and notices
-cancellation or a takeover.
+(``dataengine.stepbudget``); results are checkpointed from the loop's own thread, in the order
+they finish, each batch in one transaction that also records the steps about to start, so a
+worker that dies is charged to the steps it really had in flight; being fenced, that write also
+proves the lease is still this worker's before any step starts. The process's heartbeat
+(``dataengine.heartbeats``) keeps the lease alive and notices cancellation or a takeover.
 Database outages are waited out (``db_retry_limit_s``): every write is fenced and idempotent,
 so retrying is safe.
 """
