@@ -35,8 +35,9 @@ class Lease:
         heartbeats().add(self)
 
     def stop(self) -> None:
-        """No longer renewed; returns once a renewal in flight has ended (it must not outlive the run)."""
-        heartbeats().remove(self)
+        """No longer renewed; returns once a renewal in flight has ended (it must not outlive the run),
+        or after ``lease_s`` if the database does not answer it (a late renewal revives nothing)."""
+        heartbeats().remove(self, wait_s=get_settings().lease_s)
 
     def renewed(self, cancel: bool) -> None:
         if self.failing:
@@ -64,19 +65,27 @@ class Heartbeats(threading.Thread):
         with self._lock:
             self._leases[lease.claim.run_id] = lease
 
-    def remove(self, lease: Lease) -> None:
-        with self._beating, self._lock:
-            if self._leases.get(lease.claim.run_id) is lease:
-                del self._leases[lease.claim.run_id]
+    def remove(self, lease: Lease, *, wait_s: float) -> None:
+        beat_over = self._beating.acquire(timeout=wait_s)
+        try:
+            with self._lock:
+                if self._leases.get(lease.claim.run_id) is lease:
+                    del self._leases[lease.claim.run_id]
+        finally:
+            if beat_over:
+                self._beating.release()
 
     def run(self) -> None:
         while True:
             time.sleep(get_settings().heartbeat_interval_s)
-            with self._beating:
-                self.beat()
+            self.beat()
 
     def beat(self) -> None:
         """Renew every lease, one statement per job."""
+        with self._beating:
+            self._renew()
+
+    def _renew(self) -> None:
         by_job: dict[str, list[Lease]] = defaultdict(list)
         with self._lock:
             for lease in self._leases.values():

@@ -3,6 +3,9 @@ loop what became of its lease. On the engine tests' own job (Echo), in this proc
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 from echoruns import claim, create_texts, expire_lease, run_row
 from enginejob import ECHO as JOB
@@ -42,6 +45,33 @@ def test_one_beat_renews_every_run_of_the_process_in_one_statement_and_flags_los
     assert leases[0].lost.is_set() and not leases[0].cancel.is_set()
     assert leases[1].cancel.is_set() and not leases[1].lost.is_set()
     assert not any(lease.lost.is_set() or lease.cancel.is_set() for lease in leases[2:])
-    beat.remove(leases[2])
+    beat.remove(leases[2], wait_s=1)
     beat.beat()
     assert run_row(claims[2].run_id)["lease_expires_at"] < run_row(claims[3].run_id)["lease_expires_at"]
+
+
+def test_a_run_that_ends_stops_waiting_for_a_renewal_the_database_does_not_answer(monkeypatch):
+    from dataengine import heartbeats
+
+    c = claim(create_texts(2), "w/1")
+    lease = Lease(job=JOB, claim=c, log=run_logger(run_id=c.run_id, task_id=None))
+    answered, calls = threading.Event(), []
+
+    def renew_leases(**kwargs):  # a black-holed server: no answer until the test says so
+        calls.append(kwargs["claims"])
+        answered.wait(10)
+        return {}
+
+    monkeypatch.setattr(heartbeats, "renew_leases", renew_leases)
+    beat = Heartbeats()
+    beat.add(lease)
+    stuck = threading.Thread(target=beat.beat)
+    stuck.start()
+    time.sleep(0.1)
+    started = time.monotonic()
+    beat.remove(lease, wait_s=0.3)
+    assert 0.25 <= time.monotonic() - started < 2  # bounded, not until TCP gives up
+    answered.set()
+    stuck.join(5)
+    beat.beat()
+    assert calls == [[c]]  # the lease is no longer renewed
