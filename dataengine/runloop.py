@@ -48,6 +48,11 @@ from models.base import RunStatus
 
 #: Steps read from the database at a time, from the resume point on.
 STEP_PAGE_SIZE = 200
+#: Units of steps a checkpoint records ahead as in flight (charged, not run, if the worker dies).
+AHEAD = 4
+#: Steps recorded ahead start without a checkpoint of their own only this soon (a fraction of the
+#: lease) after the last checkpoint the database accepted, which proved the lease still ours.
+CONFIRMED_FOR = 0.5
 T = TypeVar("T")
 
 
@@ -187,6 +192,10 @@ class Execution:
         #: Steps that were in flight when a worker died holding this run.
         self.suspects = {int(i) for i in claim.row.step_losses}
         self.peeked: tuple[int, Any] | None = None
+        #: Units the last checkpoint recorded as in flight, to start when room frees up.
+        self.ahead: list[list[tuple[int, Any]]] = []
+        #: When the last checkpoint that the database accepted was sent (its lease was ours then).
+        self.confirmed_at = -float("inf")
         self.heartbeat = Lease(job=job, claim=claim, log=log)
 
     def _db(self, fn: Callable[[], T], what: str) -> T:
@@ -255,11 +264,11 @@ class Execution:
     def _loop(self, context: Any) -> None:
         steps = self._steps()
         self._advance([], steps, context)
-        while self.in_flight:
+        while self.in_flight or self.ahead:
             if self.heartbeat.lost.is_set():
                 raise LeaseLost(run_id=self.claim.run_id, token=self.claim.token)
             self.cancelled = self.cancelled or self.heartbeat.cancel.is_set()
-            soonest = min(r.deadline for r in self.in_flight.values()) - time.monotonic()
+            soonest = min((r.deadline for r in self.in_flight.values()), default=0) - time.monotonic()
             timeout = max(min(self.s.heartbeat_interval_s, soonest), 0.01)
             finished, _ = wait(self.in_flight, timeout=timeout, return_when=FIRST_COMPLETED)
             self._advance(self._collect(finished), steps, context)
@@ -306,14 +315,35 @@ class Execution:
 
         The checkpoint is fenced, so it is also the proof that the lease is still ours: a worker
         that was paused past its lease and taken over gets ``LeaseLost`` here and starts nothing.
+        It also records a few steps ahead (``self.ahead``) as in flight: when a step ends soon after,
+        the next one starts at once, while the checkpoint recording the first is being written,
+        provided that proof is recent (a fraction of the lease, so no other worker can have it yet).
         """
-        starting = self._next_units(steps)
-        if not results and not starting:
+        stopping = self.cancelled or self.failure is not None or _draining.is_set()
+        if stopping and self.ahead:
+            self.ahead, self.exhausted = [], False  # recorded as in flight but never started: not done
+        free = 0 if stopping else budget.room(len(self.in_flight))
+        ready, self.ahead = self.ahead[:free], self.ahead[free:]
+        free -= len(ready)
+        if ready and time.monotonic() - self.confirmed_at < self.s.lease_s * CONFIRMED_FOR:
+            self._start(ready, context)
+            ready = []
+        starting = ready + self._next_units(steps, free)
+        marked = len(self.ahead)
+        if not any(i >= self.cursor for i in self.suspects):  # a suspect runs alone: nothing ahead of it
+            running = len(self.in_flight) + len(starting)
+            self.ahead += self._next_units(steps, min(running, AHEAD) - len(self.ahead))
+        if not results and not starting and len(self.ahead) == marked:
             return
         busy = [index for r in self.in_flight.values() for index in r.indexes]
-        self._checkpoint(results, sorted(busy + [index for unit in starting for index, _ in unit]))
+        busy += [index for unit in starting + self.ahead for index, _ in unit]
+        self._checkpoint(results, sorted(busy))
+        self._start(starting, context)
+
+    def _start(self, units: list[list[tuple[int, Any]]], context: Any) -> None:
+        """Submit steps the database records as in flight."""
         deadline = time.monotonic() + self.s.step_timeout_s
-        for unit in starting:
+        for unit in units:
             for index, _ in unit:
                 self.log.info("[%s] Processing %s %d/%d", self.job.name, self.job.step_noun, index + 1, self.total)
             if len(unit) == 1:
@@ -332,9 +362,8 @@ class Execution:
         job = self.job
         return job.execute_group is not None and step[0] not in self.suspects and bool(job.groupable(step[1]))
 
-    def _next_units(self, steps: Iterator[tuple[int, Any]]) -> list[list[tuple[int, Any]]]:
-        """The steps to start now, each unit a step alone or a group of steps sharing one call."""
-        free = budget.room(len(self.in_flight))
+    def _next_units(self, steps: Iterator[tuple[int, Any]], free: int) -> list[list[tuple[int, Any]]]:
+        """Up to ``free`` units of the next steps, each a step alone or a group of steps sharing one call."""
         if free <= 0 or self.cancelled or self.exhausted or self.failure or _draining.is_set():
             return []
         units: list[list[tuple[int, Any]]] = []
@@ -398,7 +427,9 @@ class Execution:
                 self.job.record_step_rows(session, self.claim.run_id, carrying)
                 return state
 
+        sent = time.monotonic()
         state = self._db(write, "checkpointing")
+        self.confirmed_at = sent
         self.completed = state.completed_steps
         self.cancelled = self.cancelled or state.cancel_requested
 

@@ -17,6 +17,7 @@ import pytest
 from echoruns import claim, create_texts, expire_lease, record, results, run_row
 from enginejob import ECHO
 
+from dataengine import runloop, runs
 from dataengine.db import session_scope
 from dataengine.errors import InvalidRunId, LeaseLost, RunNotFound, StepFailed
 from dataengine.jobs import StepOutcome
@@ -114,6 +115,77 @@ def test_steps_of_one_run_are_in_flight_together(monkeypatch):
     run(run_id, job=dataclasses.replace(JOB, execute_step=slow_step))
     assert peak[0] == 3
     assert run_row(run_id)["completed_steps"] == 9
+
+
+def test_a_step_recorded_ahead_starts_while_the_checkpoint_before_it_is_written(monkeypatch):
+    """A checkpoint records the next step as in flight too, so it starts as soon as a slot frees up,
+    not after one more round trip: steps and checkpoints overlap."""
+    monkeypatch.setenv("DATAENGINE_STEP_CONCURRENCY", "1")
+    from conftest import reload_settings
+
+    reload_settings()
+    writing, overlapped, executed = threading.Event(), [], []
+
+    def slow_checkpoint(**kwargs):
+        writing.set()
+        try:
+            time.sleep(0.05)
+            return runs.checkpoint(**kwargs)
+        finally:
+            writing.clear()
+
+    def step(ctx, index, item):
+        executed.append(index)
+        # A step started only after its own checkpoint would wait here in vain: the loop writes
+        # nothing while its one step runs.
+        overlapped.append(writing.wait(timeout=1.0))
+        return StepOutcome({"echoed": item})
+
+    monkeypatch.setattr(runloop, "checkpoint", slow_checkpoint)
+    run_id = create_texts(8)
+    assert run(run_id, job=dataclasses.replace(JOB, execute_step=step)).status == "completed"
+    assert sorted(executed) == list(range(8)) and sorted(results(run_id)) == list(range(8))
+    assert sum(overlapped) >= 6, overlapped  # all but the first (nothing written yet) and maybe the last
+
+
+def test_a_worker_shutting_down_hands_back_a_run_whose_last_steps_were_only_recorded_ahead(monkeypatch):
+    """Steps recorded ahead as in flight but never started are not done: the run is handed back, not completed."""
+    monkeypatch.setenv("DATAENGINE_STEP_CONCURRENCY", "2")
+    from conftest import reload_settings
+
+    reload_settings()
+    release, executed = threading.Event(), []
+
+    def step(ctx, index, item):
+        executed.append(index)
+        release.wait(timeout=10)
+        return StepOutcome({"echoed": item})
+
+    run_id = create_texts(3)  # steps 0 and 1 start; step 2, the last, is recorded ahead
+    outcomes: list = []
+    job = dataclasses.replace(JOB, execute_step=step)
+    try:
+        worker = threading.Thread(target=lambda: outcomes.append(run(run_id, job=job)))
+        worker.start()
+        wait_until(lambda: run_row(run_id)["in_flight_steps"] == [0, 1, 2])
+        runloop.drain()
+        release.set()
+        worker.join(timeout=10)
+    finally:
+        runloop._draining.clear()
+    (outcome,) = outcomes
+    assert outcome.requeue and outcome.status == "running", outcome
+    row = run_row(run_id)
+    assert (row["status"], row["completed_steps"], row["in_flight_steps"]) == ("running", 2, [])
+    assert sorted(executed) == [0, 1]
+    assert run(run_id).status == "completed" and sorted(results(run_id)) == [0, 1, 2]
+
+
+def wait_until(condition, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
 
 
 def test_a_finished_run_enqueued_again_is_a_no_op():
