@@ -2,7 +2,7 @@
 
 Call ``configure()`` before importing any ``dataengine`` module: importing the package loads
 ``celeryconfig``, which reads the settings (broker URL, database URL) once, at import.
-Everything here touches only what it created: the ``de_bench_*`` database it made, Redis DB 4,
+Everything here touches only what it created: the ``de_bench_*`` database it made, its Redis DB (``REDIS_DB``),
 and processes it started, signalled by pid.
 """
 
@@ -24,7 +24,8 @@ from typing import Any
 #: Worker and stand-in logs (outside the repository).
 LOG_DIR = Path(tempfile.gettempdir()) / "de_bench_logs"
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-REDIS_DB = 4
+#: DB 4 unless ``DE_BENCH_REDIS_DB`` says otherwise (two benchmarks at once each need their own: both flush it).
+REDIS_DB = int(os.environ.get("DE_BENCH_REDIS_DB", "4"))
 REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
 
 
@@ -54,7 +55,7 @@ def free_port() -> int:
 
 
 def configure(name: str, **knobs: object) -> BenchConfig:
-    """Point the engine at this benchmark's database, Redis DB 4 and stand-in port; ``knobs`` are DATAENGINE_* settings."""
+    """Point the engine at this benchmark's database, its Redis DB and stand-in port; ``knobs`` are DATAENGINE_* settings."""
     global _config
     database = f"de_bench_{name}_{os.getpid()}"
     _config = BenchConfig(
@@ -90,7 +91,7 @@ def config() -> BenchConfig:
 
 
 def flush_redis() -> None:
-    """Empty Redis DB 4 (and only DB 4)."""
+    """Empty the benchmark's Redis DB (and only that one)."""
     import redis
 
     client = redis.Redis.from_url(REDIS_URL)
@@ -159,7 +160,7 @@ class FakeLLMProcess:
 
 @contextmanager
 def bench_environment(*, llm_latency_ms: float = 0.0, with_llm: bool = True) -> Iterator[FakeLLMProcess | None]:
-    """A migrated ``de_bench_*`` database, an empty Redis DB 4 and a stand-in LLM; all removed afterwards."""
+    """A migrated ``de_bench_*`` database, an empty Redis DB and a stand-in LLM; all removed afterwards."""
     from dataengine.db import reset_engine
     from dataengine.migrations import migrate
 

@@ -120,7 +120,9 @@ def _limit_transaction(conn: Connection) -> None:
     # them, so the limits are set for each transaction: one more round trip per transaction.
     limits = session_limits(get_settings())
     query = "SELECT " + ", ".join(["set_config(%s, %s, true)"] * len(limits))
-    conn.connection.driver_connection.execute(query, [v for item in limits.items() for v in item])
+    # dbapi_connection: a detached connection (the heartbeat's own) has no pool record, hence no
+    # driver_connection; for psycopg's sync driver they are the same object.
+    conn.connection.dbapi_connection.execute(query, [v for item in limits.items() for v in item])
 
 
 @contextmanager

@@ -1,25 +1,32 @@
-"""One heartbeat per process: a thread renews the leases of every run the process executes, in one
-statement per job each beat, so liveness writes do not grow with the runs a process holds.
+"""One heartbeat per process: a thread writes the process's heartbeat row a few times a second
+(``heartbeat_interval_s``), one statement however many runs the process holds, so liveness writes
+do not grow with its runs (``dataengine.liveness``).
 
-A run's loop watches its ``Lease``: ``lost`` once the run was taken over, taken back, handed back
-or finished elsewhere; ``cancel`` once cancellation was requested. A database that does not answer
-is retried at every beat for as long as the run goes on (the loop starts no step meanwhile and
-gives up after ``db_retry_limit_s``).
+The same statement reads what became of each run it holds, for the run's loop (its ``Lease``):
+``lost`` once the run was taken over, taken back, handed back or finished elsewhere; ``cancel``
+once cancellation was requested. A database that does not answer is retried at every beat, on a
+new connection, for as long as the run goes on (the loop starts no step meanwhile and gives up
+after ``db_retry_limit_s``). When a process's last run under an owner name ends, the owner's row
+is deleted: an idle process writes nothing.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
-import time
 import uuid
-from collections import defaultdict
 
-from dataengine.db import statement_scope
-from dataengine.jobs import Job
+from sqlalchemy import Connection, Engine
+
+from dataengine.db import get_engine, statement_scope
+from dataengine.jobs import Job, all_jobs
+from dataengine.liveness import beat_sql, forget
 from dataengine.logs import RunLogger
-from dataengine.runs import Claim, renew_leases
+from dataengine.runs import Claim
 from dataengine.settings import get_settings
+
+log = logging.getLogger("dataengine.heartbeats")
 
 
 class Lease:
@@ -31,17 +38,17 @@ class Lease:
         self.failing = False
 
     def start(self) -> None:
-        """Renewed from now on, at every beat."""
+        """Vouched for by the process's heartbeat from now on (its row is written at once)."""
         heartbeats().add(self)
 
     def stop(self) -> None:
-        """No longer renewed; returns once a renewal in flight has ended (it must not outlive the run),
-        or after ``lease_s`` if the database does not answer it (a late renewal revives nothing)."""
+        """No longer vouched for; returns once a beat in flight has ended, or after ``lease_s`` if the
+        database does not answer it."""
         heartbeats().remove(self, wait_s=get_settings().lease_s)
 
     def renewed(self, cancel: bool) -> None:
         if self.failing:
-            self.log.info("[%s] heartbeat renewed the lease again", self.job.name)
+            self.log.info("[%s] heartbeat reached the database again", self.job.name)
         self.failing = False
         if cancel:
             self.cancel.set()
@@ -53,56 +60,102 @@ class Lease:
 
 
 class Heartbeats(threading.Thread):
-    """The process's heartbeat thread and the leases it renews."""
+    """The process's heartbeat thread, its own database connection, and the leases it vouches for."""
 
     def __init__(self) -> None:
         super().__init__(name="heartbeat", daemon=True)
         self._leases: dict[uuid.UUID, Lease] = {}
         self._lock = threading.Lock()
-        self._beating = threading.Lock()  # held while a renewal is in flight
+        self._beating = threading.Lock()  # held while a beat is in flight
+        self._wake = threading.Event()
+        # Its own connection, not the pool's: the connection a sweeper looks for stays the same for
+        # the process's life (a pooled one may be closed while the process lives on).
+        self._conn: Connection | None = None
+        self._engine: Engine | None = None
 
     def add(self, lease: Lease) -> None:
         with self._lock:
             self._leases[lease.claim.run_id] = lease
+        self._wake.set()
 
     def remove(self, lease: Lease, *, wait_s: float) -> None:
+        """Stop vouching for ``lease``; its owner's row goes with the owner's last lease."""
         beat_over = self._beating.acquire(timeout=wait_s)
         try:
+            owner = lease.claim.worker_id
             with self._lock:
                 if self._leases.get(lease.claim.run_id) is lease:
                     del self._leases[lease.claim.run_id]
+                last = all(other.claim.worker_id != owner for other in self._leases.values())
+            if last and beat_over:
+                self._forget(owner)
         finally:
             if beat_over:
                 self._beating.release()
 
+    def _forget(self, owner: str) -> None:
+        try:
+            with statement_scope() as conn:
+                forget(conn, owner)
+        except Exception as exc:  # the row goes stale, and a sweeper deletes it
+            log.warning("could not delete the heartbeat of %s: %s: %s", owner, type(exc).__name__, exc)
+
     def run(self) -> None:
         while True:
-            time.sleep(get_settings().heartbeat_interval_s)
+            self._wake.wait(get_settings().heartbeat_interval_s)
+            self._wake.clear()
             self.beat()
 
     def beat(self) -> None:
-        """Renew every lease, one statement per job."""
+        """Write the heartbeat of every owner with a lease here, in one statement."""
         with self._beating:
-            self._renew()
+            with self._lock:
+                leases = list(self._leases.values())
+            if leases:
+                self._beat(leases)
 
-    def _renew(self) -> None:
-        by_job: dict[str, list[Lease]] = defaultdict(list)
-        with self._lock:
-            for lease in self._leases.values():
-                by_job[lease.job.key].append(lease)
-        for leases in by_job.values():
-            try:
-                with statement_scope() as conn:
-                    held = renew_leases(conn=conn, job=leases[0].job, claims=[lease.claim for lease in leases])
-            except Exception as exc:
-                for lease in leases:
-                    lease.failed(exc)
-                continue
+    def _beat(self, leases: list[Lease]) -> None:
+        jobs = {job.key: job for job in all_jobs()} | {lease.job.key: lease.job for lease in leases}
+        params = {
+            "owners": sorted({lease.claim.worker_id for lease in leases}),
+            "held": [lease.claim.run_id for lease in leases],
+            "tokens": [lease.claim.token for lease in leases],
+            "holders": [lease.claim.worker_id for lease in leases],
+        }
+        try:
+            rows = self._connection().execute(beat_sql(tuple(jobs[k] for k in sorted(jobs))), params).all()
+        except Exception as exc:
+            self._disconnect()
             for lease in leases:
-                if lease.claim.run_id in held:
-                    lease.renewed(held[lease.claim.run_id])
-                else:
-                    lease.lost.set()
+                lease.failed(exc)
+            return
+        held = {row.id: bool(row.cancel_requested) for row in rows}
+        for lease in leases:
+            if lease.claim.run_id in held:
+                lease.renewed(held[lease.claim.run_id])
+            else:
+                lease.lost.set()
+
+    def _connection(self) -> Connection:
+        engine = get_engine()
+        if self._conn is None or self._engine is not engine:
+            self._disconnect()
+            conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            conn.detach()  # never returned to the pool, so never recycled or closed by it
+            self._conn, self._engine = conn, engine
+        return self._conn
+
+    def close(self) -> None:
+        """Close the heartbeat's connection (a heartbeat that is not started, in tests)."""
+        self._disconnect()
+
+    def _disconnect(self) -> None:
+        conn, self._conn, self._engine = self._conn, None, None
+        if conn is not None:
+            try:
+                conn.close()  # detached: closes the connection itself
+            except Exception:  # already broken: nothing more to close
+                pass
 
 
 _heartbeats: Heartbeats | None = None

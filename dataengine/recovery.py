@@ -11,13 +11,14 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from sqlalchemy import text
 
-from dataengine.db import session_scope
+from dataengine.db import session_scope, statement_scope
 from dataengine.dbretry import db_unavailable
 from dataengine.jobs import Job, all_jobs
+from dataengine.liveness import bury, dead_owners
 from dataengine.runs import Requeued, finish_run, redispatch_soon, requeue_expired
 from dataengine.settings import get_settings
 from models.base import RunStatus
@@ -55,15 +56,16 @@ def describe_losses(*, job: Job, run_id: uuid.UUID, losses: int, index: int) -> 
     )
 
 
-def sweep_job(*, job: Job, send: Sender, waiting: Waiting | None = None) -> list[Requeued]:
+def sweep_job(*, job: Job, send: Sender, waiting: Waiting | None = None, dead: Sequence[str] = ()) -> list[Requeued]:
     """One sweep of one job's runs; sends a task for each run taken back, after the commit.
 
     A run no worker held is sent again only if its message is no longer waiting in the broker
     (``waiting``), so a long backlog is not duplicated. Each run is sent on its own: one that
-    cannot be sent is due again at the next sweep, and the others still go.
+    cannot be sent is due again at the next sweep, and the others still go. ``dead`` names
+    processes known dead (``liveness.dead_owners``), whose runs are all taken back at once.
     """
     with session_scope() as session:
-        requeued = requeue_expired(session=session, job=job)
+        requeued = requeue_expired(session=session, job=job, dead=dead)
     unsent: list[uuid.UUID] = []
     for r in requeued:
         if r.poison is not None:
@@ -108,11 +110,24 @@ def sweep(*, send: Sender, waiting: Waiting | None = None) -> list[Requeued]:
     return [r for job in all_jobs() for r in sweep_job(job=job, send=send, waiting=waiting)]
 
 
+def take_back_dead(*, send: Sender, jobs: Sequence[Job] | None = None) -> list[Requeued]:
+    """Take back every run (of every registered job, or of ``jobs``) of the processes whose heartbeat
+    says they died, and delete their heartbeats."""
+    with statement_scope() as conn:
+        dead = dead_owners(conn)
+    if not dead:
+        return []
+    requeued = [r for job in (all_jobs() if jobs is None else jobs) for r in sweep_job(job=job, send=send, dead=dead)]
+    with statement_scope() as conn:
+        bury(conn, dead)
+    return requeued
+
+
 class Sweeper(threading.Thread):
     """Sweeps every ``sweep_interval_s`` until stopped; an error is logged and the next sweep goes on.
 
-    After the database was unreachable, takebacks wait one lease longer: every lease ran out
-    during the outage, and the workers still alive must get the chance to renew theirs before
+    After the database was unreachable, takebacks wait one lease longer: every heartbeat went
+    stale during the outage, and the workers still alive must get the chance to beat again before
     their runs are counted as lost.
     """
 
@@ -130,23 +145,31 @@ class Sweeper(threading.Thread):
 
     def run(self) -> None:
         s = get_settings()
-        while not self.stopped.wait(s.sweep_interval_s):
+        next_sweep = time.monotonic() + s.sweep_interval_s
+        # Dead processes are looked for at every heartbeat interval (one small query); the full
+        # sweep, for lapsed leases and runs never claimed, every sweep interval.
+        while not self.stopped.wait(min(s.heartbeat_interval_s, s.sweep_interval_s)):
+            full = time.monotonic() >= next_sweep
             try:
                 with _sweeping:
-                    self.sweep_once()
+                    self.sweep_once(full=full)
             except Exception as exc:
                 self.db_down = self.db_down or db_unavailable(exc)
                 log.warning("sweep failed (%s: %s); retrying in %.1fs", type(exc).__name__, exc, s.sweep_interval_s)
+            if full:
+                next_sweep = time.monotonic() + s.sweep_interval_s
 
-    def sweep_once(self) -> list[Requeued]:
-        """One sweep, unless the database has only just come back."""
+    def sweep_once(self, *, full: bool = True) -> list[Requeued]:
+        """Take back the runs of dead processes and, if ``full``, sweep; nothing while the database has
+        only just come back."""
         if self.db_down:
             with session_scope() as session:
                 session.execute(text("SELECT 1"))
             s = get_settings()
             self.db_down, self.hold_until = False, time.monotonic() + s.lease_s + s.heartbeat_interval_s
-            log.warning("database reachable again; runs are taken back after %.0fs, once live workers renewed",
+            log.warning("database reachable again; runs are taken back after %.0fs, once live workers beat again",
                         s.lease_s + s.heartbeat_interval_s)
         if time.monotonic() < self.hold_until:
             return []
-        return sweep(send=self.send, waiting=self.waiting)
+        requeued = take_back_dead(send=self.send)
+        return requeued + sweep(send=self.send, waiting=self.waiting) if full else requeued

@@ -50,9 +50,6 @@ from models.base import RunStatus
 STEP_PAGE_SIZE = 200
 #: Units of steps a checkpoint records ahead as in flight (charged, not run, if the worker dies).
 AHEAD = 4
-#: Steps recorded ahead start without a checkpoint of their own only this soon (a fraction of the
-#: lease) after the last checkpoint the database accepted, which proved the lease still ours.
-CONFIRMED_FOR = 0.5
 T = TypeVar("T")
 
 
@@ -317,7 +314,7 @@ class Execution:
         that was paused past its lease and taken over gets ``LeaseLost`` here and starts nothing.
         It also records a few steps ahead (``self.ahead``) as in flight: when a step ends soon after,
         the next one starts at once, while the checkpoint recording the first is being written,
-        provided that proof is recent (a fraction of the lease, so no other worker can have it yet).
+        provided that proof is recent (a heartbeat interval, so no other worker can have it yet).
         """
         stopping = self.cancelled or self.failure is not None or _draining.is_set()
         if stopping and self.ahead:
@@ -325,7 +322,9 @@ class Execution:
         free = 0 if stopping else budget.room(len(self.in_flight))
         ready, self.ahead = self.ahead[:free], self.ahead[free:]
         free -= len(ready)
-        if ready and time.monotonic() - self.confirmed_at < self.s.lease_s * CONFIRMED_FOR:
+        # Only this soon after the last checkpoint the database accepted (which proved the lease
+        # ours): a process is taken over no sooner than two heartbeat intervals after its last beat.
+        if ready and time.monotonic() - self.confirmed_at < self.s.heartbeat_interval_s:
             self._start(ready, context)
             ready = []
         starting = ready + self._next_units(steps, free)

@@ -1,7 +1,9 @@
-"""Claim, lease, heartbeat, checkpoint, finish and requeue: the only writer of the lease columns.
+"""Claim, lease, checkpoint, finish and requeue: the writer of the lease columns (with the heartbeat's
+hand-back of orphans, ``dataengine.liveness``).
 
-A run is leased by a worker (``lease_owner``, ``lease_expires_at`` from the database clock) and
-every claim bumps ``fencing_token``. Every later write by that worker says
+A run is leased by a worker process (``lease_owner``): the lease holds while that process's
+heartbeat is fresh, or until ``lease_expires_at`` (from the database clock, set by the claim) when
+it has none. A checkpoint writes no indexed column, so PostgreSQL can update the row in place (HOT). Every claim bumps ``fencing_token``. Every later write by that worker says
 ``WHERE fencing_token = :token``: once another worker has claimed the run, the old one's
 writes match no row, and it stops.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import cache
@@ -35,6 +38,7 @@ from sqlalchemy.orm import Session
 
 from dataengine.errors import InvalidRunId, LeaseLost, RunNotFound
 from dataengine.jobs import Job
+from dataengine.liveness import owner_alive
 from dataengine.settings import get_settings
 from models.base import ACTIVE_STATUSES, FINAL_STATUSES, RunStatus
 
@@ -124,7 +128,7 @@ def claim_run(
     """Take the lease on a queued or running run whose lease is free or expired, or held by
     ``dead_owner``, a process known to be gone."""
     t, s = job.runs, get_settings()
-    free = [t.c.lease_owner.is_(None), t.c.lease_expires_at < func.now()]
+    free = [t.c.lease_owner.is_(None), lease_lapsed(t)]
     if dead_owner is not None:
         free.append(t.c.lease_owner == dead_owner)
     row = session.execute(
@@ -182,29 +186,6 @@ def count_steps(*, session: Session, job: Job, claim: Claim) -> int:
     return total
 
 
-def renew_leases(*, conn: Connection, job: Job, claims: list[Claim]) -> dict[uuid.UUID, bool]:
-    """Extend the leases of many runs of ``job`` in one statement (a process's heartbeat): the runs still
-    held, each with whether cancellation was requested. A run missing from it lost its lease: taken
-    over, taken back by the sweeper, handed back or finished (a late renewal never revives a lease)."""
-    rows = conn.execute(_renew_sql(job), {
-        "ids": [c.run_id for c in claims], "tokens": [c.token for c in claims],
-        "owners": [c.worker_id for c in claims], "lease": timedelta(seconds=get_settings().lease_s),
-    })
-    return {row.id: bool(row.cancel_requested) for row in rows}
-
-
-@cache
-def _renew_sql(job: Job) -> TextClause:
-    t = job.runs.name
-    return text(f"""
-        UPDATE {t} SET lease_expires_at = now() + :lease, heartbeat_at = now()
-        FROM unnest(CAST(:ids AS uuid[]), CAST(:tokens AS bigint[]), CAST(:owners AS text[])) AS h(id, token, owner)
-        WHERE {t}.id = h.id AND {t}.fencing_token = h.token AND {t}.lease_owner = h.owner
-          AND {t}.status = '{RunStatus.running.value}'
-        RETURNING {t}.id, {t}.cancel_requested
-    """)
-
-
 def recorded_steps(*, session: Session, job: Job, run_id: uuid.UUID, from_index: int) -> set[int]:
     """Indexes at or after ``from_index`` that already have a result (at most the steps that were in flight)."""
     r = job.results
@@ -248,7 +229,6 @@ def checkpoint(
             "next_index": next_index,
             "in_flight": in_flight,
             "eta_s": eta_s,
-            "lease_s": timedelta(seconds=get_settings().lease_s),
         },
     ).one_or_none()
     if row is None:
@@ -307,8 +287,7 @@ def _checkpoint_sql(job: Job) -> TextClause:
             completion_tokens = {t.name}.completion_tokens + added.completion_tokens,
             cost_usd = {t.name}.cost_usd + added.cost_usd,
             eta_s = :eta_s,
-            last_updated_at = now(),
-            lease_expires_at = now() + :lease_s
+            last_updated_at = now()
         FROM added, fenced
         WHERE {t.name}.id = fenced.id
         RETURNING {t.name}.completed_steps, {t.name}.cancel_requested
@@ -405,28 +384,35 @@ def retry_run(*, session: Session, job: Job, run_id: uuid.UUID) -> str | None:
     return status
 
 
-def due_runs(*, job: Job, limit: int) -> Select:
-    """Active runs whose lease expired, or that a producer wrote and no worker claimed in time,
-    locked for the sweeper (a concurrent sweeper skips them)."""
+def lease_lapsed(t: Any) -> Any:
+    """The run's lease ran out and its owner (if any) has no fresh heartbeat: nobody works under it."""
+    return and_(t.c.lease_expires_at < func.now(),
+                text(f"NOT {owner_alive(t.name)}").bindparams(lease=timedelta(seconds=get_settings().lease_s)))
+
+
+def due_runs(*, job: Job, limit: int, dead: Sequence[str] = ()) -> Select:
+    """Active runs held by a dead process (``dead``), whose lease lapsed, or that a producer wrote and
+    no worker claimed in time, locked for the sweeper (a concurrent sweeper skips them)."""
     t, s = job.runs, get_settings()
-    # Two arms, each an index scan on its own partial index (a COALESCE of both could use neither).
+    # Each arm an index scan on its own partial index (a COALESCE of them could use none).
+    arms = [
+        lease_lapsed(t),
+        and_(t.c.lease_expires_at.is_(None), t.c.created_at < func.now() - _seconds(s.redispatch_after_s)),
+    ]
+    if dead:
+        arms.append(t.c.lease_owner.in_(list(dead)))
     return (
         select(t.c.id, t.c.lease_owner)
-        .where(
-            t.c.status.in_(ACTIVE_STATUSES),
-            or_(
-                t.c.lease_expires_at < func.now(),
-                and_(t.c.lease_expires_at.is_(None), t.c.created_at < func.now() - _seconds(s.redispatch_after_s)),
-            ),
-        )
+        .where(t.c.status.in_(ACTIVE_STATUSES), or_(*arms))
         .order_by(t.c.lease_expires_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
 
 
-def requeue_expired(*, session: Session, job: Job, limit: int = 100) -> list[Requeued]:
-    """Take back active runs whose lease expired, or that no worker claimed in time.
+def requeue_expired(*, session: Session, job: Job, limit: int = 100, dead: Sequence[str] = ()) -> list[Requeued]:
+    """Take back active runs held by a dead process (``dead``) or whose lease lapsed, or that no worker
+    claimed in time.
 
     Each is returned once however many sweepers run: the update moves the expiry forward under a
     row lock, so a concurrent sweeper no longer matches it. The takeback bumps the fencing token,
@@ -435,7 +421,7 @@ def requeue_expired(*, session: Session, job: Job, limit: int = 100) -> list[Req
     ``max_losses_per_step`` of them.
     """
     t, s = job.runs, get_settings()
-    due = due_runs(job=job, limit=limit).cte("due")
+    due = due_runs(job=job, limit=limit, dead=dead).cte("due")
     rows = session.execute(
         update(t)
         .where(t.c.id == due.c.id)

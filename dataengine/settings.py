@@ -105,9 +105,14 @@ class Settings(BaseSettings):
     llm_recovery_start: float = Field(0.5, gt=0, le=1)
     llm_recovery_s: float = Field(30.0, ge=0)
 
-    # The run engine (dataengine.runs / dataengine.recovery).
+    # The run engine (dataengine.runs / dataengine.recovery / dataengine.liveness).
+    #: A process whose heartbeat is this late is dead and its runs are taken back (at twice the
+    #: heartbeat interval if its database connection is gone too); a run whose holder has no
+    #: heartbeat holds this long after its claim or last checkpoint.
     lease_s: float = Field(3.0, gt=0)
-    heartbeat_interval_s: float = Field(1.0, gt=0)
+    #: How often a process holding runs writes its heartbeat, and how often sweepers look for dead ones.
+    heartbeat_interval_s: float = Field(0.25, gt=0)
+    #: How often sweepers look for lapsed leases and runs no worker claimed.
     sweep_interval_s: float = Field(1.0, gt=0)
     #: A run enqueued (or re-enqueued) but not claimed for this long is enqueued again.
     redispatch_after_s: float = Field(300.0, gt=0)

@@ -9,11 +9,12 @@ from models.knowledge import (
     KnowledgeRefreshSource,
     KnowledgeSource,
 )
+from models.liveness import WorkerHeartbeat
 from models.propertyaudit import GeoQuery, GeoQueryResult, GeoRun
 from models.reviewflow import Review, ReviewAnalysisRow, ReviewFlowRun
 
 __all__ = [
     "ApiKey", "Base", "DocumentChunk", "GeoQuery", "GeoQueryResult", "GeoRun", "KnowledgeRefreshResult", "KnowledgeRefreshRun",
     "KnowledgeRefreshSource", "KnowledgeSource", "Review", "ReviewAnalysisRow", "ReviewFlowRun", "RunMixin",
-    "RunStatus", "StepMixin", "StepResultMixin",
+    "RunStatus", "StepMixin", "StepResultMixin", "WorkerHeartbeat",
 ]

@@ -113,6 +113,8 @@ class RunMixin:
             # The sweeper's scan, in two index scans: active runs by lease expiry, and active runs a
             # producer wrote without a lease (no message seen yet) by creation time.
             Index(f"ix_{cls.__tablename__}_active_lease", "lease_expires_at", postgresql_where=text(active)),
+            # The runs of a process found dead, taken back at once.
+            Index(f"ix_{cls.__tablename__}_active_owner", "lease_owner", postgresql_where=text(active)),
             Index(
                 f"ix_{cls.__tablename__}_unleased",
                 "created_at",

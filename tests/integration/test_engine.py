@@ -137,8 +137,9 @@ def test_a_step_recorded_ahead_starts_while_the_checkpoint_before_it_is_written(
     def step(ctx, index, item):
         executed.append(index)
         # A step started only after its own checkpoint would wait here in vain: the loop writes
-        # nothing while its one step runs.
-        overlapped.append(writing.wait(timeout=1.0))
+        # nothing while its one step runs. (Briefly: a step starts early only within a heartbeat
+        # interval of the last checkpoint.)
+        overlapped.append(writing.wait(timeout=0.1))
         return StepOutcome({"echoed": item})
 
     monkeypatch.setattr(runloop, "checkpoint", slow_checkpoint)
