@@ -159,6 +159,28 @@ def test_a_run_resumes_on_another_worker_within_seconds_of_a_main_process_sigkil
     assert_nothing_paid_twice(fake_llm, prompts, checkpointed, kind)
 
 
+def test_a_dead_worker_is_known_by_its_closed_connection_long_before_its_heartbeat_goes_stale(workers, fake_llm):
+    """A process that dies closes its PostgreSQL connection at once: the other worker's sweeper takes
+    its runs back in about a second, although its heartbeat would count as stale only after 30 s."""
+    lease = {"DATAENGINE_LEASE_S": "30"}
+    fake_llm.configure(latency_ms=120)
+    standing = {name: workers(name, env=lease) for name in ("a", "b")}
+    run_id = create_audit(200)
+    enqueue(run_id)
+    row = wait_for(lambda: progressed(run_id, 4), timeout_s=30, what="4 checkpointed steps")
+    owner = row["lease_owner"].split("@")[0]
+    (other,) = set(standing) - {owner}
+    killed_at = time.monotonic()
+    standing[owner].kill_main()
+    done = len(results(run_id))
+    assert done < 150, "the run was nearly done before the kill; the test proves nothing"
+    wait_for(lambda: owned_by(run_id, other) and progressed(run_id, done + 1), timeout_s=25,
+             what=f"worker {other} to checkpoint a new step")
+    assert time.monotonic() - killed_at < 15, "taken back by the heartbeat's age, not the closed connection"
+    row = wait_for(lambda: finished(run_id), timeout_s=60, what="the run to finish")
+    assert row["status"] == "completed" and sorted(results(run_id)) == list(range(200))
+
+
 @CRASH_ROUTES
 def test_a_sigstopped_worker_that_wakes_after_a_takeover_writes_nothing(workers, fake_llm, kind):
     job = kind.job
