@@ -46,7 +46,7 @@ class Lease:
         database does not answer it."""
         heartbeats().remove(self, wait_s=get_settings().lease_s)
 
-    def renewed(self, cancel: bool) -> None:
+    def held(self, cancel: bool) -> None:
         if self.failing:
             self.log.info("[%s] heartbeat reached the database again", self.job.name)
         self.failing = False
@@ -132,7 +132,7 @@ class Heartbeats(threading.Thread):
         held = {row.id: bool(row.cancel_requested) for row in rows}
         for lease in leases:
             if lease.claim.run_id in held:
-                lease.renewed(held[lease.claim.run_id])
+                lease.held(held[lease.claim.run_id])
             else:
                 lease.lost.set()
 

@@ -416,7 +416,7 @@ def requeue_expired(*, session: Session, job: Job, limit: int = 100, dead: Seque
 
     Each is returned once however many sweepers run: the update moves the expiry forward under a
     row lock, so a concurrent sweeper no longer matches it. The takeback bumps the fencing token,
-    so a worker that was only paused can no longer renew, checkpoint or finish. A lost worker
+    so a worker that was only paused can no longer checkpoint or finish. A lost worker
     is charged to each step it had in flight; ``poison`` names a step that has now killed
     ``max_losses_per_step`` of them.
     """
