@@ -2,9 +2,10 @@
 
 Steps run on the process's step threads, each run keeping its fair share of them in flight
 (``dataengine.stepbudget``); results are checkpointed from the loop's own thread, in the order
-they finish, each batch in one transaction that also records the steps about to start, so a
-worker that dies is charged to the steps it really had in flight; being fenced, that write also
-proves the lease is still this worker's before any step starts. The process's heartbeat
+they finish, each batch in one transaction that also records the steps about to start and a few
+after them, so a worker that dies is charged to the steps it may have had in flight; being
+fenced, that write also proves the lease is still this worker's before any step starts (steps
+recorded ahead start within a heartbeat interval of such a proof). The process's heartbeat
 (``dataengine.heartbeats``) keeps the lease alive and notices cancellation or a takeover.
 Database outages are waited out (``db_retry_limit_s``): every write is fenced and idempotent,
 so retrying is safe.
@@ -48,8 +49,11 @@ from models.base import RunStatus
 
 #: Steps read from the database at a time, from the resume point on.
 STEP_PAGE_SIZE = 200
-#: Units of steps a checkpoint records ahead as in flight (charged, not run, if the worker dies).
-AHEAD = 4
+#: Units of steps a checkpoint records ahead as in flight at most (charged, not run, if the
+#: worker dies): twice the units running, so a checkpoint is needed only every few steps.
+AHEAD = 8
+#: How long finished steps may wait to be checkpointed with the next ones.
+GATHER_S = 0.05
 T = TypeVar("T")
 
 
@@ -191,6 +195,9 @@ class Execution:
         self.peeked: tuple[int, Any] | None = None
         #: Units the last checkpoint recorded as in flight, to start when room frees up.
         self.ahead: list[list[tuple[int, Any]]] = []
+        #: Finished steps not checkpointed yet (see ``_may_wait``), and since when.
+        self.pending: list[tuple[int, StepOutcome]] = []
+        self.pending_since = 0.0
         #: When the last checkpoint that the database accepted was sent (its lease was ours then).
         self.confirmed_at = -float("inf")
         self.heartbeat = Lease(job=job, claim=claim, log=log)
@@ -261,11 +268,14 @@ class Execution:
     def _loop(self, context: Any) -> None:
         steps = self._steps()
         self._advance([], steps, context)
-        while self.in_flight or self.ahead:
+        while self.in_flight or self.ahead or self.pending:
             if self.heartbeat.lost.is_set():
                 raise LeaseLost(run_id=self.claim.run_id, token=self.claim.token)
             self.cancelled = self.cancelled or self.heartbeat.cancel.is_set()
-            soonest = min((r.deadline for r in self.in_flight.values()), default=0) - time.monotonic()
+            deadlines = [r.deadline for r in self.in_flight.values()]
+            if self.pending:
+                deadlines.append(self.pending_since + GATHER_S)
+            soonest = min(deadlines, default=0) - time.monotonic()
             timeout = max(min(self.s.heartbeat_interval_s, soonest), 0.01)
             finished, _ = wait(self.in_flight, timeout=timeout, return_when=FIRST_COMPLETED)
             self._advance(self._collect(finished), steps, context)
@@ -329,15 +339,27 @@ class Execution:
             ready = []
         starting = ready + self._next_units(steps, free)
         marked = len(self.ahead)
-        if not any(i >= self.cursor for i in self.suspects):  # a suspect runs alone: nothing ahead of it
-            running = len(self.in_flight) + len(starting)
-            self.ahead += self._next_units(steps, min(running, AHEAD) - len(self.ahead))
-        if not results and not starting and len(self.ahead) == marked:
+        # Topped up once half used (a suspect runs alone: nothing is recorded ahead of it).
+        want = min(2 * (len(self.in_flight) + len(starting)), AHEAD)
+        if len(self.ahead) <= want // 2 and not any(i >= self.cursor for i in self.suspects):
+            self.ahead += self._next_units(steps, want - len(self.ahead))
+        if results and not self.pending:
+            self.pending_since = time.monotonic()
+        self.pending += results
+        if not starting and len(self.ahead) == marked and (not self.pending or self._may_wait(stopping)):
             return
         busy = [index for r in self.in_flight.values() for index in r.indexes]
         busy += [index for unit in starting + self.ahead for index, _ in unit]
-        self._checkpoint(results, sorted(busy))
+        recorded, self.pending = self.pending, []
+        self._checkpoint(recorded, sorted(busy))
         self._start(starting, context)
+
+    def _may_wait(self, stopping: bool) -> bool:
+        """Whether finished steps may wait for the next checkpoint: while steps recorded ahead keep
+        the run going, for ``GATHER_S`` at most. (Recorded as in flight meanwhile, they count as
+        such if the worker dies.)"""
+        return (not stopping and bool(self.in_flight) and bool(self.ahead)
+                and time.monotonic() - self.pending_since < GATHER_S)
 
     def _start(self, units: list[list[tuple[int, Any]]], context: Any) -> None:
         """Submit steps the database records as in flight."""

@@ -182,6 +182,31 @@ def test_a_worker_shutting_down_hands_back_a_run_whose_last_steps_were_only_reco
     assert run(run_id).status == "completed" and sorted(results(run_id)) == [0, 1, 2]
 
 
+def test_finished_steps_are_checkpointed_together_yet_none_waits_for_slow_ones(monkeypatch):
+    """Steps that finish close together share a checkpoint; a step that finishes alone is recorded
+    within moments all the same, not when the slow steps beside it end."""
+    monkeypatch.setenv("DATAENGINE_STEP_CONCURRENCY", "4")
+    from conftest import reload_settings
+
+    reload_settings()
+    checkpoints: list[int] = []
+    run_id = create_texts(40)
+
+    def counted(**kwargs):
+        checkpoints.append(len(kwargs["results"]))
+        return runs.checkpoint(**kwargs)
+
+    def step(ctx, index, item):
+        if index:  # every other step is slow until step 0 is on record
+            wait_until(lambda: 0 in results(run_id))
+        return StepOutcome({"echoed": item})
+
+    monkeypatch.setattr(runloop, "checkpoint", counted)
+    assert run(run_id, job=dataclasses.replace(JOB, execute_step=step)).status == "completed"
+    assert sorted(results(run_id)) == list(range(40)) and run_row(run_id)["completed_steps"] == 40
+    assert len([n for n in checkpoints if n]) < 40, checkpoints  # not one checkpoint per step
+
+
 def wait_until(condition, timeout_s: float = 10.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
