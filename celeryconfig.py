@@ -52,9 +52,9 @@ task_track_started = True
 task_annotations = {"*": {"Request": "dataengine.broker:Request", "Strategy": "dataengine.broker:strategy"}}
 result_expires = 7 * 24 * 3600
 
-# Events for Flower.
+# Events for Flower (task-sent only when asked for: it costs every send a second round trip).
 worker_send_task_events = True
-task_send_sent_event = True
+task_send_sent_event = _s.task_sent_events
 
 include = list(_s.job_modules)  # each registers its job and its tasks
 

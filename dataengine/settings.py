@@ -159,6 +159,10 @@ class Settings(BaseSettings):
     # local use on purpose (``DATAENGINE_FLOWER_ALLOW_NO_AUTH=true``, never in production).
     flower_basic_auth: SecretStr | None = Field(None, validation_alias=_env("FLOWER_BASIC_AUTH"))
     flower_allow_no_auth: bool = False
+    #: A ``task-sent`` event per message sent, so Flower lists tasks still queued: a second Redis
+    #: round trip on every send (a third of a submit's cost). Off, Flower lists a task once a
+    #: worker receives it; queued runs are on the runs page and the API either way.
+    task_sent_events: bool = False
 
     #: A worker or beat ends with the process that started it (the demo, tests, benchmarks).
     die_with_parent: bool = False
