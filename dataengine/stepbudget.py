@@ -17,10 +17,11 @@ import os
 import threading
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 
 from dataengine.settings import get_settings
+from dataengine.stepthreads import StepThreads
 
 
 class StepBudget:
@@ -30,7 +31,7 @@ class StepBudget:
         self._lock = threading.Lock()
         self._runs: set[uuid.UUID] = set()
         self._in_flight = 0  # steps submitted and not yet ended, every run's
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: StepThreads | None = None
         self._pool_pid: int | None = None
 
     def room(self, mine: int) -> int:
@@ -76,20 +77,19 @@ class StepBudget:
         with self._lock:
             self._in_flight -= 1
 
-    def _threads(self) -> ThreadPoolExecutor:
+    def _threads(self) -> StepThreads:
         # A forked pool process inherits the object but none of its threads: it builds its own.
         with self._lock:
             if self._pool is None or self._pool_pid != os.getpid():
-                self._pool = ThreadPoolExecutor(max_workers=get_settings().calls_in_flight, thread_name_prefix="step")
+                self._pool = StepThreads(get_settings().calls_in_flight)
                 self._pool_pid = os.getpid()
             return self._pool
 
     def reset(self) -> None:
-        """Forget the thread pool, so the next step builds one from the settings (tests change them)."""
+        """Forget the step threads, so the next step builds them from the settings (tests change
+        them); idle ones end on their own."""
         with self._lock:
-            pool, self._pool, self._pool_pid = self._pool, None, None
-        if pool is not None and not self._runs:
-            pool.shutdown(wait=False)
+            self._pool, self._pool_pid = None, None
 
 
 #: The process's budget.

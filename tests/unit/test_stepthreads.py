@@ -1,0 +1,75 @@
+"""A process's step threads: as many as steps in flight, up to the limit, and none kept idle."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from dataengine import stepthreads
+from dataengine.stepthreads import StepThreads
+
+
+@pytest.fixture(autouse=True)
+def short_idle(monkeypatch):
+    monkeypatch.setattr(stepthreads, "IDLE_S", 0.2)
+
+
+def wait_until(condition, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_steps_run_at_once_up_to_the_limit_then_wait_for_a_thread():
+    pool, release = StepThreads(8), threading.Event()
+    live, peak, lock = [0], [0], threading.Lock()
+
+    def step(n):
+        with lock:
+            live[0] += 1
+            peak[0] = max(peak[0], live[0])
+        release.wait(5)
+        with lock:
+            live[0] -= 1
+        return n * 2
+
+    futures = [pool.submit(step, n) for n in range(20)]
+    wait_until(lambda: live[0] == 8)
+    assert pool.threads == 8  # the other 12 wait for a thread, none is started past the limit
+    release.set()
+    assert [f.result(timeout=5) for f in futures] == [n * 2 for n in range(20)]
+    assert peak[0] == 8
+
+
+def test_idle_threads_end_and_a_later_burst_starts_them_again():
+    pool = StepThreads(64)
+    release = threading.Event()
+    futures = [pool.submit(release.wait, 5) for _ in range(40)]
+    wait_until(lambda: pool.threads == 40)
+    release.set()
+    assert all(f.result(timeout=5) for f in futures)
+    wait_until(lambda: pool.threads == 0)  # a burst's threads are not kept
+    assert [pool.submit(lambda n=n: n).result(timeout=5) for n in range(5)] == list(range(5))
+    errors = pool.submit(lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        errors.result(timeout=5)
+
+
+def test_a_step_cancelled_while_queued_never_runs_and_steps_keep_flowing_under_churn():
+    pool, ran = StepThreads(2), []
+    gate = threading.Event()
+    first = [pool.submit(gate.wait, 5) for _ in range(2)]
+    queued = pool.submit(ran.append, "cancelled")
+    assert queued.cancel()
+    gate.set()
+    assert all(f.result(timeout=5) for f in first)
+    # Submits racing idle threads that are ending: every step still runs, on at most 2 threads.
+    for _ in range(30):
+        futures = [pool.submit(ran.append, n) for n in range(3)]
+        for f in futures:
+            f.result(timeout=5)
+        time.sleep(0.2 if _ % 5 == 0 else 0)
+    assert "cancelled" not in ran and len(ran) == 90 and pool.threads <= 2
