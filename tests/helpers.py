@@ -5,6 +5,7 @@ Every helper works on any job (``job=``); without one it means PropertyAudit.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from typing import Any
 
@@ -140,3 +141,20 @@ def record(c: Any, indexes: list[int], next_index: int, in_flight: tuple[int, ..
     with session_scope() as session:
         checkpoint(session=session, job=_job(job), claim=c, results=[result_row(i, job=job) for i in indexes],
                    next_index=next_index, in_flight=list(in_flight), eta_s=None)
+
+
+class Concurrency:
+    """``with gauge:`` around work done on several threads: how many are inside now, and the most ever."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.live = self.peak = 0
+
+    def __enter__(self) -> None:
+        with self._lock:
+            self.live += 1
+            self.peak = max(self.peak, self.live)
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self.live -= 1

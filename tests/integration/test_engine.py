@@ -14,8 +14,10 @@ import time
 import uuid
 
 import pytest
+from conftest import wait_for
 from echoruns import claim, create_texts, expire_lease, record, results, run_row
 from enginejob import ECHO
+from helpers import Concurrency
 
 from dataengine import runloop, runs
 from dataengine.db import session_scope
@@ -100,20 +102,16 @@ def test_steps_of_one_run_are_in_flight_together(monkeypatch):
     from conftest import reload_settings
 
     reload_settings()
-    lock, live, peak = threading.Lock(), [0], [0]
+    gauge = Concurrency()
 
     def slow_step(ctx, index, item):
-        with lock:
-            live[0] += 1
-            peak[0] = max(peak[0], live[0])
-        time.sleep(0.1)
-        with lock:
-            live[0] -= 1
+        with gauge:
+            time.sleep(0.1)
         return StepOutcome({"echoed": item})
 
     run_id = create_texts(9)
     run(run_id, job=dataclasses.replace(JOB, execute_step=slow_step))
-    assert peak[0] == 3
+    assert gauge.peak == 3
     assert run_row(run_id)["completed_steps"] == 9
 
 
@@ -168,7 +166,8 @@ def test_a_worker_shutting_down_hands_back_a_run_whose_last_steps_were_only_reco
     try:
         worker = threading.Thread(target=lambda: outcomes.append(run(run_id, job=job)))
         worker.start()
-        wait_until(lambda: run_row(run_id)["in_flight_steps"] == [0, 1, 2])
+        wait_for(lambda: run_row(run_id)["in_flight_steps"] == [0, 1, 2], timeout_s=10, interval_s=0.01,
+                 what="steps 0-2 in flight")
         runloop.drain()
         release.set()
         worker.join(timeout=10)
@@ -198,20 +197,13 @@ def test_finished_steps_are_checkpointed_together_yet_none_waits_for_slow_ones(m
 
     def step(ctx, index, item):
         if index:  # every other step is slow until step 0 is on record
-            wait_until(lambda: 0 in results(run_id))
+            wait_for(lambda: 0 in results(run_id), timeout_s=10, interval_s=0.01, what="step 0 on record")
         return StepOutcome({"echoed": item})
 
     monkeypatch.setattr(runloop, "checkpoint", counted)
     assert run(run_id, job=dataclasses.replace(JOB, execute_step=step)).status == "completed"
     assert sorted(results(run_id)) == list(range(40)) and run_row(run_id)["completed_steps"] == 40
     assert len([n for n in checkpoints if n]) < 40, checkpoints  # not one checkpoint per step
-
-
-def wait_until(condition, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def test_a_finished_run_enqueued_again_is_a_no_op():
@@ -300,16 +292,13 @@ def test_suspect_steps_run_alone_after_a_loss():
     record(claim(run_id, "w/0"), [], 0, in_flight=(0, 1, 2, 3))
     expire_lease(run_id, owner="w/0")
     sweep_job(job=JOB, send=ignore_sends)
-    lock, live, alone = threading.Lock(), [0], []
+    gauge, alone = Concurrency(), []
 
     def step(ctx, index, item):
-        with lock:
-            live[0] += 1
+        with gauge:
             if index <= 3:
-                alone.append(live[0] == 1)
-        time.sleep(0.05)
-        with lock:
-            live[0] -= 1
+                alone.append(gauge.live == 1)
+            time.sleep(0.05)
         return StepOutcome({"echoed": item})
 
     assert run(run_id, job=dataclasses.replace(JOB, execute_step=step)).status == "completed"

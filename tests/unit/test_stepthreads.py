@@ -6,6 +6,8 @@ import threading
 import time
 
 import pytest
+from conftest import wait_for
+from helpers import Concurrency
 
 from dataengine import stepthreads
 from dataengine.stepthreads import StepThreads
@@ -16,42 +18,30 @@ def short_idle(monkeypatch):
     monkeypatch.setattr(stepthreads, "IDLE_S", 0.2)
 
 
-def wait_until(condition, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 def test_steps_run_at_once_up_to_the_limit_then_wait_for_a_thread():
-    pool, release = StepThreads(8), threading.Event()
-    live, peak, lock = [0], [0], threading.Lock()
+    pool, release, gauge = StepThreads(8), threading.Event(), Concurrency()
 
     def step(n):
-        with lock:
-            live[0] += 1
-            peak[0] = max(peak[0], live[0])
-        release.wait(5)
-        with lock:
-            live[0] -= 1
+        with gauge:
+            release.wait(5)
         return n * 2
 
     futures = [pool.submit(step, n) for n in range(20)]
-    wait_until(lambda: live[0] == 8)
+    wait_for(lambda: gauge.live == 8, timeout_s=5, interval_s=0.01, what="8 steps running")
     assert pool.threads == 8  # the other 12 wait for a thread, none is started past the limit
     release.set()
     assert [f.result(timeout=5) for f in futures] == [n * 2 for n in range(20)]
-    assert peak[0] == 8
+    assert gauge.peak == 8
 
 
 def test_idle_threads_end_and_a_later_burst_starts_them_again():
     pool = StepThreads(64)
     release = threading.Event()
     futures = [pool.submit(release.wait, 5) for _ in range(40)]
-    wait_until(lambda: pool.threads == 40)
+    wait_for(lambda: pool.threads == 40, timeout_s=5, interval_s=0.01, what="40 threads")
     release.set()
     assert all(f.result(timeout=5) for f in futures)
-    wait_until(lambda: pool.threads == 0)  # a burst's threads are not kept
+    wait_for(lambda: pool.threads == 0, timeout_s=5, interval_s=0.01, what="idle threads to end")  # not kept
     assert [pool.submit(lambda n=n: n).result(timeout=5) for n in range(5)] == list(range(5))
     errors = pool.submit(lambda: 1 / 0)
     with pytest.raises(ZeroDivisionError):
