@@ -52,7 +52,7 @@ STEP_PAGE_SIZE = 200
 #: Units of steps a checkpoint records ahead as in flight at most (charged, not run, if the
 #: worker dies): twice the units running, so a checkpoint is needed only every few steps.
 AHEAD = 8
-#: How long finished steps may wait to be checkpointed with the next ones.
+#: How long finished steps that cost nothing may wait to be checkpointed with the next ones.
 GATHER_S = 0.05
 T = TypeVar("T")
 
@@ -355,11 +355,12 @@ class Execution:
         self._start(starting, context)
 
     def _may_wait(self, stopping: bool) -> bool:
-        """Whether finished steps may wait for the next checkpoint: while steps recorded ahead keep
-        the run going, for ``GATHER_S`` at most. (Recorded as in flight meanwhile, they count as
-        such if the worker dies.)"""
+        """Whether finished steps may wait for the next checkpoint: steps that paid for nothing (an
+        unchanged source), while steps recorded ahead keep the run going, for ``GATHER_S`` at most.
+        An answer that was paid for is recorded at once: a worker dying meanwhile would pay again."""
         return (not stopping and bool(self.in_flight) and bool(self.ahead)
-                and time.monotonic() - self.pending_since < GATHER_S)
+                and time.monotonic() - self.pending_since < GATHER_S
+                and not any(o.usage.prompt_tokens or o.usage.completion_tokens for _, o in self.pending))
 
     def _start(self, units: list[list[tuple[int, Any]]], context: Any) -> None:
         """Submit steps the database records as in flight."""

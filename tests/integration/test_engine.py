@@ -23,6 +23,7 @@ from dataengine import runloop, runs
 from dataengine.db import session_scope
 from dataengine.errors import InvalidRunId, LeaseLost, RunNotFound, StepFailed
 from dataengine.jobs import StepOutcome
+from dataengine.llm import Usage
 from dataengine.recovery import sweep_job
 from dataengine.runloop import execute_run
 from dataengine.runs import Claim, claim_run, release_run, request_cancel
@@ -204,6 +205,25 @@ def test_finished_steps_are_checkpointed_together_yet_none_waits_for_slow_ones(m
     assert run(run_id, job=dataclasses.replace(JOB, execute_step=step)).status == "completed"
     assert sorted(results(run_id)) == list(range(40)) and run_row(run_id)["completed_steps"] == 40
     assert len([n for n in checkpoints if n]) < 40, checkpoints  # not one checkpoint per step
+
+
+def test_a_step_that_paid_for_an_answer_is_checkpointed_at_once(monkeypatch):
+    """Only steps that cost nothing wait to share a checkpoint: an answer paid for is on record at
+    once, so a worker dying a moment later does not pay for it again."""
+    monkeypatch.setenv("DATAENGINE_STEP_CONCURRENCY", "4")
+    from conftest import reload_settings
+
+    reload_settings()
+    monkeypatch.setattr(runloop, "GATHER_S", 30.0)  # free steps would wait this long: paid ones must not
+    run_id = create_texts(12)
+
+    def step(ctx, index, item):
+        if index:
+            wait_for(lambda: 0 in results(run_id), timeout_s=5, interval_s=0.01, what="step 0 on record")
+        return StepOutcome({"echoed": item}, usage=Usage(prompt_tokens=10, completion_tokens=2))
+
+    assert run(run_id, job=dataclasses.replace(JOB, execute_step=step)).status == "completed"
+    assert run_row(run_id)["prompt_tokens"] == 120
 
 
 def test_a_finished_run_enqueued_again_is_a_no_op():
