@@ -165,6 +165,8 @@ def bench_environment(*, llm_latency_ms: float = 0.0, with_llm: bool = True) -> 
     from dataengine.migrations import migrate
 
     cfg = config()
+    # A benchmark stopped with SIGTERM (kill, timeout) still stops its processes and drops its database.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     flush_redis()
     llm: FakeLLMProcess | None = None
     try:

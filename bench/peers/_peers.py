@@ -31,10 +31,10 @@ import _common  # noqa: E402
 
 #: Longest wait for a batch of runs or tasks to finish.
 WORKLOAD_TIMEOUT_S = 600.0
-#: (completed, ended otherwise, last finished) of the PropertyAudits created since a moment.
+#: (completed, ended otherwise, last finished) of the runs of a table created since a moment.
 OUR_RUNS_DONE = """
     SELECT count(*) FILTER (WHERE status = 'completed'), count(*) FILTER (WHERE status IN ('failed', 'cancelled')),
-           max(finished_at) FROM geo_runs WHERE created_at >= :since
+           max(finished_at) FROM {table} WHERE created_at >= :since
 """
 #: (done, failed: none, last done) of the bare app's ticks from an id on.
 BARE_TICKS_DONE = "SELECT count(done_at), 0, max(done_at) FROM bare_peer_ticks WHERE id >= :first"
@@ -143,16 +143,20 @@ def _seconds_until_done(started: datetime, query: str, params: dict[str, object]
     return (last[2] - started).total_seconds()
 
 
-def submit_audits(runs: int, *, queries: int) -> float:
-    """Send ``runs`` ``propertyaudit.submit`` of ``queries`` queries, as a producer does; seconds (database clock)
-    from just before the first send until the last run is ``completed``."""
+def submit_runs(runs: int, *, task: str, spec: dict[str, Any], table: str) -> float:
+    """Send ``runs`` of the submit ``task`` with ``spec``, as a producer does; seconds (database clock) from just
+    before the first send until the last run (a row of ``table``) is ``completed``."""
     from dataengine.celery_app import app
 
-    spec = _common.audit_spec(queries)
     started = _db_now()
     for _ in range(runs):
-        app.send_task("propertyaudit.submit", kwargs=spec)
-    return _seconds_until_done(started, OUR_RUNS_DONE, {"since": started}, count=runs)
+        app.send_task(task, kwargs=spec)
+    return _seconds_until_done(started, OUR_RUNS_DONE.format(table=table), {"since": started}, count=runs)
+
+
+def submit_audits(runs: int, *, queries: int) -> float:
+    """``submit_runs`` of ``propertyaudit.submit`` with ``queries`` queries."""
+    return submit_runs(runs, task="propertyaudit.submit", spec=_common.audit_spec(queries), table="geo_runs")
 
 
 def bare_updates(tasks: int) -> float:
