@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from queue import Empty
 from typing import Any
@@ -156,7 +158,23 @@ def _headers_of(payload: Any) -> tuple[str | None, str | None]:
 
 
 class Channel(kombu_redis.Channel):
-    """kombu's Redis channel, with each popped item checked before it is delivered."""
+    """kombu's Redis channel, with each popped item checked before it is delivered, and one redis-py
+    client for its commands."""
+
+    _commands: Any = None
+
+    @contextmanager
+    def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
+        # kombu builds a redis-py client for every publish, ack and event; its constructor was a
+        # fifth of a worker main process's time (py-spy, bench/peers/one_step_runs.py). A client
+        # only borrows connections from the channel's pool, so one per pool serves every thread.
+        if client:
+            yield client
+            return
+        pool = self.pool
+        if self._commands is None or self._commands.connection_pool is not pool:
+            self._commands = self._create_client()
+        yield self._commands
 
     def _brpop_read(self, **options: Any) -> bool:
         # kombu 5.7's Channel._brpop_read, with one change: the item is checked (and set aside

@@ -28,6 +28,7 @@ from celery.worker import control
 from kombu.utils.url import maybe_sanitize_url
 
 from dataengine import hosting, llm
+from dataengine.heartbeats import close_heartbeats
 from dataengine.jobs import load_jobs
 from dataengine.queued import waiting_runs
 from dataengine.recovery import Sweeper
@@ -114,6 +115,7 @@ def _hand_back_hosted_runs(**_: object) -> None:
     # checkpoints, and is handed back before the process exits.
     drain()
     hosting.join_all(timeout_s=get_settings().step_timeout_s)
+    close_heartbeats()
 
 
 @beat_init.connect

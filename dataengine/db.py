@@ -148,6 +148,15 @@ def statement_scope() -> Iterator[Connection]:
         yield conn
 
 
+@contextmanager
+def statement_session() -> Iterator[Session]:
+    """A session on ``statement_scope``'s connection: each statement a transaction by itself, with no
+    BEGIN or COMMIT round trip. For reads and a single write that need no transaction around them
+    (a completed run's summary, read from results no one else writes, then its last write)."""
+    with statement_scope() as conn, Session(bind=conn) as session:
+        yield session
+
+
 def reset_engine() -> None:
     """Drop the engine (tests and the CLI call this after changing ``DATABASE_URL``)."""
     global _engine, _engine_pid, _sessions

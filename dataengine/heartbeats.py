@@ -6,8 +6,9 @@ The same statement reads what became of each run it holds, for the run's loop (i
 ``lost`` once the run was taken over, taken back, handed back or finished elsewhere; ``cancel``
 once cancellation was requested. A database that does not answer is retried at every beat, on a
 new connection, for as long as the run goes on (the loop starts no step meanwhile and gives up
-after ``db_retry_limit_s``). When a process's last run under an owner name ends, the owner's row
-is deleted: an idle process writes nothing.
+after ``db_retry_limit_s``). When a process's last run under an owner name ends, the owner beats on
+for ``IDLE_FORGET_S`` and its row is then deleted: an idle process writes nothing, and one that
+starts runs one after another (one-step runs) writes no row per run.
 """
 
 from __future__ import annotations
@@ -15,18 +16,22 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import uuid
 
 from sqlalchemy import Connection, Engine
 
 from dataengine.db import get_engine, statement_scope
 from dataengine.jobs import Job, all_jobs
-from dataengine.liveness import beat_sql, forget
+from dataengine.liveness import beat_sql, forget, lease_param
 from dataengine.logs import RunLogger
 from dataengine.runs import Claim
 from dataengine.settings import get_settings
 
 log = logging.getLogger("dataengine.heartbeats")
+
+#: Seconds an owner with no run left keeps beating before its heartbeat row is deleted.
+IDLE_FORGET_S = 1.0
 
 
 class Lease:
@@ -66,6 +71,8 @@ class Heartbeats(threading.Thread):
         super().__init__(name="heartbeat", daemon=True)
         self._leases: dict[uuid.UUID, Lease] = {}
         self._lock = threading.Lock()
+        #: Owners left with no lease here, and since when (they beat on for ``IDLE_FORGET_S``).
+        self._idle: dict[str, float] = {}
         self._beating = threading.Lock()  # held while a beat is in flight
         self._wake = threading.Event()
         # Its own connection, not the pool's: the connection a sweeper looks for stays the same for
@@ -74,53 +81,70 @@ class Heartbeats(threading.Thread):
         self._engine: Engine | None = None
 
     def add(self, lease: Lease) -> None:
+        """Vouch for ``lease``; a beat is written at once if its owner has no fresh row yet."""
+        owner = lease.claim.worker_id
         with self._lock:
+            beating = self._idle.pop(owner, None) is not None or owner in self._owners()
             self._leases[lease.claim.run_id] = lease
-        self._wake.set()
+        if not beating:
+            self._wake.set()
 
     def remove(self, lease: Lease, *, wait_s: float) -> None:
-        """Stop vouching for ``lease``; its owner's row goes with the owner's last lease."""
+        """Stop vouching for ``lease``, once a beat in flight has ended (``wait_s`` at most); an owner
+        left with no lease beats on for ``IDLE_FORGET_S``, then its row goes (``forget_idle``)."""
         beat_over = self._beating.acquire(timeout=wait_s)
         try:
             owner = lease.claim.worker_id
             with self._lock:
                 if self._leases.get(lease.claim.run_id) is lease:
                     del self._leases[lease.claim.run_id]
-                last = all(other.claim.worker_id != owner for other in self._leases.values())
-            if last and beat_over:
-                self._forget(owner)
+                if owner not in self._owners():
+                    self._idle.setdefault(owner, time.monotonic())
         finally:
             if beat_over:
                 self._beating.release()
 
-    def _forget(self, owner: str) -> None:
-        try:
-            with statement_scope() as conn:
-                forget(conn, owner)
-        except Exception as exc:  # the row goes stale, and a sweeper deletes it
-            log.warning("could not delete the heartbeat of %s: %s: %s", owner, type(exc).__name__, exc)
+    def _owners(self) -> set[str]:
+        return {lease.claim.worker_id for lease in self._leases.values()}
+
+    def forget_idle(self, *, after_s: float = IDLE_FORGET_S) -> None:
+        """Delete the heartbeat rows of owners that have held no lease for ``after_s``."""
+        now = time.monotonic()
+        with self._lock:
+            idle = [owner for owner, since in self._idle.items() if now - since >= after_s]
+            for owner in idle:
+                del self._idle[owner]
+        for owner in idle:
+            try:
+                with statement_scope() as conn:
+                    forget(conn, owner)
+            except Exception as exc:  # the row goes stale, and a sweeper deletes it
+                log.warning("could not delete the heartbeat of %s: %s: %s", owner, type(exc).__name__, exc)
 
     def run(self) -> None:
         while True:
             self._wake.wait(get_settings().heartbeat_interval_s)
             self._wake.clear()
             self.beat()
+            self.forget_idle()
 
     def beat(self) -> None:
-        """Write the heartbeat of every owner with a lease here, in one statement."""
+        """Write the heartbeat of every owner with a lease here, or that had one moments ago, in one statement."""
         with self._beating:
             with self._lock:
                 leases = list(self._leases.values())
-            if leases:
-                self._beat(leases)
+                idle = sorted(self._idle)
+            if leases or idle:
+                self._beat(leases, idle)
 
-    def _beat(self, leases: list[Lease]) -> None:
+    def _beat(self, leases: list[Lease], idle: list[str]) -> None:
         jobs = {job.key: job for job in all_jobs()} | {lease.job.key: lease.job for lease in leases}
         params = {
-            "owners": sorted({lease.claim.worker_id for lease in leases}),
+            "owners": sorted({lease.claim.worker_id for lease in leases} | set(idle)),
             "held": [lease.claim.run_id for lease in leases],
             "tokens": [lease.claim.token for lease in leases],
             "holders": [lease.claim.worker_id for lease in leases],
+            **lease_param(),
         }
         try:
             rows = self._connection().execute(beat_sql(tuple(jobs[k] for k in sorted(jobs))), params).all()
@@ -146,7 +170,9 @@ class Heartbeats(threading.Thread):
         return self._conn
 
     def close(self) -> None:
-        """Close the heartbeat's connection (a heartbeat that is not started, in tests)."""
+        """Delete the rows of owners left with no lease and close the heartbeat's connection (a process
+        ending; a heartbeat that is not started, in tests)."""
+        self.forget_idle(after_s=0)
         self._disconnect()
 
     def _disconnect(self) -> None:
@@ -171,3 +197,11 @@ def heartbeats() -> Heartbeats:
             _heartbeats, _heartbeats_pid = Heartbeats(), os.getpid()
             _heartbeats.start()
         return _heartbeats
+
+
+def close_heartbeats() -> None:
+    """This process is ending: delete the rows of its owners that hold no run (if it ever beat)."""
+    with _heartbeats_lock:
+        beating = _heartbeats if _heartbeats_pid == os.getpid() else None
+    if beating is not None:
+        beating.close()

@@ -54,11 +54,19 @@ class TaskMessage:
     retries: int
     may_retry: bool
     received: float
+    #: The run's end is this task's result (``<job>.run``); a run started by ``<job>.submit`` is not:
+    #: that task's result is the run id, and the run's end is in its row and its log.
+    reports: bool = True
 
     @classmethod
-    def of(cls, task: Task, job: Job, run_id: str, may_retry: bool) -> TaskMessage:
+    def of(cls, task: Task, job: Job, run_id: str, may_retry: bool, *, reports: bool = True) -> TaskMessage:
         r = task.request
-        return cls(task, job, run_id, r.id, r.hostname or "", r.retries or 0, may_retry, time.monotonic())
+        return cls(task, job, run_id, r.id, r.hostname or "", r.retries or 0, may_retry, time.monotonic(), reports)
+
+
+def has_room() -> bool:
+    """Whether this process may start one more run now (the submit task starts its run here if so)."""
+    return budget.runs < get_settings().runs_per_process and not is_draining()
 
 
 def wait_for_room() -> bool:
@@ -172,14 +180,16 @@ def _report(m: TaskMessage, execution: Execution) -> dict[str, Any] | BaseExcept
 
 
 def _succeeded(m: TaskMessage, result: dict[str, Any]) -> None:
-    m.task.backend.mark_as_done(m.task_id, result, request=None)
-    _event(m, "task-succeeded", result=repr(result), runtime=time.monotonic() - m.received)
+    if m.reports:
+        m.task.backend.mark_as_done(m.task_id, result, request=None)
+        _event(m, "task-succeeded", result=repr(result), runtime=time.monotonic() - m.received)
 
 
 def _failed(m: TaskMessage, exc: BaseException) -> None:
-    tb = "".join(traceback.format_exception(exc))
-    m.task.backend.mark_as_failure(m.task_id, exc, traceback=tb, request=None)
-    _event(m, "task-failed", exception=repr(exc), traceback=tb)
+    if m.reports:
+        tb = "".join(traceback.format_exception(exc))
+        m.task.backend.mark_as_failure(m.task_id, exc, traceback=tb, request=None)
+        _event(m, "task-failed", exception=repr(exc), traceback=tb)
 
 
 def _retry(m: TaskMessage, exc: BaseException) -> None:
@@ -189,10 +199,12 @@ def _retry(m: TaskMessage, exc: BaseException) -> None:
                                                  maximum=t.retry_backoff_max, full_jitter=t.retry_jitter)
     run_logger(run_id=m.run_id, task_id=m.task_id).info("[%s] Retry in %ss (retry %d of %d): %s", m.job.name,
                                                        countdown, m.retries + 1, t.max_retries, exc)
-    t.backend.mark_as_retry(m.task_id, exc, request=None)
-    _event(m, "task-retried", exception=repr(exc), traceback="")
-    t.app.send_task(m.job.task_name, kwargs={"run_id": m.run_id}, task_id=m.task_id, countdown=countdown,
-                    retries=m.retries + 1)
+    if m.reports:
+        t.backend.mark_as_retry(m.task_id, exc, request=None)
+        _event(m, "task-retried", exception=repr(exc), traceback="")
+    # A run started by its submit task is retried as a run task of its own (the submit's result stays the run id).
+    t.app.send_task(m.job.task_name, kwargs={"run_id": m.run_id}, task_id=m.task_id if m.reports else None,
+                    countdown=countdown, retries=m.retries + 1)
 
 
 def _event(m: TaskMessage, kind: str, **fields: Any) -> None:

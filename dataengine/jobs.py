@@ -23,6 +23,8 @@ from dataengine.settings import get_settings
 
 #: Columns every step table has (``models.base.StepMixin``); the others are the step's item.
 STEP_KEY_COLUMNS = ("run_id", "query_index")
+#: Steps the run loop reads from the database at a time, from the resume point on.
+STEP_PAGE_SIZE = 200
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,16 @@ class Job:
         if len(own) == 1:
             return [(r["query_index"], r[own[0].name]) for r in rows]
         return [(r["query_index"], {c.name: r[c.name] for c in own}) for r in rows]
+
+    def items_of(self, steps: list[dict[str, Any]]) -> list[tuple[int, Any]] | None:
+        """The steps a run was just built with, as ``load_steps`` would read them back; None when only a
+        read gives them (a job's ``load_items``, a column left to its default, more than a page of steps)."""
+        own = [c.name for c in self.steps.columns if c.name not in STEP_KEY_COLUMNS]
+        if self.load_items is not None or len(steps) > STEP_PAGE_SIZE or any(set(own) - step.keys() for step in steps):
+            return None
+        if len(own) == 1:
+            return [(i, step[own[0]]) for i, step in enumerate(steps)]
+        return [(i, {name: step[name] for name in own}) for i, step in enumerate(steps)]
 
     def count_steps(self, session: Session, run_id: uuid.UUID) -> int:
         """How many steps the run has (for rows a producer wrote without the count)."""

@@ -50,15 +50,18 @@ def beat_sql(jobs: tuple[Job, ...]) -> TextClause:
     """One process's beat: its heartbeat rows, its orphans handed back, the state of the runs it holds.
 
     An orphan is a run this process owns in the database but does not execute (a hand-back the
-    database did not answer) whose last claim or checkpoint is older than a lease: it is freed for
-    the sweeper to send again, as if handed back. A run just claimed is not one (its lease is new).
+    database did not answer) whose last claim and last checkpoint are older than a lease: it is
+    freed for the sweeper to send again, as if handed back. A run just claimed is not one (its lease
+    is new), nor one that checkpointed moments ago (a run between the end of its lease here and its
+    final write).
     """
     orphans = "".join(f"""
         , orphans_{n} AS (
             UPDATE {job.runs.name} SET lease_owner = NULL, lease_expires_at = now(), in_flight_steps = '{{}}',
                    fencing_token = fencing_token + 1, last_updated_at = now()
             WHERE status = '{RunStatus.running.value}' AND lease_owner = ANY(CAST(:owners AS text[]))
-              AND lease_expires_at < now() AND id <> ALL(CAST(:held AS uuid[]))
+              AND lease_expires_at < now() AND last_updated_at < now() - :lease
+              AND id <> ALL(CAST(:held AS uuid[]))
         )""" for n, job in enumerate(jobs))
     held = "\n        UNION ALL".join(f"""
         SELECT r.id, r.cancel_requested FROM {job.runs.name} r

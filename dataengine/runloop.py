@@ -18,16 +18,16 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import select
 
 from dataengine import llm
-from dataengine.db import session_scope, statement_scope
+from dataengine.db import session_scope, statement_scope, statement_session
 from dataengine.dbretry import db_unavailable, retry_db
 from dataengine.errors import DatabaseUnavailable, LeaseLost, StepFailed, StepTimedOut, TransientStepError
 from dataengine.heartbeats import Lease
-from dataengine.jobs import Job, StepOutcome
+from dataengine.jobs import STEP_PAGE_SIZE, Job, StepOutcome
 from dataengine.logs import RunLogger, run_logger
 from dataengine.recovery import describe_losses
 from dataengine.runs import (
@@ -47,8 +47,9 @@ from dataengine.stepbudget import budget
 from dataengine.workerid import dead_sibling
 from models.base import RunStatus
 
-#: Steps read from the database at a time, from the resume point on.
-STEP_PAGE_SIZE = 200
+if TYPE_CHECKING:
+    from dataengine.submitting import Created
+
 #: Units of steps a checkpoint records ahead as in flight at most (charged, not run, if the
 #: worker dies): twice the units running, so a checkpoint is needed only every few steps.
 AHEAD = 8
@@ -104,6 +105,19 @@ def start_run(*, job: Job, run_id: object, worker_id: str, task_id: str | None,
     if isinstance(started, RunOutcome):
         budget.release(rid)
     return started
+
+
+def adopt_run(*, job: Job, created: Created, task_id: str | None) -> Execution:
+    """The execution of a run this worker created already claimed (``dataengine.submitting.StartHere``):
+    nothing to check or read back; its first steps are on record as in flight since the insert."""
+    claim = created.claim
+    assert claim is not None
+    budget.reserve(claim.run_id)
+    log = run_logger(run_id=claim.run_id, task_id=task_id)
+    execution = Execution(job=job, claim=claim, log=log, may_retry=True, total=claim.row.total_steps,
+                          steps=created.steps)
+    execution.confirmed_at = created.sent_at
+    return execution
 
 
 def _claim(*, job: Job, rid: Any, worker_id: str, task_id: str | None, log: RunLogger) -> Claim | Refusal:
@@ -180,8 +194,11 @@ class _Running:
 class Execution:
     """One claimed run being worked by this worker; ``run()`` works it to the end (once)."""
 
-    def __init__(self, *, job: Job, claim: Claim, log: RunLogger, may_retry: bool, total: int) -> None:
+    def __init__(self, *, job: Job, claim: Claim, log: RunLogger, may_retry: bool, total: int,
+                 steps: list[tuple[int, Any]] | None = None) -> None:
         self.job, self.claim, self.log, self.may_retry, self.total = job, claim, log, may_retry, total
+        #: Every step of a run created moments ago, none recorded yet: nothing to read back.
+        self.known_steps = steps
         self.s = get_settings()
         self.cursor: int = claim.row.current_query_index
         self.completed: int = claim.row.completed_steps
@@ -200,6 +217,8 @@ class Execution:
         self.pending_since = 0.0
         #: When the last checkpoint that the database accepted was sent (its lease was ours then).
         self.confirmed_at = -float("inf")
+        #: The steps the run row records as in flight (a run created claimed records its first ones).
+        self.marked = {int(i) for i in claim.row.in_flight_steps}
         self.heartbeat = Lease(job=job, claim=claim, log=log)
 
     def _db(self, fn: Callable[[], T], what: str) -> T:
@@ -218,38 +237,39 @@ class Execution:
             with session_scope() as session:
                 return recorded_steps(session=session, job=job, run_id=rid, from_index=self.cursor)
 
-        self.recorded = self._db(read_recorded, "reading the recorded steps")
+        self.recorded = set() if self.known_steps is not None else self._db(read_recorded, "reading the recorded steps")
         if self.cursor or self.recorded:
             self.log.info(
                 "[%s] Resuming at %s %d/%d (%d already recorded, not asked again)",
                 job.name, job.step_noun, self.cursor + 1, self.total, self.completed,
             )
         self.heartbeat.start()
-        summary = None
+        try:  # the lease is vouched for until the run's last write: nothing takes it back meanwhile
+            self._work(job.prepare(self.claim.row))
+            if self.failure is not None:
+                return self._fail(*self.failure)
+            if self.cancelled:
+                return self._finish(RunStatus.cancelled, "cancelled by request")
+            if not self.exhausted:
+                return self._hand_back()
+            return self._finish(RunStatus.completed, None)
+        finally:
+            self.heartbeat.stop()
+
+    def _work(self, context: Any) -> None:
         try:
-            self._loop(job.prepare(self.claim.row))
-            if self.exhausted and not (self.failure or self.cancelled):
-                summary = self._db(lambda: self._summarize(), "summing up the run")
+            self._loop(context)
         except DatabaseUnavailable as exc:
             self._release_quietly(str(exc))
             raise
         finally:
             for future in self.in_flight:
                 future.cancel()  # queued behind other runs' steps: never started
-            self.heartbeat.stop()
-        if self.failure is not None:
-            return self._fail(*self.failure)
-        if self.cancelled:
-            return self._finish(RunStatus.cancelled, "cancelled by request", summary=None)
-        if not self.exhausted:
-            return self._hand_back()
-        return self._finish(RunStatus.completed, None, summary=summary)
-
-    def _summarize(self) -> dict[str, Any]:
-        with session_scope() as session:
-            return self.job.summarize(session, self.claim.run_id)
 
     def _steps(self) -> Iterator[tuple[int, Any]]:
+        if self.known_steps is not None:
+            yield from self.known_steps
+            return
         start = self.cursor
 
         def page() -> list[tuple[int, Any]]:
@@ -334,7 +354,7 @@ class Execution:
         free -= len(ready)
         # Only this soon after the last checkpoint the database accepted (which proved the lease
         # ours): a process is taken over no sooner than two heartbeat intervals after its last beat.
-        if ready and time.monotonic() - self.confirmed_at < self.s.heartbeat_interval_s:
+        if ready and self._proven_recently():
             self._start(ready, context)
             ready = []
         starting = ready + self._next_units(steps, free)
@@ -351,8 +371,15 @@ class Execution:
         busy = [index for r in self.in_flight.values() for index in r.indexes]
         busy += [index for unit in starting + self.ahead for index, _ in unit]
         recorded, self.pending = self.pending, []
-        self._checkpoint(recorded, sorted(busy))
+        # Nothing to record when the row already has every busy step in flight, as of a proof recent
+        # enough (the insert of a run created claimed, for its first steps).
+        if recorded or not self.marked.issuperset(busy) or not self._proven_recently():
+            self._checkpoint(recorded, sorted(busy))
         self._start(starting, context)
+
+    def _proven_recently(self) -> bool:
+        """Whether the database accepted a write fenced by this claim within a heartbeat interval."""
+        return time.monotonic() - self.confirmed_at < self.s.heartbeat_interval_s
 
     def _may_wait(self, stopping: bool) -> bool:
         """Whether finished steps may wait for the next checkpoint: steps that paid for nothing (an
@@ -451,13 +478,15 @@ class Execution:
 
         sent = time.monotonic()
         state = self._db(write, "checkpointing")
-        self.confirmed_at = sent
+        self.confirmed_at, self.marked = sent, set(in_flight)
         self.completed = state.completed_steps
         self.cancelled = self.cancelled or state.cancel_requested
 
-    def _finish(self, status: RunStatus, error: str | None, *, summary: dict[str, Any] | None) -> RunOutcome:
+    def _finish(self, status: RunStatus, error: str | None) -> RunOutcome:
+        """End the run with ``status``; a completed run's summary is computed in the same transaction."""
         def write() -> bool:
-            with session_scope() as session:
+            with statement_session() as session:
+                summary = self.job.summarize(session, self.claim.run_id) if status is RunStatus.completed else None
                 return finish_run(
                     session=session, job=self.job, run_id=self.claim.run_id, status=status,
                     token=self.claim.token, error=error, summary=summary,
@@ -504,6 +533,6 @@ class Execution:
                 self.log.warning("[%s] %s; the run will be retried", self.job.name, details)
                 raise TransientStepError(details) from exc
             details += f" (still failing after {self.s.task_max_retries} retries)"
-        self._finish(RunStatus.failed, details, summary=None)
+        self._finish(RunStatus.failed, details)
         self.log.error("[%s] %s", self.job.name, details)
         raise StepFailed(details) from exc

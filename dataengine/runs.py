@@ -242,6 +242,18 @@ def _default_sql(column: Any) -> str:
     return dialect.ddl_compiler(dialect, None).get_column_default_string(column)
 
 
+def json_rows_sql(columns: Sequence[Any]) -> tuple[str, str]:
+    """SQL reading rows of ``columns`` from a JSON array ``x`` (``jsonb_to_recordset(...) AS x(<types>)``):
+    (the record's column types, the select list). A key missing from a row's JSON arrives as NULL: it
+    falls back to the column's server default."""
+    types = ", ".join(f"{c.name} {c.type.compile(dialect=postgresql.dialect())}" for c in columns)
+    values = ", ".join(
+        f"COALESCE(x.{c.name}, {_default_sql(c)})" if c.server_default is not None else f"x.{c.name}"
+        for c in columns
+    )
+    return types, values
+
+
 @cache
 def _checkpoint_sql(job: Job) -> TextClause:
     """One statement per job, built once: the rows arrive as one JSON array, so the SQL never
@@ -253,12 +265,7 @@ def _checkpoint_sql(job: Job) -> TextClause:
     t, r = job.runs, job.results
     columns = [c for c in r.columns if c.name != "created_at"]
     names = ", ".join(c.name for c in columns)
-    types = ", ".join(f"{c.name} {c.type.compile(dialect=postgresql.dialect())}" for c in columns)
-    # A key missing from a row's JSON arrives as NULL: fall back to the column's server default.
-    values = ", ".join(
-        f"COALESCE(x.{c.name}, {_default_sql(c)})" if c.server_default is not None else f"x.{c.name}"
-        for c in columns
-    )
+    types, values = json_rows_sql(columns)
     # The job's own statement runs as a CTE of this one: data-modifying CTEs always run.
     job_sql = f" job_rows AS ({job.checkpoint_sql}),\n" if job.checkpoint_sql else ""
     return text(f"""
@@ -296,7 +303,7 @@ def _checkpoint_sql(job: Job) -> TextClause:
 
 def finish_run(
     *,
-    session: Session,
+    session: Session | Connection,
     job: Job,
     run_id: uuid.UUID,
     status: RunStatus,
@@ -304,26 +311,28 @@ def finish_run(
     error: str | None = None,
     summary: dict[str, Any] | None = None,
 ) -> bool:
-    """Move an active run to a final status and free its lease; with ``token``, only if still ours."""
-    t = job.runs
-    conditions = [t.c.id == run_id, t.c.status.in_(ACTIVE_STATUSES)]
-    if token is not None:
-        conditions.append(t.c.fencing_token == token)
-    values: dict[str, Any] = {
-        "status": status.value,
-        "finished_at": func.now(),
-        "last_updated_at": func.now(),
-        "lease_owner": None,
-        "lease_expires_at": None,
-        "eta_s": 0 if status is RunStatus.completed else None,
-        "error_message": error,
-        "in_flight_steps": [],
-    }
-    if status is RunStatus.completed:
-        values["progress_pct"] = 100
-    if summary is not None:
-        values["summary"] = summary
-    return session.execute(update(t).where(*conditions).values(**values)).rowcount == 1
+    """Move an active run to a final status and free its lease; with ``token``, only if still ours.
+    A ``summary`` (a completed run's) is written with it; None leaves the column as it is."""
+    params = {"id": run_id, "status": status.value, "token": token, "error": error,
+              "summary": None if summary is None else json.dumps(summary, default=str)}
+    return session.execute(_finish_sql(job), params).rowcount == 1
+
+
+@cache
+def _finish_sql(job: Job) -> TextClause:
+    """One statement per job, built once: a run's last write is on every run's path."""
+    t = job.runs.name
+    active = ", ".join(f"'{s}'" for s in ACTIVE_STATUSES)
+    done = RunStatus.completed.value
+    return text(f"""
+        UPDATE {t} SET status = CAST(:status AS text), finished_at = now(), last_updated_at = now(),
+            lease_owner = NULL, lease_expires_at = NULL, in_flight_steps = '{{}}', error_message = :error,
+            eta_s = CASE WHEN CAST(:status AS text) = '{done}' THEN 0 END,
+            progress_pct = CASE WHEN CAST(:status AS text) = '{done}' THEN 100 ELSE progress_pct END,
+            summary = COALESCE(CAST(:summary AS jsonb), summary)
+        WHERE id = :id AND status IN ({active})
+          AND (CAST(:token AS bigint) IS NULL OR fencing_token = CAST(:token AS bigint))
+    """)
 
 
 def release_run(*, session: Session, job: Job, claim: Claim, error: str | None) -> None:

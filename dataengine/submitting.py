@@ -1,27 +1,36 @@
-"""Creating runs from a producer's spec, for every job: validate, create once per idempotency key, enqueue.
+"""Creating runs from a producer's spec, for every job: validate, create once per idempotency key, start.
 
 The job says what its spec is (a pydantic model) and what a valid spec becomes (``Job.build``);
 the engine owns the rest: the errors a producer reads, the idempotency key, the engine's own
-columns (step count, the first dispatch deadline) and the message.
+columns (step count, the first dispatch deadline) and how the run starts. The API and the CLI send
+the run's id to the queue. The ``<job>.submit`` task, in a worker process with room for one more
+run, creates the run already claimed by that process and starts it there (``StartHere``): a run
+costs one message and one claim, not two of each. Either way the run row is the truth: a worker
+that dies holding it is found by the sweepers like any other.
 """
 
 from __future__ import annotations
 
+import json
+import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
+from functools import cache
 from typing import Annotated, Any
 
 from pydantic import BaseModel, StringConstraints, ValidationError
-from sqlalchemy import func, insert, literal, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import Connection, TextClause, bindparam, select, text
 from sqlalchemy.orm import Session
 
-from dataengine.db import session_scope
+from dataengine.db import statement_scope
 from dataengine.errors import SpecInvalid
-from dataengine.jobs import Job
+from dataengine.jobs import STEP_KEY_COLUMNS, Job
+from dataengine.runloop import AHEAD
+from dataengine.runs import Claim, json_rows_sql
 from dataengine.settings import get_settings
-from models.base import ACTIVE_STATUSES
+from models.base import ACTIVE_STATUSES, RunStatus
 
 #: Longest idempotency key a producer may send (the column's width).
 MAX_IDEMPOTENCY_KEY_CHARS = 200
@@ -68,44 +77,111 @@ def validate_spec(job: Job, spec: Any) -> tuple[BaseModel, str | None]:
         raise SpecInvalid(details=problems) from None
 
 
-def create_run(*, session: Session, job: Job, spec: BaseModel, idempotency_key: str | None) -> tuple[uuid.UUID, str]:
+@dataclass(frozen=True)
+class StartHere:
+    """Create the run already claimed by ``worker_id`` and start it in this process (the submit task,
+    in a worker with room for one more run): no second message, no second claim."""
+
+    worker_id: str
+    task_id: str | None
+    #: Works the claimed run (``Created.claim``) on this process's threads.
+    start: Callable[[Created], None]
+
+
+@dataclass(frozen=True)
+class Created:
+    """A run as a submit left it: its id, its status, and this worker's claim when it holds it."""
+
+    run_id: uuid.UUID
+    status: str
+    claim: Claim | None = None
+    #: Its steps as ``(index, item)``, when a claimed run need not read them back.
+    steps: list[tuple[int, Any]] | None = None
+    #: ``time.monotonic()`` just before the insert was sent: its commit proved the claim then.
+    sent_at: float = 0.0
+
+
+def create_run(*, session: Session | Connection, job: Job, spec: BaseModel,
+               idempotency_key: str | None) -> tuple[uuid.UUID, str]:
     """Create the run and its steps, once per idempotency key; returns (run id, status)."""
-    runs = job.runs
-    if idempotency_key is not None:
-        existing = session.execute(
-            select(runs.c.id, runs.c.status).where(runs.c.idempotency_key == idempotency_key)
-        ).one_or_none()
-        if existing is not None:
-            return existing.id, existing.status
+    created = _create(session=session, job=job, spec=spec, idempotency_key=idempotency_key, here=None)
+    return created.run_id, created.status
+
+
+def _create(*, session: Session | Connection, job: Job, spec: BaseModel, idempotency_key: str | None,
+            here: StartHere | None) -> Created:
+    """Insert the run and its steps in one statement (a transaction by itself on an autocommit connection).
+    ``here``: claimed by that worker, its first steps recorded as in flight (so that its loop starts
+    them without a checkpoint of its own). A run whose key exists already is returned as it is."""
     new = job.build(spec)
-    run_id = uuid.uuid4()
-    created = session.execute(
-        pg_insert(runs)
-        .values(
-            id=run_id,
-            **new.values,
-            total_steps=len(new.steps),
-            idempotency_key=idempotency_key,
-            # Not claimed by then, the sweeper enqueues it again (a message lost before a worker saw it).
-            lease_expires_at=func.now() + literal(timedelta(seconds=get_settings().redispatch_after_s)),
-        )
-        .on_conflict_do_nothing(index_elements=["idempotency_key"])
-        .returning(runs.c.id)
-    ).scalar_one_or_none()
-    if created is None:  # a concurrent submit with the same key won the race
-        return create_run(session=session, job=job, spec=spec, idempotency_key=idempotency_key)
-    if new.steps:
-        session.execute(
-            insert(job.steps), [{**step, "run_id": run_id, "query_index": i} for i, step in enumerate(new.steps)]
-        )
-    return run_id, "queued"
+    s = get_settings()
+    claimed = here is not None and bool(new.steps)
+    values = {f"v_{name}": value for name, value in new.values.items()}
+    params = {
+        **values, "id": uuid.uuid4(), "total_steps": len(new.steps), "key": idempotency_key,
+        "steps": json.dumps([{**step, "query_index": i} for i, step in enumerate(new.steps)], default=str),
+        "status": (RunStatus.running if claimed else RunStatus.queued).value,
+        "owner": here.worker_id if claimed else None, "task_id": here.task_id if claimed else None,
+        "token": 1 if claimed else 0,
+        "in_flight": list(range(min(len(new.steps), AHEAD))) if claimed else [],
+        # Unclaimed by then, the sweeper enqueues it again (a message lost before a worker saw it).
+        "lease": timedelta(seconds=s.lease_s if claimed else s.redispatch_after_s),
+    }
+    sent = time.monotonic()
+    row = session.execute(_create_sql(job, tuple(sorted(new.values))), params).one_or_none()
+    if row is None:  # the key exists (a repeated submit, or a concurrent one that won the race)
+        runs = job.runs
+        existing = session.execute(select(runs.c.id, runs.c.status).where(runs.c.idempotency_key == idempotency_key)).one()
+        return Created(existing.id, existing.status)
+    if not claimed:
+        return Created(row.id, row.status)
+    claim = Claim(run_id=row.id, token=row.fencing_token, worker_id=row.lease_owner, row=row)
+    return Created(row.id, row.status, claim, job.items_of(new.steps), sent)
 
 
-def submit_run(*, job: Job, spec: Any, send: Callable[[str, dict[str, str]], object]) -> str:
-    """Validate, create the run idempotently and enqueue it with ``send``; returns the run id."""
+@cache
+def _create_sql(job: Job, value_columns: tuple[str, ...]) -> TextClause:
+    """The insert of a run (the job's own ``value_columns`` and the engine's) and of its steps, which
+    arrive as one JSON array: one statement, built once per job, so a submit is one round trip."""
+    runs, steps = job.runs, job.steps
+    python_side = [c.name for c in (*runs.columns, *steps.columns) if c.default is not None and c.name != "id"]
+    if python_side:
+        raise ValueError(f"job {job.key}: columns {', '.join(python_side)} have a Python-side default;"
+                         " give them a server_default")
+    own = [c for c in steps.columns if c.name not in STEP_KEY_COLUMNS]
+    types, select_list = json_rows_sql(own)
+    claimed = "CASE WHEN CAST(:owner AS text) IS NULL THEN NULL ELSE now() END"
+    engine_columns = {
+        "id": ":id", "total_steps": ":total_steps", "idempotency_key": ":key", "status": "CAST(:status AS text)",
+        "lease_owner": "CAST(:owner AS text)", "task_id": ":task_id", "fencing_token": ":token",
+        "in_flight_steps": "CAST(:in_flight AS integer[])", "lease_expires_at": "now() + CAST(:lease AS interval)",
+        "started_at": claimed, "heartbeat_at": claimed,
+    }
+    columns = {**{name: f":v_{name}" for name in value_columns}, **engine_columns}
+    return text(f"""
+        WITH run AS (
+            INSERT INTO {runs.name} ({", ".join(columns)}) VALUES ({", ".join(columns.values())})
+            ON CONFLICT (idempotency_key) DO NOTHING
+            RETURNING *
+        ), steps AS (
+            INSERT INTO {steps.name} (run_id, query_index, {", ".join(c.name for c in own)})
+            SELECT run.id, x.query_index, {select_list}
+            FROM run, jsonb_to_recordset(CAST(:steps AS jsonb)) AS x(query_index integer, {types})
+        )
+        SELECT * FROM run
+    """).bindparams(*(bindparam(f"v_{name}", type_=runs.c[name].type) for name in value_columns)).columns(**{c.name: c.type for c in runs.c})
+
+
+def submit_run(*, job: Job, spec: Any, send: Callable[[str, dict[str, str]], object],
+               here: StartHere | None = None) -> str:
+    """Validate, create the run idempotently and start it: in this process (``here``), or by sending
+    its id with ``send``. Returns the run id."""
     validated, key = validate_spec(job, spec)
-    with session_scope() as session:
-        run_id, status = create_run(session=session, job=job, spec=validated, idempotency_key=key)
-    if status in ACTIVE_STATUSES:  # a repeated submit of a live run re-sends it: harmless, claims are exclusive
-        send(job.task_name, {"run_id": str(run_id)})
-    return str(run_id)
+    with statement_scope() as conn:
+        created = _create(session=conn, job=job, spec=validated, idempotency_key=key, here=here)
+    if created.claim is not None:
+        assert here is not None
+        here.start(created)
+    elif created.status in ACTIVE_STATUSES:  # a repeated submit of a live run re-sends it: claims are exclusive
+        send(job.task_name, {"run_id": str(created.run_id)})
+    return str(created.run_id)

@@ -16,11 +16,12 @@ from dataengine.errors import (
     StepFailed,
     TransientStepError,
 )
-from dataengine.hosting import TaskMessage, attach, database_away, host, run_eagerly, wait_for_room
+from dataengine.hosting import TaskMessage, attach, database_away, has_room, host, run_eagerly, wait_for_room
 from dataengine.jobs import Job
-from dataengine.runloop import RunOutcome, start_run
+from dataengine.runloop import RunOutcome, adopt_run, start_run
 from dataengine.runs import parse_run_id
 from dataengine.settings import get_settings
+from dataengine.submitting import Created, StartHere, submit_run
 from dataengine.workerid import worker_id as make_worker_id
 
 
@@ -68,6 +69,20 @@ def run_job(task: Task, job: Job, run_id: object) -> dict[str, Any]:
     raise Ignore()
 
 
+def start_here(task: Task, job: Job) -> StartHere | None:
+    """How the submit task starts its run in this process: on its threads, as a run task would, when
+    the process has room for one more (else the run's id is sent to the queue, for any worker)."""
+    if task.request.is_eager or not has_room():
+        return None
+
+    def start(created: Created) -> None:
+        assert created.claim is not None
+        message = TaskMessage.of(task, job, str(created.run_id), may_retry=True, reports=False)
+        host(adopt_run(job=job, created=created, task_id=task.request.id), message)
+
+    return StartHere(worker_id=make_worker_id(task.request.hostname), task_id=task.request.id, start=start)
+
+
 def start_runs(job: Job, kwargs: dict[str, Any]) -> dict[str, Any]:
     """The run task sent without a ``run_id``: the job finds or creates its runs, the new ones are enqueued."""
     started = job.start_runs(**kwargs) if job.start_runs is not None else []
@@ -79,7 +94,6 @@ def start_runs(job: Job, kwargs: dict[str, Any]) -> dict[str, Any]:
 
 def define_tasks(job: Job) -> None:
     """Define ``<key>.run`` (execute a run by id) and ``<key>.submit`` (create one from its spec) for ``job``."""
-    from dataengine.submitting import submit_run
 
     def run(self: RunTask, run_id: str | None = None, **kwargs: Any) -> dict[str, Any]:
         if run_id is None and job.start_runs is not None:
@@ -88,11 +102,13 @@ def define_tasks(job: Job) -> None:
             raise SpecInvalid(details=f"unexpected arguments {', '.join(sorted(kwargs))}: send only run_id")
         return run_job(self, job, run_id)
 
-    def submit(**spec: Any) -> str:
-        return submit_run(job=job, spec=spec, send=lambda name, kwargs: current_app.send_task(name, kwargs=kwargs))
+    def submit(self: Task, **spec: Any) -> str:
+        return submit_run(job=job, spec=spec, send=lambda name, kwargs: current_app.send_task(name, kwargs=kwargs),
+                          here=start_here(self, job))
 
     run.__doc__ = f"Execute the {job.name} run ``run_id`` (resuming it if it was interrupted)."
     submit.__doc__ = f"Create a {job.name} run from its JSON spec (once per ``idempotency_key``) and start it."
     run.__name__, submit.__name__ = f"{job.key}_run", f"{job.key}_submit"
     shared_task(name=job.task_name, bind=True, base=RunTask)(run)
-    shared_task(name=job.submit_task_name, throws=(SpecInvalid,))(submit)
+    # Over in moments: a STARTED state would cost two more Redis round trips per submit for nothing.
+    shared_task(name=job.submit_task_name, bind=True, throws=(SpecInvalid,), track_started=False)(submit)

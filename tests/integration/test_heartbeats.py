@@ -77,8 +77,14 @@ def test_one_beat_is_one_statement_for_every_run_of_the_process_and_flags_lost_a
 def test_a_run_the_process_owns_but_no_longer_executes_is_handed_back_by_its_heartbeat():
     """A hand-back the database did not answer leaves the run owned by a live process: its heartbeat
     frees it once its lease ran out, for the sweeper to send again, so it is not held for ever."""
-    held, orphan, fresh = (claim(create_texts(2), "w/1") for _ in range(3))
+    held, orphan, fresh, ending = (claim(create_texts(2), "w/1") for _ in range(4))
     expire_lease(orphan.run_id, owner="w/1")
+    with session_scope() as session:  # its last checkpoint a lease ago and more
+        session.execute(text("UPDATE echo_runs SET last_updated_at = now() - interval '1 minute' WHERE id = :id"),
+                        {"id": orphan.run_id})
+    # Claimed long ago but checkpointed moments ago: a run between the end of its lease here and its
+    # last write (its loop has just stopped vouching for it), not an orphan.
+    expire_lease(ending.run_id, owner="w/1")
     beat = Heartbeats()
     lease = lease_of(held)
     beat.add(lease)
@@ -88,6 +94,7 @@ def test_a_run_the_process_owns_but_no_longer_executes_is_handed_back_by_its_hea
     row = run_row(orphan.run_id)
     assert row["lease_owner"] is None and row["fencing_token"] == orphan.token + 1 and row["step_losses"] == {}
     assert run_row(fresh.run_id)["lease_owner"] == "w/1"  # just claimed, its executor not started yet
+    assert run_row(ending.run_id)["lease_owner"] == "w/1"
     assert run_row(held.run_id)["lease_owner"] == "w/1"
 
 
