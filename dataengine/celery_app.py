@@ -27,7 +27,7 @@ from celery.utils.serialization import strtobool
 from celery.worker import control
 from kombu.utils.url import maybe_sanitize_url
 
-from dataengine import hosting, llm
+from dataengine import hosting, llm, memory
 from dataengine.heartbeats import close_heartbeats
 from dataengine.jobs import load_jobs
 from dataengine.queued import waiting_runs
@@ -104,6 +104,7 @@ def _on_worker_ready(sender: object = None, **_: object) -> None:
 
 @worker_process_init.connect
 def _init_pool_process(**_: object) -> None:
+    memory.limit_arenas()  # before its step threads: they share a few malloc arenas
     signal.signal(DRAIN_SIGNAL, lambda signum, frame: drain())
     llm.client()  # built now, not on a resumed run's first step
 

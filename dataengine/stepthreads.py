@@ -4,7 +4,8 @@ ending after ``IDLE_S`` without work.
 ``concurrent.futures.ThreadPoolExecutor`` keeps every thread it ever started until shutdown: a
 burst of 512 steps in flight left a pool process with 512 idle threads, whose touched stacks held
 most of its memory growth (``bench/peers/worker_memory.py``). Here an idle thread ends, and a
-later burst starts threads again (a few tens of microseconds each).
+later burst starts threads again (a few tens of microseconds each). When the last one ends, the
+heap's free pages go back to the system (``dataengine.memory``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
+
+from dataengine import memory
 
 #: Seconds a step thread waits for work before it ends.
 IDLE_S = 1.0
@@ -61,11 +64,16 @@ class StepThreads:
                 future, fn, args = self._queue.get(timeout=IDLE_S)
             except queue.Empty:
                 with self._lock:
-                    if self._queue.empty():  # else a submit counted on a waiting thread: stay for it
+                    ending = self._queue.empty()  # else a submit counted on a waiting thread: stay for it
+                    if ending:
                         self._idle -= 1
                         self._threads -= 1
-                        return
-                continue
+                        last = self._threads == 0
+                if not ending:
+                    continue
+                if last:
+                    memory.trim()  # the burst is over: what its threads freed goes back to the system
+                return
             if future.set_running_or_notify_cancel():  # not cancelled while queued
                 try:
                     future.set_result(fn(*args))

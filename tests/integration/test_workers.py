@@ -257,6 +257,29 @@ def test_submit_creates_the_run_once_per_idempotency_key(workers, fake_llm):
     assert all(answered(fake_llm, q) == 1 for q in spec["queries"])
 
 
+def test_a_submitted_run_starts_where_it_was_submitted_and_resumes_elsewhere_after_a_sigkill(workers, fake_llm):
+    """``propertyaudit.submit`` creates its run claimed by the worker that took it and works it there:
+    one message, no run task. Killed there, the run is a run like any other: another worker takes it
+    over from its checkpoint, and nothing recorded is asked again."""
+    fake_llm.configure(latency_ms=120)
+    a = workers("a")
+    spec = audit_spec(STEPS_TO_TAKE_OVER)
+    submitted = app.send_task("propertyaudit.submit", kwargs=spec)
+    run_id = uuid.UUID(submitted.get(timeout=30))  # the submit's result is the run id, while the run goes on
+    row = wait_for(lambda: owned_by(run_id, "a"), timeout_s=10, what="worker a to hold the run")
+    assert row["task_id"] == submitted.id and row["fencing_token"] == 1  # claimed by its creation
+    workers("b")
+    wait_for(lambda: progressed(run_id, 8), timeout_s=30, what="8 checkpointed steps")
+    assert f"Task {RUN}[" not in a.log_text()  # no second message
+    a.kill_main()
+    checkpointed = set(results(run_id))
+    assert len(checkpointed) < STEPS_TO_TAKE_OVER - 10, "the run was nearly done before the kill; the test proves nothing"
+    row = wait_for(lambda: finished(run_id), timeout_s=60, what="the run to finish on worker b")
+    assert row["status"] == "completed" and row["fencing_token"] >= 2
+    assert sorted(results(run_id)) == list(range(STEPS_TO_TAKE_OVER))
+    assert_nothing_paid_twice(fake_llm, spec["queries"], checkpointed)
+
+
 def _failure(result: Any) -> str:
     result.get(timeout=30, propagate=False)
     assert result.state == "FAILURE", result.state

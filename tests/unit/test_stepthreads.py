@@ -63,3 +63,28 @@ def test_a_step_cancelled_while_queued_never_runs_and_steps_keep_flowing_under_c
             f.result(timeout=5)
         time.sleep(0.2 if _ % 5 == 0 else 0)
     assert "cancelled" not in ran and len(ran) == 90 and pool.threads <= 2
+
+
+def test_the_heap_is_trimmed_once_when_the_last_thread_of_a_burst_ends(monkeypatch):
+    def earlier_threads_ended() -> bool:  # earlier tests' pools trim when their last thread ends
+        return not any(t.name.startswith("trim-") or t.name.startswith("step-") for t in threading.enumerate())
+
+    wait_for(earlier_threads_ended, timeout_s=5, interval_s=0.02, what="earlier tests' step threads to end")
+    trims: list[int] = []
+    monkeypatch.setattr(stepthreads.memory, "trim", lambda: trims.append(1) or True)
+    pool, release = StepThreads(16, name="trim"), threading.Event()
+    futures = [pool.submit(release.wait, 5) for _ in range(10)]
+    release.set()
+    for f in futures:
+        f.result(timeout=5)
+    assert trims == []  # not while a thread of the burst is still alive
+    wait_for(lambda: pool.threads == 0, timeout_s=5, interval_s=0.02, what="every thread to end")
+    time.sleep(0.05)
+    assert trims == [1]
+
+
+def test_the_malloc_controls_work_on_this_platform():
+    from dataengine import memory
+
+    assert memory.limit_arenas(8) is True  # glibc: the worker's pool processes cap their arenas
+    assert isinstance(memory.trim(), bool)
