@@ -165,8 +165,13 @@ def bench_environment(*, llm_latency_ms: float = 0.0, with_llm: bool = True) -> 
     from dataengine.migrations import migrate
 
     cfg = config()
-    # A benchmark stopped with SIGTERM (kill, timeout) still stops its processes and drops its database.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    # A benchmark stopped with SIGTERM (kill, timeout) still stops its processes and drops its database;
+    # a second SIGTERM (timeout passes it on too) must not cut that short.
+    def stop(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
     flush_redis()
     llm: FakeLLMProcess | None = None
     try:

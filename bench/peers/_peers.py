@@ -96,6 +96,17 @@ def start_bare_worker(name: str, *, concurrency: int) -> CeleryProcess:
     return CeleryProcess(name=name, proc=proc, log_path=log_path, _log=log)
 
 
+def cpu_s(worker: CeleryProcess) -> dict[str, float]:
+    """CPU seconds (user + system) so far of a worker's main process and of its pool processes (Linux ``/proc``)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def of(pid: int) -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / ticks
+
+    return {"main": of(worker.pid), "pool": sum(of(pid) for pid in worker.children())}
+
+
 def per_s(n: int, work: Callable[[], object]) -> float:
     """``n`` over the seconds ``work()`` takes (``n`` steps, sends... that it does)."""
     started = time.perf_counter()

@@ -75,11 +75,16 @@ def main() -> int:
             _peers.submit_audits(WARM_UP, queries=1)
             _peers.bare_updates(WARM_UP)
             for round_no in range(1, args.rounds + 1):
+                before = _peers.cpu_s(workers[0]), _peers.cpu_s(workers[1])
                 ours.append(n / _peers.submit_runs(n, **INSTANT))
                 peer.append(n / _peers.bare_updates(n))
+                after = _peers.cpu_s(workers[0]), _peers.cpu_s(workers[1])
                 audits.append(n / _peers.submit_audits(n, queries=1))
                 print(f"   round {round_no}: ours {ours[-1]:.1f} runs/s, bare Celery {peer[-1]:.1f} tasks/s;"
                       f" one-query PropertyAudits {audits[-1]:.1f} runs/s")
+                print("      worker CPU ms per run / task: " + "; ".join(
+                    f"{side} main {1000 * (a['main'] - b['main']) / n:.2f}, pool {1000 * (a['pool'] - b['pool']) / n:.2f}"
+                    for side, b, a in (("ours", before[0], after[0]), ("bare", before[1], after[1]))))
         finally:
             for worker in workers:
                 worker.stop()
