@@ -113,6 +113,11 @@ def _create(*, session: Session | Connection, job: Job, spec: BaseModel, idempot
     """Insert the run and its steps in one statement (a transaction by itself on an autocommit connection).
     ``here``: claimed by that worker, its first steps recorded as in flight (so that its loop starts
     them without a checkpoint of its own). A run whose key exists already is returned as it is."""
+    runs = job.runs
+    if idempotency_key is not None:  # a repeated submit: found without building or sending its steps again
+        existing = session.execute(select(runs.c.id, runs.c.status).where(runs.c.idempotency_key == idempotency_key))
+        if (found := existing.one_or_none()) is not None:
+            return Created(found.id, found.status)
     new = job.build(spec)
     s = get_settings()
     claimed = here is not None and bool(new.steps)
@@ -129,10 +134,8 @@ def _create(*, session: Session | Connection, job: Job, spec: BaseModel, idempot
     }
     sent = time.monotonic()
     row = session.execute(_create_sql(job, tuple(sorted(new.values))), params).one_or_none()
-    if row is None:  # the key exists (a repeated submit, or a concurrent one that won the race)
-        runs = job.runs
-        existing = session.execute(select(runs.c.id, runs.c.status).where(runs.c.idempotency_key == idempotency_key)).one()
-        return Created(existing.id, existing.status)
+    if row is None:  # a concurrent submit with the same key won the race
+        return _create(session=session, job=job, spec=spec, idempotency_key=idempotency_key, here=None)
     if not claimed:
         return Created(row.id, row.status)
     claim = Claim(run_id=row.id, token=row.fencing_token, worker_id=row.lease_owner, row=row)
