@@ -30,7 +30,7 @@ from kombu.utils.url import maybe_sanitize_url
 from dataengine import hosting, llm, memory
 from dataengine.heartbeats import close_heartbeats
 from dataengine.jobs import load_jobs
-from dataengine.queued import waiting_runs
+from dataengine.queued import broker_lost_messages, waiting_runs
 from dataengine.recovery import Sweeper
 from dataengine.runloop import drain
 from dataengine.settings import get_settings
@@ -75,7 +75,8 @@ def _start_sweeper(where: str) -> None:
     global _sweeper
     if _sweeper is None:
         load_jobs()
-        _sweeper = Sweeper(send=enqueue, waiting=still_queued)
+        _sweeper = Sweeper(send=enqueue, waiting=still_queued,
+                           broker_lost=lambda: broker_lost_messages(get_settings().redis_url))
         _sweeper.start()
         log.info("recovery sweeper started in %s", where)
 

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+import psycopg
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from dataengine.errors import DatabaseUnavailable
@@ -22,10 +23,17 @@ MAX_BACKOFF_S = 2.0
 
 
 def db_unavailable(exc: BaseException) -> bool:
-    """Whether ``exc`` says the database could not be reached or answered (as opposed to a bad statement)."""
+    """Whether ``exc`` says the database could not be reached or answered (as opposed to a bad statement).
+
+    Also the driver's own errors, which reach here unwrapped when they happen in a connection event
+    (the session limits set as a transaction begins): behind PgBouncer, ``server login has been
+    failing, try again later`` (``server_login_retry``, 15 s by default after the server restarted)
+    arrives that way, as a protocol violation (SQLSTATE class 08, a connection exception)."""
     if isinstance(exc, OperationalError | InterfaceError):
         return True
-    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+    if isinstance(exc, DBAPIError):
+        return bool(exc.connection_invalidated)
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
 
 
 def retry_db(

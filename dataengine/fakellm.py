@@ -59,6 +59,9 @@ class FakeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     latency_ms: float = Field(0, ge=0)
+    #: A request any of whose texts (every message, every input) contains one of these keys waits that
+    #: many milliseconds instead (the longest that matches): runs of several kinds kept at one pace.
+    latency_ms_by_text: dict[str, float] = {}
     #: Every Nth API request (chat and embeddings share one counter) gets a 429; 0 turns it off.
     fail_429_every: int = Field(0, ge=0)
     retry_after_s: float = Field(1.0, ge=0)
@@ -248,10 +251,16 @@ def _require_key(request: Request) -> None:
         raise _APIError(401, "Missing or empty bearer API key.", "invalid_request_error", "invalid_api_key")
 
 
+def _latency_s(config: FakeConfig, texts: list[str]) -> float:
+    matched = [ms for key, ms in config.latency_ms_by_text.items() if any(key in t for t in texts)]
+    return (max(matched) if matched else config.latency_ms) / 1000
+
+
 @asynccontextmanager
-async def _admitted(state: _State, prompts: list[str], tokens: int) -> AsyncIterator[None]:
+async def _admitted(state: _State, prompts: list[str], tokens: int, texts: list[str]) -> AsyncIterator[None]:
     """Count a request, refuse it over the provider's limits, wait out the configured latency, and
-    raise any fault it is due; in flight until the block ends. ``tokens``: what it counts against TPM."""
+    raise any fault it is due; in flight until the block ends. ``tokens``: what it counts against TPM;
+    ``texts``: all of the request's text, which ``latency_ms_by_text`` is matched against."""
     n = state.receive(prompts)
     config = state.config
     refusal = state.limits.admit(tokens, rpm=config.rpm_limit, tpm=config.tpm_limit)
@@ -261,7 +270,7 @@ async def _admitted(state: _State, prompts: list[str], tokens: int) -> AsyncIter
                         "rate_limit_exceeded", headers)
     state.limits.started()
     try:
-        await asyncio.sleep(config.latency_ms / 1000)
+        await asyncio.sleep(_latency_s(config, texts))
         if config.fail_429_every and n % config.fail_429_every == 0:
             headers = {"Retry-After": f"{config.retry_after_s:g}"}
             raise _APIError(429, "Rate limit reached (injected).", "rate_limit_error", "rate_limit_exceeded", headers)
@@ -292,7 +301,8 @@ def create_app(config: FakeConfig | None = None) -> FastAPI:
         users = [m for m in body.messages if m.get("role") == "user"]
         prompt = _text(users[-1].get("content")) if users else ""
         asked = body.max_completion_tokens or body.max_tokens or 0
-        async with _admitted(state, [prompt], _tokens(*(_text(m.get("content")) for m in body.messages)) + asked):
+        texts = [_text(m.get("content")) for m in body.messages]
+        async with _admitted(state, [prompt], _tokens(*texts) + asked, texts):
             # Hang while the prompt matches; clearing hang_substrings releases requests already hung.
             deadline = time.monotonic() + state.config.hang_s
             while any(s in prompt for s in state.config.hang_substrings) and time.monotonic() < deadline:
@@ -318,7 +328,7 @@ def create_app(config: FakeConfig | None = None) -> FastAPI:
     @app.post("/v1/embeddings", dependencies=authed)
     async def embeddings(body: EmbeddingRequest) -> dict[str, Any]:
         texts = [body.input] if isinstance(body.input, str) else body.input
-        async with _admitted(state, texts, _tokens(*texts)):
+        async with _admitted(state, texts, _tokens(*texts), texts):
             pass
         data = []
         for i, text in enumerate(texts):

@@ -1,7 +1,11 @@
-"""Which runs still have a message waiting in the broker (kombu's Redis list for a queue).
+"""Which runs still have a message waiting in the broker (kombu's Redis list for a queue), and
+whether the broker lost its messages.
 
 The sweeper asks before it sends a run no worker has claimed yet: a run behind a long backlog
 is still on its way and must not be sent twice; only a message the broker lost is sent again.
+A broker that lost every message (Redis restarted without persistence, flushed, failed over to
+an empty replica) is noticed within a second by a key that was there and is gone
+(:func:`broker_lost_messages`), not after ``redispatch_after_s``.
 """
 
 from __future__ import annotations
@@ -9,8 +13,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import threading
+import time
 
 import redis
+
+from dataengine.redis_keys import BROKER_EPOCH_KEY
 
 #: Messages read from the queue per round trip.
 SCAN_CHUNK = 500
@@ -50,3 +58,22 @@ def waiting_runs(*, redis_url: str, queue: str, run_ids: set[str]) -> set[str]:
     finally:
         client.close()
     return found
+
+
+_clients: dict[str, redis.Redis] = {}
+_clients_lock = threading.Lock()
+
+
+def _client(redis_url: str) -> redis.Redis:
+    with _clients_lock:
+        if redis_url not in _clients:
+            _clients[redis_url] = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+        return _clients[redis_url]
+
+
+def broker_lost_messages(redis_url: str) -> bool:
+    """True once for every time the broker's data is found gone: the epoch key is missing, and this
+    caller set it (``SET NX``, so of many sweepers exactly one sees it). Also true on a broker the
+    engine never used, where nothing can have been lost: the check that follows finds nothing to send.
+    Raises ``redis.RedisError`` while the broker does not answer."""
+    return bool(_client(redis_url).set(BROKER_EPOCH_KEY, f"{time.time():.0f}", nx=True))

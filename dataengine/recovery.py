@@ -19,7 +19,8 @@ from dataengine.db import session_scope, statement_scope
 from dataengine.dbretry import db_unavailable
 from dataengine.jobs import Job, all_jobs
 from dataengine.liveness import bury, dead_owners
-from dataengine.runs import Requeued, finish_run, redispatch_soon, requeue_expired
+from dataengine.redis_keys import BROKER_EPOCH_KEY
+from dataengine.runs import Requeued, finish_run, redispatch_soon, redispatch_unclaimed, requeue_expired
 from dataengine.settings import get_settings
 from models.base import RunStatus
 
@@ -29,6 +30,8 @@ log = logging.getLogger("dataengine.recovery")
 Sender = Callable[[str, dict[str, str]], object]
 #: run ids -> those of them whose message is still waiting in the broker's queue.
 Waiting = Callable[[set[str]], set[str]]
+#: () -> whether the broker lost its messages since the last call (``queued.broker_lost_messages``).
+BrokerLost = Callable[[], bool]
 
 _sweeping = threading.Lock()
 _forks_guarded = False
@@ -66,6 +69,8 @@ def sweep_job(*, job: Job, send: Sender, waiting: Waiting | None = None, dead: S
     """
     with session_scope() as session:
         requeued = requeue_expired(session=session, job=job, dead=dead)
+    unclaimed = {str(r.run_id) for r in requeued if r.lost_owner is None and r.poison is None}
+    queued = _still_waiting(waiting, unclaimed) if waiting is not None and unclaimed else set()
     unsent: list[uuid.UUID] = []
     for r in requeued:
         if r.poison is not None:
@@ -74,7 +79,7 @@ def sweep_job(*, job: Job, send: Sender, waiting: Waiting | None = None, dead: S
             with session_scope() as session:
                 finish_run(session=session, job=job, run_id=r.run_id, status=RunStatus.failed, error=error)
             log.error("[%s] %s run_id=%s", job.name, error, r.run_id)
-        elif r.lost_owner is None and waiting is not None and _still_waiting(waiting, r.run_id):
+        elif str(r.run_id) in queued:
             log.info("[%s] Run not claimed yet, its message is still queued run_id=%s", job.name, r.run_id)
         elif _sent(send, job, r):
             what = f"whose worker {r.lost_owner} stopped answering" if r.lost_owner else "that no worker claimed"
@@ -88,12 +93,13 @@ def sweep_job(*, job: Job, send: Sender, waiting: Waiting | None = None, dead: S
     return requeued
 
 
-def _still_waiting(waiting: Waiting, run_id: uuid.UUID) -> bool:
+def _still_waiting(waiting: Waiting, run_ids: set[str]) -> set[str]:
+    """Which of ``run_ids`` still have a message in the queue (one pass over it for all of them)."""
     try:
-        return str(run_id) in waiting({str(run_id)})
-    except Exception as exc:  # the broker is unreachable: the send will tell
-        log.warning("cannot look for run %s in the broker: %s", run_id, exc)
-        return False
+        return waiting(run_ids)
+    except Exception as exc:  # the broker is unreachable: the sends will tell
+        log.warning("cannot look for %d runs in the broker: %s", len(run_ids), exc)
+        return set()
 
 
 def _sent(send: Sender, job: Job, r: Requeued) -> bool:
@@ -126,17 +132,24 @@ def take_back_dead(*, send: Sender, jobs: Sequence[Job] | None = None) -> list[R
 class Sweeper(threading.Thread):
     """Sweeps every ``sweep_interval_s`` until stopped; an error is logged and the next sweep goes on.
 
-    After the database was unreachable, takebacks wait one lease longer: every heartbeat went
-    stale during the outage, and the workers still alive must get the chance to beat again before
-    their runs are counted as lost.
+    A stale heartbeat means a dead process only if the database was reachable meanwhile: during an
+    outage no live worker's beat gets through either. So a sweeper takes runs back only once it has
+    itself reached the database promptly and without a break for a lease and a heartbeat
+    (:meth:`in_contact`): after an outage, a sweep that hung in a pooler's queue, or a pause of this
+    process, the live workers get that long to beat again before anything is counted as lost.
     """
 
-    def __init__(self, *, send: Sender, waiting: Waiting | None = None, name: str = "dataengine-sweeper") -> None:
+    def __init__(self, *, send: Sender, waiting: Waiting | None = None, broker_lost: BrokerLost | None = None,
+                 name: str = "dataengine-sweeper") -> None:
         super().__init__(name=name, daemon=True)
-        self.send, self.waiting = send, waiting
+        self.send, self.waiting, self.broker_lost = send, waiting, broker_lost
         self.stopped = threading.Event()
-        self.db_down = False
-        self.hold_until = 0.0
+        #: Since when this sweeper has reached the database without a break (monotonic), and when last.
+        self.contact_since: float | None = None
+        self.last_contact = 0.0
+        #: The broker was found without its messages and the runs no worker holds are not yet made due.
+        self.resend_unclaimed = False
+        self._broker_error: str | None = None
 
     def start(self) -> None:
         """Start sweeping in the background."""
@@ -154,22 +167,57 @@ class Sweeper(threading.Thread):
                 with _sweeping:
                     self.sweep_once(full=full)
             except Exception as exc:
-                self.db_down = self.db_down or db_unavailable(exc)
+                if db_unavailable(exc):
+                    self.contact_since = None
                 log.warning("sweep failed (%s: %s); retrying in %.1fs", type(exc).__name__, exc, s.sweep_interval_s)
             if full:
                 next_sweep = time.monotonic() + s.sweep_interval_s
 
+    def in_contact(self) -> bool:
+        """Reach the database (one ``SELECT 1``): whether this sweeper has done so promptly and without a
+        break for ``lease_s + heartbeat_interval_s``. A probe slower than half a lease, or a gap that
+        long since the last one, starts the count again."""
+        s = get_settings()
+        started = time.monotonic()
+        with statement_scope() as conn:
+            conn.execute(text("SELECT 1"))
+        now, limit = time.monotonic(), s.lease_s / 2
+        if self.contact_since is None or now - started > limit or started - self.last_contact > limit:
+            if self.contact_since is not None or self.last_contact:
+                log.warning("database answered after %.1fs without contact; runs are taken back only after "
+                            "%.1fs more, once live workers beat again", now - self.last_contact,
+                            s.lease_s + s.heartbeat_interval_s)
+            self.contact_since = now
+        self.last_contact = now
+        return now - self.contact_since >= s.lease_s + s.heartbeat_interval_s
+
     def sweep_once(self, *, full: bool = True) -> list[Requeued]:
-        """Take back the runs of dead processes and, if ``full``, sweep; nothing while the database has
-        only just come back."""
-        if self.db_down:
-            with session_scope() as session:
-                session.execute(text("SELECT 1"))
-            s = get_settings()
-            self.db_down, self.hold_until = False, time.monotonic() + s.lease_s + s.heartbeat_interval_s
-            log.warning("database reachable again; runs are taken back after %.0fs, once live workers beat again",
-                        s.lease_s + s.heartbeat_interval_s)
-        if time.monotonic() < self.hold_until:
+        """Take back the runs of dead processes and, if ``full``, sweep; nothing until this sweeper has
+        been in contact with the database for a lease (:meth:`in_contact`)."""
+        if not self.in_contact():
             return []
+        lost = self._check_broker()
         requeued = take_back_dead(send=self.send)
-        return requeued + sweep(send=self.send, waiting=self.waiting) if full else requeued
+        return requeued + sweep(send=self.send, waiting=self.waiting) if full or lost else requeued
+
+    def _check_broker(self) -> bool:
+        """If the broker lost its messages, make every run no worker holds due now (a full sweep then
+        sends those whose message is not in the queue); True if it did."""
+        if self.broker_lost is None:
+            return False
+        try:
+            if self.broker_lost():
+                self.resend_unclaimed = True
+            self._broker_error = None
+        except Exception as exc:  # the broker is away; it is looked at again at the next beat
+            if self._broker_error is None:
+                log.warning("cannot check the broker for lost messages (%s: %s)", type(exc).__name__, exc)
+            self._broker_error = str(exc)
+        if not self.resend_unclaimed:
+            return False
+        with session_scope() as session:
+            due = sum(redispatch_unclaimed(session=session, job=job) for job in all_jobs())
+        self.resend_unclaimed = False
+        log.warning("the broker came back without its messages (%s was gone): %d runs no worker holds are "
+                    "sent again unless still queued", BROKER_EPOCH_KEY, due)
+        return True

@@ -6,3 +6,6 @@ from __future__ import annotations
 REJECTED_KEY = "dataengine:rejected"
 #: celery-redbeat's keys (schedule, entries, statics, the one-beat lock) start with this.
 REDBEAT_KEY_PREFIX = "dataengine:redbeat"
+#: Set by the first sweeper that finds it missing; gone again means Redis lost its data (restarted
+#: without persistence, flushed, failed over to an empty replica), and with it the queued messages.
+BROKER_EPOCH_KEY = "dataengine:broker:epoch"

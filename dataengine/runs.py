@@ -446,6 +446,18 @@ def requeue_expired(*, session: Session, job: Job, limit: int = 100, dead: Seque
     return [Requeued(r.id, r.lease_owner, r.current_query_index, poison_step(r.step_losses)) for r in rows]
 
 
+def redispatch_unclaimed(*, session: Session, job: Job) -> int:
+    """Make every active run no worker holds due at the next sweep (the broker lost the messages
+    that would have brought them to a worker); the sweeper then sends those not still queued."""
+    t = job.runs
+    result = session.execute(
+        update(t)
+        .where(t.c.status.in_(ACTIVE_STATUSES), t.c.lease_owner.is_(None))
+        .values(lease_expires_at=func.now())
+    )
+    return result.rowcount
+
+
 def redispatch_soon(*, session: Session, job: Job, run_ids: list[uuid.UUID]) -> None:
     """Make taken-back runs due again at the next sweep: their message could not be sent."""
     t = job.runs

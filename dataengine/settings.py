@@ -130,7 +130,7 @@ class Settings(BaseSettings):
     step_timeout_s: float = Field(900.0, gt=0)
     #: How long a run waits out a database outage (retrying checkpoints, confirming its lease)
     #: before it is handed back to Celery for a later retry.
-    db_retry_limit_s: float = Field(30.0, gt=0)
+    db_retry_limit_s: float = Field(120.0, gt=0)
     #: Celery retries of a run after a transient error (LLM down, database blip).
     task_max_retries: int = Field(5, ge=0)
     #: Redis hides an unacknowledged message this long; our sweeper recovers runs much sooner.

@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+#: The fault-injection suite's fixtures (tests/faults).
+pytest_plugins = ["faults.faultkit"]
 LOOPBACK = {"127.0.0.1", "localhost", "::1", None}
 REDIS_MARKER = "dataengine:tests:owner"
 _redis_db: int | None = None
@@ -220,6 +222,16 @@ def engine_env(db_url: str, redis_url: str, fake_llm: Any) -> Iterator[dict[str,
     client.set(REDIS_MARKER, os.getpid())
 
 
+def require_pgbouncer() -> None:
+    """Skip the test, saying what to install, if Debian's pgbouncer is missing; fail it under ``CI=true``."""
+    import pgbouncer as pgb
+
+    if pgb.binary() is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true and pgbouncer is missing: {pgb.INSTALL_HINT}")
+        pytest.skip(f"pgbouncer is not installed: {pgb.INSTALL_HINT}")
+
+
 @pytest.fixture(scope="session")
 def pgbouncer() -> Iterator[Any]:
     """A real PgBouncer in transaction mode in front of the test server (Debian's package).
@@ -229,10 +241,7 @@ def pgbouncer() -> Iterator[Any]:
     import pgbouncer as pgb
     from sqlalchemy.engine import make_url
 
-    if pgb.binary() is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true and pgbouncer is missing: {pgb.INSTALL_HINT}")
-        pytest.skip(f"pgbouncer is not installed: {pgb.INSTALL_HINT}")
+    require_pgbouncer()
     server = make_url(_server_url())
     bouncer = pgb.PgBouncer(server_host=server.host or "127.0.0.1", server_port=server.port or 5432).start()
     yield bouncer
