@@ -57,11 +57,36 @@ class TaskMessage:
     #: The run's end is this task's result (``<job>.run``); a run started by ``<job>.submit`` is not:
     #: that task's result is the run id, and the run's end is in its row and its log.
     reports: bool = True
+    #: When the deliveries of this run began failing without recording a step (wall clock, carried
+    #: from retry to retry in the message header ``FAILING_SINCE``), or None.
+    failing_since: float | None = None
 
     @classmethod
     def of(cls, task: Task, job: Job, run_id: str, may_retry: bool, *, reports: bool = True) -> TaskMessage:
         r = task.request
-        return cls(task, job, run_id, r.id, r.hostname or "", r.retries or 0, may_retry, time.monotonic(), reports)
+        return cls(task, job, run_id, r.id, r.hostname or "", r.retries or 0, may_retry, time.monotonic(), reports,
+                   failing_since(task))
+
+
+#: The message header of a retry: since when (epoch seconds) the run has been failing without progress.
+FAILING_SINCE = "dataengine_failing_since"
+
+
+def failing_since(task: Task) -> float | None:
+    """The retried message's ``FAILING_SINCE``, or None (a first delivery, or a header that is not a number)."""
+    value = getattr(task.request, FAILING_SINCE, None)
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def retry_allowed(task: Task) -> bool:
+    """Whether this delivery may hand its run back for a retry after a transient failure: within
+    ``task_max_retries`` and within ``transient_retry_window_s`` of the first failure in a row."""
+    s, since = get_settings(), failing_since(task)
+    within = since is None or time.time() - since < s.transient_retry_window_s
+    return (task.request.retries or 0) < s.task_max_retries and within
 
 
 def has_room() -> bool:
@@ -170,7 +195,7 @@ def _report(m: TaskMessage, execution: Execution) -> dict[str, Any] | BaseExcept
     if not isinstance(ended, BaseException):
         _succeeded(m, ended)
     elif isinstance(ended, TransientStepError | DatabaseUnavailable):
-        _retry(m, ended)
+        _retry(m, ended, progressed=execution.done_here > 0)
     else:
         if not isinstance(ended, m.task.throws):
             run_logger(run_id=m.run_id, task_id=m.task_id).error(
@@ -192,19 +217,23 @@ def _failed(m: TaskMessage, exc: BaseException) -> None:
         _event(m, "task-failed", exception=repr(exc), traceback=tb)
 
 
-def _retry(m: TaskMessage, exc: BaseException) -> None:
-    """What Celery's ``autoretry_for`` does: the same task id, one retry more, after a backoff."""
+def _retry(m: TaskMessage, exc: BaseException, *, progressed: bool) -> None:
+    """What Celery's ``autoretry_for`` does: the same task id, one retry more, after a backoff; the
+    message carries since when the run has failed without recording a step (``FAILING_SINCE``)."""
     t = m.task
+    since = time.time() if progressed or m.failing_since is None else m.failing_since
     countdown = get_exponential_backoff_interval(factor=int(max(1.0, t.retry_backoff)), retries=m.retries,
                                                  maximum=t.retry_backoff_max, full_jitter=t.retry_jitter)
-    run_logger(run_id=m.run_id, task_id=m.task_id).info("[%s] Retry in %ss (retry %d of %d): %s", m.job.name,
-                                                       countdown, m.retries + 1, t.max_retries, exc)
+    window = get_settings().transient_retry_window_s
+    run_logger(run_id=m.run_id, task_id=m.task_id).info(
+        "[%s] Retry in %ss (retry %d; failing for %.0fs of the %.0fs retry window): %s", m.job.name, countdown,
+        m.retries + 1, time.time() - since, window, exc)
     if m.reports:
         t.backend.mark_as_retry(m.task_id, exc, request=None)
         _event(m, "task-retried", exception=repr(exc), traceback="")
     # A run started by its submit task is retried as a run task of its own (the submit's result stays the run id).
     t.app.send_task(m.job.task_name, kwargs={"run_id": m.run_id}, task_id=m.task_id if m.reports else None,
-                    countdown=countdown, retries=m.retries + 1)
+                    countdown=countdown, retries=m.retries + 1, headers={FAILING_SINCE: since})
 
 
 def _event(m: TaskMessage, kind: str, **fields: Any) -> None:

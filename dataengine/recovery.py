@@ -134,9 +134,10 @@ class Sweeper(threading.Thread):
 
     A stale heartbeat means a dead process only if the database was reachable meanwhile: during an
     outage no live worker's beat gets through either. So a sweeper takes runs back only once it has
-    itself reached the database promptly and without a break for a lease and a heartbeat
-    (:meth:`in_contact`): after an outage, a sweep that hung in a pooler's queue, or a pause of this
-    process, the live workers get that long to beat again before anything is counted as lost.
+    itself reached the database promptly and without a break for a moment (:meth:`in_contact`):
+    after an outage, a sweep that hung in a pooler's queue, a pause of this process or its start,
+    the live workers (whose heartbeats retry every interval) get the time to beat again before
+    anything is counted as lost.
     """
 
     def __init__(self, *, send: Sender, waiting: Waiting | None = None, broker_lost: BrokerLost | None = None,
@@ -173,10 +174,17 @@ class Sweeper(threading.Thread):
             if full:
                 next_sweep = time.monotonic() + s.sweep_interval_s
 
+    @staticmethod
+    def settle_s() -> float:
+        """Contact needed before taking runs back: a few heartbeat intervals (live processes retry their
+        beat at every one), at least a second, at most a lease."""
+        s = get_settings()
+        return min(s.lease_s, max(1.0, 4 * s.heartbeat_interval_s)) + s.heartbeat_interval_s
+
     def in_contact(self) -> bool:
         """Reach the database (one ``SELECT 1``): whether this sweeper has done so promptly and without a
-        break for ``lease_s + heartbeat_interval_s``. A probe slower than half a lease, or a gap that
-        long since the last one, starts the count again."""
+        break for :meth:`settle_s`. A probe slower than half a lease, or a gap that long since the last
+        one, starts the count again."""
         s = get_settings()
         started = time.monotonic()
         with statement_scope() as conn:
@@ -185,11 +193,10 @@ class Sweeper(threading.Thread):
         if self.contact_since is None or now - started > limit or started - self.last_contact > limit:
             if self.contact_since is not None or self.last_contact:
                 log.warning("database answered after %.1fs without contact; runs are taken back only after "
-                            "%.1fs more, once live workers beat again", now - self.last_contact,
-                            s.lease_s + s.heartbeat_interval_s)
+                            "%.1fs more, once live workers beat again", now - self.last_contact, self.settle_s())
             self.contact_since = now
         self.last_contact = now
-        return now - self.contact_since >= s.lease_s + s.heartbeat_interval_s
+        return now - self.contact_since >= self.settle_s()
 
     def sweep_once(self, *, full: bool = True) -> list[Requeued]:
         """Take back the runs of dead processes and, if ``full``, sweep; nothing until this sweeper has

@@ -532,7 +532,8 @@ class Execution:
                 self._release(details)
                 self.log.warning("[%s] %s; the run will be retried", self.job.name, details)
                 raise TransientStepError(details) from exc
-            details += f" (still failing after {self.s.task_max_retries} retries)"
+            details += (f" (still failing with no retries left: at most {self.s.task_max_retries} retries "
+                        f"within {self.s.transient_retry_window_s:.0f} s of the first failure)")
         self._finish(RunStatus.failed, details)
         self.log.error("[%s] %s", self.job.name, details)
         raise StepFailed(details) from exc

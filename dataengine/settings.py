@@ -131,8 +131,15 @@ class Settings(BaseSettings):
     #: How long a run waits out a database outage (retrying checkpoints, confirming its lease)
     #: before it is handed back to Celery for a later retry.
     db_retry_limit_s: float = Field(120.0, gt=0)
-    #: Celery retries of a run after a transient error (LLM down, database blip).
-    task_max_retries: int = Field(5, ge=0)
+    #: Celery retries of a run after a transient error (LLM down, database blip), at most; the
+    #: window below is what ends them first with the defaults.
+    task_max_retries: int = Field(100, ge=0)
+    #: How long a run keeps being retried while it fails for a transient reason (the LLM provider
+    #: down or refusing connections, a database outage) without recording a step: past this it
+    #: ends ``failed``. A run that records steps between failures starts the window again.
+    transient_retry_window_s: float = Field(900.0, gt=0)
+    #: The longest wait between two retries of a run (exponential backoff from 2 s, full jitter).
+    retry_backoff_max_s: float = Field(60.0, gt=0)
     #: Redis hides an unacknowledged message this long; our sweeper recovers runs much sooner.
     visibility_timeout_s: int = Field(86400, gt=0)
 

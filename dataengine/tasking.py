@@ -16,7 +16,16 @@ from dataengine.errors import (
     StepFailed,
     TransientStepError,
 )
-from dataengine.hosting import TaskMessage, attach, database_away, has_room, host, run_eagerly, wait_for_room
+from dataengine.hosting import (
+    TaskMessage,
+    attach,
+    database_away,
+    has_room,
+    host,
+    retry_allowed,
+    run_eagerly,
+    wait_for_room,
+)
 from dataengine.jobs import Job
 from dataengine.runloop import RunOutcome, adopt_run, start_run
 from dataengine.runs import parse_run_id
@@ -32,7 +41,6 @@ class RunTask(Task):
     # Expected outcomes, logged without a traceback: bad input, a run that ended failed, an outage.
     throws = (InvalidRunId, RunNotFound, SpecInvalid, StepFailed, DatabaseUnavailable)
     retry_backoff = 2
-    retry_backoff_max = 300
     retry_jitter = True
     acks_late = True
     reject_on_worker_lost = True
@@ -42,13 +50,18 @@ class RunTask(Task):
         """``DATAENGINE_TASK_MAX_RETRIES``, read when a task runs, not when the module is imported."""
         return get_settings().task_max_retries
 
+    @property
+    def retry_backoff_max(self) -> int:  # type: ignore[override]
+        """``DATAENGINE_RETRY_BACKOFF_MAX_S``: the longest wait between two retries."""
+        return max(1, round(get_settings().retry_backoff_max_s))
+
 
 def run_job(task: Task, job: Job, run_id: object) -> dict[str, Any]:
     """Claim ``run_id`` of ``job`` and hand it to this process's threads (``dataengine.hosting``),
     which report its end as this task's; returns the task's JSON result only when this worker does
     not run it (finished, held elsewhere) or when the task runs eagerly."""
     worker_id = make_worker_id(task.request.hostname)
-    may_retry = task.request.retries < (task.max_retries or 0)
+    may_retry = retry_allowed(task)
     if not task.request.is_eager:
         if attach(TaskMessage.of(task, job, str(parse_run_id(run_id)), may_retry)):
             raise Ignore()  # a later delivery of a run this process executes: it ends with the run

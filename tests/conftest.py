@@ -61,6 +61,13 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["REDIS_URL"] = _redis_db_url(base, _redis_db)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/faults is the fault-injection suite (``-m faults``)."""
+    for item in items:
+        if "faults" in item.path.parts:
+            item.add_marker(pytest.mark.faults)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

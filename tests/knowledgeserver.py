@@ -105,16 +105,17 @@ class KnowledgeSite:
 
 
 
-def knowledge_spec(n: int, *, property_id: str = "crash-test-property") -> dict[str, Any]:
+def knowledge_spec(n: int, *, property_id: str = "crash-test-property", tag: str | None = None) -> dict[str, Any]:
     """A ``knowledge.submit`` spec over ``n`` text sources registered now, each short enough to be one chunk
-    whose text is the source's own (so the stand-in's count of that text is the count of its embeddings)."""
+    whose text is the source's own (so the stand-in's count of that text is the count of its embeddings);
+    ``tag`` (random unless given) is in every text."""
     from sqlalchemy import select
 
     from dataengine.db import session_scope
     from models.knowledge import KnowledgeSource
     from tasks.knowledge.spec import SourceIn, register_sources
 
-    tag = uuid.uuid4().hex[:8]
+    tag = tag or uuid.uuid4().hex[:8]
     texts = [SourceIn(title=f"note {tag} {i}", text=f"Note {tag} {i}: the laundry room on floor {i} opens at 7 am.")
              for i in range(n)]
     with session_scope() as session:

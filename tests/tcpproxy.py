@@ -1,4 +1,9 @@
-"""A loopback TCP proxy that can cut every connection and refuse new ones: a database outage on demand."""
+"""A loopback TCP proxy that can cut every connection and refuse new ones: an outage on demand.
+
+``cut()`` keeps listening and closes each new connection at once (a server restarting, a pooler
+with no backend); ``refuse()`` stops listening, so a connect is refused by the kernel (a host up
+with nothing on the port: a provider down).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ class TcpProxy:
         self.upstream = upstream
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
+        self.refusing = False
         self._lock = threading.Lock()
         self._open: list[socket.socket] = []
         self._down = threading.Event()
@@ -64,12 +70,23 @@ class TcpProxy:
                 pass
             s.close()
 
+    def refuse(self) -> None:
+        """Drop every connection and stop listening: connecting is refused until ``restore()``."""
+        self.cut()
+        self.refusing = True
+        self._listener.close()
+
     def restore(self) -> None:
-        """Accept and forward connections again."""
+        """Accept and forward connections again (listening again on the same port after ``refuse()``)."""
+        if self.refusing:
+            self._listener = socket.create_server(("127.0.0.1", self.port))
+            self.refusing = False
+            threading.Thread(target=self._accept, name="tcpproxy", daemon=True).start()
         self._down.clear()
 
     def close(self) -> None:
         """Stop listening and drop everything."""
         self._closed = True
         self.cut()
-        self._listener.close()
+        if not self.refusing:
+            self._listener.close()

@@ -79,7 +79,7 @@ def tagged_spec(kind: Kind, steps: int, tag: str) -> dict[str, Any]:
         return audit_spec(steps, tag=tag, name=f"Cedar Flats {tag}")
     if kind.key == "reviewflow":
         return review_spec(steps, tag=tag)
-    return knowledge_spec(steps, property_id=f"fault-{tag}")
+    return knowledge_spec(steps, property_id=f"fault-{tag}", tag=tag)
 
 
 def reread(read: Callable[[], Any], timeout_s: float = 60) -> Any:
@@ -193,15 +193,16 @@ class Fleet:
 
         wait_for(progressed, timeout_s=timeout_s, interval_s=0.1, what=f"every run to checkpoint {steps} steps")
 
-    def fault(self, what: str) -> Fault:
-        """Call just before injecting a fault: a snapshot of what is recorded and what was asked."""
+    def fault(self, what: str, *, mid_run: bool = True) -> Fault:
+        """Call just before injecting a fault: a snapshot of what is recorded and what was asked.
+        ``mid_run``: fail the test if every run is nearly done (the fault would prove nothing)."""
         f = Fault(what, time.monotonic())
         for r in self.runs:
             f.recorded[r.run_id] = set(reread(lambda r=r: results(r.run_id, job=r.kind.job)))
         counts = Counts(self.fake)  # read after the results: a step recorded then was asked by then
         for r in self.runs:
             f.asked[r.run_id] = r.asked(counts)
-        assert any(len(v) < r.steps - 10 for r, v in zip(self.runs, f.recorded.values(), strict=True)), \
+        assert not mid_run or any(len(v) < r.steps - 10 for r, v in zip(self.runs, f.recorded.values(), strict=True)), \
             f"every run was nearly done before {what}: the scenario proves nothing"
         self.faults.append(f)
         return f

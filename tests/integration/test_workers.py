@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from conftest import wait_for
+from faults.fleet import Figures
 from helpers import answered, audit_spec, create, create_audit, results, run_row
 from kinds import KINDS, Kind, assert_nothing_paid_twice
 
@@ -136,12 +137,15 @@ def test_a_dead_worker_is_known_by_its_closed_connection_long_before_its_heartbe
     assert row["status"] == "completed" and sorted(results(run_id)) == list(range(200))
 
 
+@pytest.mark.faults
 @CRASH_ROUTES
-def test_a_sigstopped_worker_that_wakes_after_a_takeover_writes_nothing(workers, fake_llm, kind):
+def test_a_sigstopped_worker_that_wakes_after_a_takeover_writes_nothing(workers, fake_llm, kind, report):
+    """6. A worker SIGSTOPped past its lease, its run taken over, the worker resumed: its writes are
+    refused and it stops; what it recorded before the freeze stays, nothing else of it does."""
     job = kind.job
     # Slow calls while worker b starts (seconds on a busy machine): a short run could otherwise end
     # before the freeze, leaving nothing to take over.
-    a, _, run_id = run_on_worker_a(workers, fake_llm, 80, latency_ms=1000, kind=kind)
+    a, prompts, run_id = run_on_worker_a(workers, fake_llm, 80, latency_ms=1000, kind=kind)
     wait_for(lambda: owned_by(run_id, "a", job), timeout_s=30, what="worker a to claim the run")
     workers("b")
     fake_llm.configure(latency_ms=150 * kind.latency_scale)
@@ -176,6 +180,9 @@ def test_a_sigstopped_worker_that_wakes_after_a_takeover_writes_nothing(workers,
     # Waking up, it started no step before noticing: what it logged since the freeze is only steps
     # it had started before (checkpointed as in flight, frozen before their log line).
     assert set(processing(a, job)[logged_at_freeze:]) <= in_flight_by_a
+    asked = [kind.asked(fake_llm, p) for p in prompts]
+    report(Figures(runs=1, steps=80, faults=1, extra_calls=sum(n - 1 for n in asked), most_asked=max(asked),
+                   stale_writes=0))
 
 
 def processing(worker: Any, job: Any) -> list[int]:
@@ -351,7 +358,7 @@ def test_a_step_still_failing_after_the_last_retry_fails_the_run_saying_so(worke
     run_id = create_audit(3)
     failure = _failure(enqueue(run_id))
     row = run_row(run_id)
-    assert row["status"] == "failed" and "still failing after 1 retries" in row["error_message"]
+    assert row["status"] == "failed" and "no retries left: at most 1 retries" in row["error_message"]
     assert "InternalServerError" in failure and "Retry in" in worker.log_text()
 
 
