@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from typing import Literal, Self
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -175,6 +176,18 @@ class Settings(BaseSettings):
     die_with_parent: bool = False
 
     log_level: str = "INFO"
+
+    @field_validator("redis_url")
+    @classmethod
+    def _verify_tls(cls, value: str) -> str:
+        """A ``rediss://`` URL verifies the server's certificate unless it says otherwise: Celery refuses
+        one without ``ssl_cert_reqs``, and ``required`` is the only safe default (``ssl_ca_certs=`` names
+        a private CA)."""
+        parts = urlsplit(value)
+        if parts.scheme == "rediss" and "ssl_cert_reqs" not in parse_qs(parts.query):
+            query = "&".join(q for q in (parts.query, "ssl_cert_reqs=required") if q)
+            return urlunsplit(parts._replace(query=query))
+        return value
 
     @field_validator("knowledge_refresh_schedule")
     @classmethod

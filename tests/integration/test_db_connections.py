@@ -149,3 +149,19 @@ def test_a_connection_used_moments_ago_is_not_pinged_again(db_url, monkeypatch):
         with session_scope() as session:
             session.execute(text("SELECT 1"))
     assert pings == []
+
+
+@pytest.mark.parametrize("sslmode", ["disable", "require"])
+def test_sslmode_in_the_database_url_reaches_the_driver(db_url, sslmode, monkeypatch):
+    """``?sslmode=`` (and libpq's other TLS options) in DATABASE_URL are passed through as written: the
+    session is encrypted exactly when asked; a server without TLS refuses ``require`` saying so."""
+    url = make_url(db_url).update_query_dict({"sslmode": sslmode})
+    monkeypatch.setenv("DATABASE_URL", url.render_as_string(hide_password=False))
+    reload_settings()
+    try:
+        with session_scope() as session:
+            encrypted = session.scalar(text("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"))
+    except OperationalError as exc:
+        assert sslmode == "require" and "SSL" in str(exc), exc
+        return
+    assert encrypted is (sslmode == "require")

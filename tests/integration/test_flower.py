@@ -173,7 +173,36 @@ def _db_url_with_password(db_url: str) -> tuple[str, str]:
     return url.render_as_string(hide_password=False), password
 
 
-def test_flower_serves_no_secret(locked_redis, workers, flower, db_url):
+def everything_in_redis(url: str) -> str:
+    """Every key and value of the Redis at ``url`` (messages, results, events, schedules), as text."""
+    import redis
+
+    out = []
+    with redis.Redis.from_url(url) as client:
+        for key in client.scan_iter(count=500):
+            kind = client.type(key).decode()
+            value: Any = {"string": client.get, "list": lambda k: client.lrange(k, 0, -1), "hash": client.hgetall,
+                          "set": client.smembers, "zset": lambda k: client.zrange(k, 0, -1)}.get(kind, repr)(key)
+            out.append(f"{key!r} {value!r}")
+    return "\n".join(out)
+
+
+def everything_in_the_database(url: str) -> str:
+    """Every row of every table of the database at ``url`` (runs, steps, results, heartbeats...), as text."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        tables = conn.scalars(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")).all()
+        rows = [f"{t} {r}" for t in tables for r in conn.scalars(text(f'SELECT t::text FROM "{t}" t')).all()]
+    engine.dispose()
+    return "\n".join(rows)
+
+
+def test_no_secret_reaches_flower_the_logs_redis_or_the_database(locked_redis, workers, flower, db_url, tmp_path):
+    """A run with distinctive secrets in every setting that holds one; then everything the product
+    wrote is searched for them: Flower's pages and API, every process's log, every Redis key and
+    value (messages, results, events), every database row."""
     database_url, db_password = _db_url_with_password(db_url)
     secrets = {
         "OPENAI_API_KEY": f"sk-openai-secret-{uuid.uuid4().hex}",
@@ -207,5 +236,11 @@ def test_flower_serves_no_secret(locked_redis, workers, flower, db_url):
     # What is searched is what an operator sees: the run, the worker's settings, the queue.
     assert run_id in served[f"/api/task/info/{task_id}"] and run_id in served["/api/tasks"]
     assert "redbeat_redis_url" in served[f"/worker/{worker}"] and '"celery"' in served["/api/queues/length"]
-    leaks = [(what, path) for what, secret in secrets.items() for path, text in served.items() if secret in text]
+    written = {f"log {p.name}": p.read_text(errors="replace") for p in tmp_path.glob("*.log")}
+    assert any(run_id in text for text in written.values())  # the logs searched are the run's
+    written["redis"] = everything_in_redis(locked_redis)
+    written["database"] = everything_in_the_database(db_url)
+    assert run_id in written["redis"] and run_id in written["database"]
+    leaks = [(what, where) for what, secret in secrets.items() for where, text in {**served, **written}.items()
+             if secret in text]
     assert leaks == []

@@ -67,6 +67,13 @@ def test_production_refuses_placeholder_secrets_and_bad_timings():
     assert Settings(database_url="postgres://u@h/db").sqlalchemy_url == "postgresql+psycopg://u@h/db"
 
 
+def test_a_rediss_url_verifies_the_servers_certificate_unless_it_says_otherwise():
+    assert Settings(redis_url="rediss://:pw@cache:6380/0").redis_url == "rediss://:pw@cache:6380/0?ssl_cert_reqs=required"
+    kept = "rediss://cache:6380/0?ssl_cert_reqs=none&ssl_ca_certs=/ca.pem"
+    assert Settings(redis_url=kept).redis_url == kept
+    assert Settings(redis_url="redis://cache:6379/0").redis_url == "redis://cache:6379/0"
+
+
 def test_the_api_key_never_shows_in_settings_output():
     settings = Settings(openai_api_key="sk-very-secret")
     assert "sk-very-secret" not in repr(settings) and "sk-very-secret" not in str(settings.model_dump())
