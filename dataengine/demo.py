@@ -79,7 +79,7 @@ class DemoError(Exception):
 def demo_queries(n: int) -> list[str]:
     """``n`` distinct search-style queries about Austin apartments, the same on every demo."""
     combos = list(itertools.product(TEMPLATES, PLACES, AMENITIES))
-    random.Random(7).shuffle(combos)  # neighbouring queries differ in every part
+    random.Random(7).shuffle(combos)  # neighbouring queries differ in every part  # noqa: S311  jitter/ordering, not a secret
     return [t.format(place=p, amenity=a) for t, p, a in combos[:n]]
 
 

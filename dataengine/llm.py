@@ -184,7 +184,7 @@ def _within_limits(model: str, tokens: int, send: Callable[[], R]) -> R:
             failure: Exception = exc
         except _TRANSIENT as exc:
             failure = exc
-            time.sleep(min(0.5 * 2**attempt, 8.0) * random.uniform(0.75, 1.0))  # the SDK's own backoff
+            time.sleep(min(0.5 * 2**attempt, 8.0) * random.uniform(0.75, 1.0))  # the SDK's own backoff  # noqa: S311  jitter/ordering, not a secret
         else:
             used = getattr(response, "usage", None)
             limits.settle(reservation, getattr(used, "total_tokens", None) or tokens)

@@ -117,7 +117,7 @@ def start_celery(
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     log = log_path.open("wb")
-    proc = subprocess.Popen(
+    proc = subprocess.Popen(  # noqa: S603  a fixed argv of our own (no shell); env carries the settings
         [*celery_command(), "-A", "dataengine", *args],
         env={**os.environ, **env, "DATAENGINE_DIE_WITH_PARENT": "1"},
         cwd=cwd,

@@ -111,7 +111,7 @@ def adopt_run(*, job: Job, created: Created, task_id: str | None) -> Execution:
     """The execution of a run this worker created already claimed (``dataengine.submitting.StartHere``):
     nothing to check or read back; its first steps are on record as in flight since the insert."""
     claim = created.claim
-    assert claim is not None
+    assert claim is not None  # noqa: S101  narrows a type the code above guarantees; not input validation
     budget.reserve(claim.run_id)
     log = run_logger(run_id=claim.run_id, task_id=task_id)
     execution = Execution(job=job, claim=claim, log=log, may_retry=True, total=claim.row.total_steps,
@@ -330,7 +330,7 @@ class Execution:
     def _step_failed(self, step: tuple[int, Any], exc: BaseException, results: list[tuple[int, StepOutcome]]) -> None:
         index, item = step
         if self.job.step_error_policy == "record" and not self._transient(exc):
-            assert self.job.failed_step_values is not None
+            assert self.job.failed_step_values is not None  # noqa: S101  narrows a type the code above guarantees; not input validation
             self.log.warning("[%s] %s %d/%d failed, recorded: %s: %s", self.job.name, self.job.step_noun,
                              index + 1, self.total, type(exc).__name__, exc)
             results.append((index, StepOutcome(values=self.job.failed_step_values(index, item, exc))))
@@ -472,7 +472,7 @@ class Execution:
                     return checkpoint(session=conn, **arguments)
             with session_scope() as session:
                 state = checkpoint(session=session, **arguments)
-                assert self.job.record_step_rows is not None
+                assert self.job.record_step_rows is not None  # noqa: S101  narrows a type the code above guarantees; not input validation
                 self.job.record_step_rows(session, self.claim.run_id, carrying)
                 return state
 

@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 #: The key the stand-in LLM server accepts; refused outside development.
 PLACEHOLDER_API_KEY = "sk-local-stand-in"
 #: The placeholder password of .env.example, and the shortest API key production accepts.
-PLACEHOLDER_SECRET = "change-me"
+PLACEHOLDER_SECRET = "change-me"  # noqa: S105  the placeholder production refuses (Settings._check_production_secrets)
 MIN_PRODUCTION_API_KEY_CHARS = 16
 
 

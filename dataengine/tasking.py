@@ -89,7 +89,7 @@ def start_here(task: Task, job: Job) -> StartHere | None:
         return None
 
     def start(created: Created) -> None:
-        assert created.claim is not None
+        assert created.claim is not None  # noqa: S101  narrows a type the code above guarantees; not input validation
         message = TaskMessage.of(task, job, str(created.run_id), may_retry=True, reports=False)
         host(adopt_run(job=job, created=created, task_id=task.request.id), message)
 

@@ -128,7 +128,7 @@ def _add_submit_route(jobs_router: APIRouter, job: Job) -> None:
 
 def _add_start_route(jobs_router: APIRouter, job: Job) -> None:
     """``POST /v1/knowledge/refresh``: a run by id, or the job's own start arguments (one run per property)."""
-    assert job.start_model is not None and job.start_runs is not None
+    assert job.start_model is not None and job.start_runs is not None  # noqa: S101  narrows a type the code above guarantees; not input validation
     start_model = job.start_model
     Body_ = Annotated[Annotated[RunRef, Tag("run")] | Annotated[start_model, Tag("start")], Discriminator(_by_run_id)]
 
@@ -137,7 +137,7 @@ def _add_start_route(jobs_router: APIRouter, job: Job) -> None:
             started = _start_existing(request, job, body.run_id)
             return StartedMany(run_id=started.run_id, run_ids=[started.run_id], created=0,
                                status_url=started.status_url)
-        assert job.start_runs is not None
+        assert job.start_runs is not None  # noqa: S101  narrows a type the code above guarantees; not input validation
         runs = job.start_runs(**body.model_dump(mode="json", exclude_unset=True))
         for run_id, created in runs:
             if created:

@@ -185,6 +185,6 @@ def start_runs(**kwargs: Any) -> list[tuple[uuid.UUID, bool]]:
 def add_sources(*, property_id: str, sources: list[dict[str, Any]]) -> None:
     """Register sources for a property without starting a refresh (``dataengine knowledge sources add``)."""
     request = parse_request({"property_id": property_id, "sources": sources})
-    assert request.property_id is not None and request.sources is not None
+    assert request.property_id is not None and request.sources is not None  # noqa: S101  narrows a type the code above guarantees; not input validation
     with session_scope() as session:
         register_sources(session, property_id=request.property_id, sources=request.sources)

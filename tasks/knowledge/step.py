@@ -118,7 +118,7 @@ def refresh_source(ctx: KnowledgeContext, index: int, src: SourceItem) -> StepOu
     source_id = src.source_id
     etag = last_modified = title = None
     if src.kind == "url":
-        assert src.url is not None
+        assert src.url is not None  # noqa: S101  narrows a type the code above guarantees; not input validation
         known = src.content_hash is not None  # validators only mean something once the content is stored
         got = fetch(src.url, etag=src.etag if known else None, last_modified=src.last_modified if known else None,
                     limits=ctx.limits, allow_private=ctx.allow_private)
@@ -162,7 +162,7 @@ def refresh_source(ctx: KnowledgeContext, index: int, src: SourceItem) -> StepOu
         "chunks_deleted": sum(p >= len(chunks) for p in existing),
         "tokens_embedded": usage.prompt_tokens,
     }
-    assert src.property_id is not None
+    assert src.property_id is not None  # noqa: S101  narrows a type the code above guarantees; not input validation
     return StepOutcome(values=values, usage=usage, rows=SourceChunks(src.property_id, ctx.model, rows, len(chunks)))
 
 
