@@ -159,6 +159,9 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
     api_max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    #: The most text (UTF-8 bytes, every string of it) one spec may carry, however it arrives (a task,
+    #: the API, the CLI): the job's count and length limits allow more than a message should hold.
+    max_spec_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     #: One API key, as the web apps of the seeds configure it; ``dataengine api-keys`` adds named ones.
     api_key: SecretStr | None = Field(None, validation_alias=_env("DATA_ENGINE_API_KEY"))
 

@@ -38,15 +38,18 @@ MAX_IDEMPOTENCY_KEY_CHARS = 200
 SpecText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 
 
-def _nul_paths(value: Any, path: str = "") -> list[str]:
-    """Where ``value`` holds text with a NUL character, which PostgreSQL text cannot store."""
+def _scan(value: Any, nul: list[str], path: str = "") -> int:
+    """The UTF-8 bytes of every string in ``value`` (keys included); where one holds a NUL character,
+    which PostgreSQL text cannot store, its path is added to ``nul``."""
     if isinstance(value, str):
-        return [path or "spec"] if "\x00" in value else []
+        if "\x00" in value:
+            nul.append(path or "spec")
+        return len(value) if value.isascii() else len(value.encode(errors="replace"))
     if isinstance(value, dict):
-        return [p for k, v in value.items() for p in _nul_paths(k, path) + _nul_paths(v, f"{path}.{k}".lstrip("."))]
+        return sum(_scan(k, nul, path) + _scan(v, nul, f"{path}.{k}".lstrip(".")) for k, v in value.items())
     if isinstance(value, list):
-        return [p for i, v in enumerate(value) for p in _nul_paths(v, f"{path}.{i}".lstrip("."))]
-    return []
+        return sum(_scan(v, nul, f"{path}.{i}".lstrip(".")) for i, v in enumerate(value))
+    return 0
 
 
 def _idempotency_key(value: Any) -> str | None:
@@ -63,7 +66,10 @@ def validate_spec(job: Job, spec: Any) -> tuple[BaseModel, str | None]:
     """The job's validated spec and the idempotency key, or ``SpecInvalid`` listing every problem on one line."""
     if not isinstance(spec, dict):
         raise SpecInvalid(details=f"spec: must be a JSON object, got {type(spec).__name__}")
-    nul = _nul_paths(spec)
+    nul: list[str] = []
+    size, limit = _scan(spec, nul), get_settings().max_spec_bytes
+    if size > limit:
+        raise SpecInvalid(details=f"spec: {size:,} bytes of text; the limit is {limit:,} (DATAENGINE_MAX_SPEC_BYTES)")
     if nul:
         raise SpecInvalid(details="; ".join(f"{p}: text must not contain NUL (\\x00) characters" for p in nul))
     fields = dict(spec)

@@ -105,6 +105,13 @@ def expire_lease(run_id: uuid.UUID | str, *, owner: str | None = "dead-worker/1"
         )
 
 
+def task_failure(result: Any) -> str:
+    """The error a task ended with (the test fails unless it ended FAILURE)."""
+    result.get(timeout=30, propagate=False)
+    assert result.state == "FAILURE", result.state
+    return str(result.result)
+
+
 def answered(fake: Any, query: str) -> int:
     """How many times the stand-in server answered a query's answer prompt."""
     return fake.stats()["answered_prompts"].get(query, 0)

@@ -6,8 +6,6 @@ tested is what users get.
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import re
 import signal
@@ -18,7 +16,7 @@ from typing import Any
 import pytest
 from conftest import wait_for
 from faults.fleet import Figures
-from helpers import answered, audit_spec, create, create_audit, results, run_row
+from helpers import answered, audit_spec, create, create_audit, results, run_row, task_failure
 from kinds import KINDS, Kind, assert_nothing_paid_twice
 
 from dataengine import app
@@ -242,47 +240,6 @@ def test_a_submitted_run_starts_where_it_was_submitted_and_resumes_elsewhere_aft
     assert_nothing_paid_twice(fake_llm, spec["queries"], checkpointed)
 
 
-def _failure(result: Any) -> str:
-    result.get(timeout=30, propagate=False)
-    assert result.state == "FAILURE", result.state
-    return str(result.result)
-
-
-def _publish_raw(body: bytes, content_type: str) -> None:
-    with app.producer_or_acquire() as producer:
-        producer.publish(
-            body, routing_key="celery", content_type=content_type, content_encoding="binary",
-            headers={"task": RUN, "id": str(uuid.uuid4()), "lang": "py"},
-        )
-
-
-def test_bad_input_gets_a_clear_error_and_harms_no_other_run(workers, fake_llm, engine_env):
-    worker = workers("a")
-    good = create_audit(6)
-    unknown = uuid.uuid4()
-    assert f"No PropertyAudit run with id {unknown}" in _failure(enqueue(unknown))
-    assert "not a UUID" in _failure(app.send_task(RUN, kwargs={"run_id": "../../etc/passwd"}))
-    extra = _failure(app.send_task(RUN, kwargs={"run_id": str(unknown), "priority": "high"}))
-    assert "unexpected arguments priority: send only run_id" in extra
-    malformed = _failure(app.send_task("propertyaudit.submit", kwargs={"property": {}, "queries": "best pool"}))
-    assert "property.name: Field required" in malformed and "queries:" in malformed
-    too_many = {**audit_spec(1), "queries": [f"q{i}" for i in range(10_001)]}
-    assert "at most 10000 queries per run, got 10001" in _failure(app.send_task("propertyaudit.submit", kwargs=too_many))
-    _publish_raw(b"\x80\x04\x95not a pickle you want", "application/x-python-serialize")
-    _publish_raw(b"{not json", "application/json")
-    _publish_raw(base64.b64encode(json.dumps([[], {}, {}]).encode()), "text/plain")
-    enqueue(good)
-    row = wait_for(lambda: finished(good), timeout_s=30, what="the good run to finish")
-    assert row["status"] == "completed" and len(results(good)) == 6
-    assert worker.proc.poll() is None
-    from sqlalchemy import text
-
-    from dataengine.db import session_scope
-
-    with session_scope() as session:
-        assert session.scalar(text("SELECT count(*) FROM geo_runs")) == 1  # no half-made runs from bad specs
-
-
 def test_rate_limits_and_outages_are_ridden_out_and_logs_carry_run_and_task_ids(workers, fake_llm):
     fake_llm.configure(fail_429_every=4, retry_after_s=0.05)
     worker = workers("a", env={"OPENAI_MAX_RETRIES": "0"})  # every 4th call fails past the SDK's retries
@@ -356,7 +313,7 @@ def test_a_step_still_failing_after_the_last_retry_fails_the_run_saying_so(worke
     fake_llm.configure(fail_5xx_every=1)
     worker = workers("a", env={"OPENAI_MAX_RETRIES": "0", "DATAENGINE_TASK_MAX_RETRIES": "1"})
     run_id = create_audit(3)
-    failure = _failure(enqueue(run_id))
+    failure = task_failure(enqueue(run_id))
     row = run_row(run_id)
     assert row["status"] == "failed" and "no retries left: at most 1 retries" in row["error_message"]
     assert "InternalServerError" in failure and "Retry in" in worker.log_text()
