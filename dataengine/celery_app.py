@@ -50,9 +50,11 @@ def enqueue(task_name: str, kwargs: dict[str, str]) -> object:
     return app.send_task(task_name, kwargs=kwargs)
 
 
-def still_queued(run_ids: set[str]) -> set[str]:
-    """The runs among ``run_ids`` whose message still waits in the default queue."""
-    return waiting_runs(redis_url=get_settings().redis_url, queue=app.conf.task_default_queue, run_ids=run_ids)
+def still_queued(run_ids: set[str], taken: bool = False) -> set[str]:
+    """The runs among ``run_ids`` whose message still waits in the default queue (or, with ``taken``,
+    was taken by a worker and not acknowledged)."""
+    return waiting_runs(redis_url=get_settings().redis_url, queue=app.conf.task_default_queue, run_ids=run_ids,
+                        taken=taken)
 
 
 def _masked(value: Any) -> Any:

@@ -22,6 +22,8 @@ from dataengine.redis_keys import BROKER_EPOCH_KEY
 
 #: Messages read from the queue per round trip.
 SCAN_CHUNK = 500
+#: kombu's hash of the messages workers have taken and not acknowledged (the Redis transport's default).
+UNACKED_KEY = "unacked"
 
 
 def _body_text(raw: bytes) -> str:
@@ -36,23 +38,32 @@ def _body_text(raw: bytes) -> str:
         return ""
 
 
-def waiting_runs(*, redis_url: str, queue: str, run_ids: set[str]) -> set[str]:
-    """The ids among ``run_ids`` that appear in a message waiting in ``queue``.
+def _named(raw: bytes, run_ids: set[str]) -> set[str]:
+    """The ids among ``run_ids`` that a message names. Celery's headers carry a readable kwargsrepr;
+    other producers may send only the body, which is then decoded."""
+    text = raw.decode(errors="replace")
+    return {r for r in run_ids if r in text} or {r for r in run_ids if r in _body_text(raw)}
 
-    Messages a worker has taken but not acknowledged are not waiting: if that worker died, only
-    Redis' visibility timeout (hours) would bring them back, so they count as lost.
+
+def waiting_runs(*, redis_url: str, queue: str, run_ids: set[str], taken: bool = False) -> set[str]:
+    """The ids among ``run_ids`` that appear in a message waiting in ``queue``, or with ``taken`` also
+    in one a worker has taken and not acknowledged (kombu's ``unacked`` hash).
+
+    Taken messages do not count by default: if that worker died, only Redis' visibility timeout
+    (hours) would bring them back, so they count as lost. After the broker was found without its
+    epoch key they do: the broker has them, so it did not lose them (on a broker that really lost
+    its data the hash is gone too), and the worker that took them is most likely alive.
     """
     client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
     found: set[str] = set()
     try:
+        if taken:
+            for raw in client.hvals(UNACKED_KEY):
+                found |= _named(raw, run_ids)
         length = client.llen(queue)
         for start in range(0, length, SCAN_CHUNK):
             for raw in client.lrange(queue, start, start + SCAN_CHUNK - 1):
-                # Celery's headers carry a readable kwargsrepr; other producers may send only the body.
-                text = raw.decode(errors="replace")
-                missing = run_ids - found
-                hits = {r for r in missing if r in text} or {r for r in missing if r in _body_text(raw)}
-                found |= hits
+                found |= _named(raw, run_ids - found)
                 if found == run_ids:
                     return found
     finally:

@@ -28,8 +28,9 @@ log = logging.getLogger("dataengine.recovery")
 
 #: (task name, kwargs) -> None; the Celery app's ``send_task`` in production.
 Sender = Callable[[str, dict[str, str]], object]
-#: run ids -> those of them whose message is still waiting in the broker's queue.
-Waiting = Callable[[set[str]], set[str]]
+#: (run ids, taken=False) -> those of them whose message is still waiting in the broker's queue (with
+#: ``taken``, also those taken by a worker and not acknowledged: ``queued.waiting_runs``).
+Waiting = Callable[..., set[str]]
 #: () -> whether the broker lost its messages since the last call (``queued.broker_lost_messages``).
 BrokerLost = Callable[[], bool]
 
@@ -59,18 +60,19 @@ def describe_losses(*, job: Job, run_id: uuid.UUID, losses: int, index: int) -> 
     )
 
 
-def sweep_job(*, job: Job, send: Sender, waiting: Waiting | None = None, dead: Sequence[str] = ()) -> list[Requeued]:
+def sweep_job(*, job: Job, send: Sender, waiting: Waiting | None = None, dead: Sequence[str] = (),
+              taken: bool = False) -> list[Requeued]:
     """One sweep of one job's runs; sends a task for each run taken back, after the commit.
 
     A run no worker held is sent again only if its message is no longer waiting in the broker
-    (``waiting``), so a long backlog is not duplicated. Each run is sent on its own: one that
+    (``waiting``; with ``taken``, nor taken by a worker), so a long backlog is not duplicated. Each run is sent on its own: one that
     cannot be sent is due again at the next sweep, and the others still go. ``dead`` names
     processes known dead (``liveness.dead_owners``), whose runs are all taken back at once.
     """
     with session_scope() as session:
         requeued = requeue_expired(session=session, job=job, dead=dead)
     unclaimed = {str(r.run_id) for r in requeued if r.lost_owner is None and r.poison is None}
-    queued = _still_waiting(waiting, unclaimed) if waiting is not None and unclaimed else set()
+    queued = _still_waiting(waiting, unclaimed, taken) if waiting is not None and unclaimed else set()
     unsent: list[uuid.UUID] = []
     for r in requeued:
         if r.poison is not None:
@@ -93,10 +95,10 @@ def sweep_job(*, job: Job, send: Sender, waiting: Waiting | None = None, dead: S
     return requeued
 
 
-def _still_waiting(waiting: Waiting, run_ids: set[str]) -> set[str]:
+def _still_waiting(waiting: Waiting, run_ids: set[str], taken: bool) -> set[str]:
     """Which of ``run_ids`` still have a message in the queue (one pass over it for all of them)."""
     try:
-        return waiting(run_ids)
+        return waiting(run_ids, taken=taken) if taken else waiting(run_ids)
     except Exception as exc:  # the broker is unreachable: the sends will tell
         log.warning("cannot look for %d runs in the broker: %s", len(run_ids), exc)
         return set()
@@ -111,9 +113,9 @@ def _sent(send: Sender, job: Job, r: Requeued) -> bool:
         return False
 
 
-def sweep(*, send: Sender, waiting: Waiting | None = None) -> list[Requeued]:
+def sweep(*, send: Sender, waiting: Waiting | None = None, taken: bool = False) -> list[Requeued]:
     """One sweep of every registered job."""
-    return [r for job in all_jobs() for r in sweep_job(job=job, send=send, waiting=waiting)]
+    return [r for job in all_jobs() for r in sweep_job(job=job, send=send, waiting=waiting, taken=taken)]
 
 
 def take_back_dead(*, send: Sender, jobs: Sequence[Job] | None = None) -> list[Requeued]:
@@ -205,7 +207,10 @@ class Sweeper(threading.Thread):
             return []
         lost = self._check_broker()
         requeued = take_back_dead(send=self.send)
-        return requeued + sweep(send=self.send, waiting=self.waiting) if full or lost else requeued
+        # After the epoch key was found gone, a message the broker still holds, even one a worker took,
+        # was not lost: on a broker first used while producers were already sending, only those
+        # whose message is nowhere are sent.
+        return requeued + sweep(send=self.send, waiting=self.waiting, taken=lost) if full or lost else requeued
 
     def _check_broker(self) -> bool:
         """If the broker lost its messages, make every run no worker holds due now (a full sweep then

@@ -51,6 +51,7 @@ def test_two_beats_and_three_workers_sweeping_at_once_take_each_expired_run_once
 CHAOS_S = 60
 
 
+@pytest.mark.timeout(480)  # a minute of kills, then every run to its end, with the suite's other processes busy
 @pytest.mark.parametrize("db_route", ["direct", "pgbouncer"], indirect=True)
 def test_random_sigkills_of_worker_processes_for_a_minute(db_route, workers, fake_llm, db_url, fleet_on, report):
     """8. Random SIGKILLs of worker main and pool processes every few seconds for a minute, 20 runs of

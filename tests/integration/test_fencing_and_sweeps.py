@@ -10,6 +10,7 @@ import dataclasses
 import threading
 
 import pytest
+from conftest import wait_for
 from echoruns import claim, create_texts, expire_lease, record, results, run_row
 from enginejob import ECHO as JOB
 from helpers import result_row
@@ -169,6 +170,42 @@ def test_a_run_no_worker_claimed_is_sent_again_only_when_its_message_is_gone(red
     sweep_job(job=JOB, send=send, waiting=still_waiting)
     assert queue.llen("celery") == 1 and str(run_id) in queue.lindex("celery", 0).decode()
     queue.delete("celery")
+
+
+def test_after_the_broker_is_found_without_its_epoch_a_message_a_worker_took_is_not_sent_twice(redis_url,
+                                                                                               monkeypatch):
+    """A broker first seen by a sweeper while producers were already sending (a fresh deployment):
+    its epoch key is missing, yet the messages it holds, even those a worker has taken and not yet
+    acknowledged, were not lost. Only an overdue run whose message is nowhere is sent again."""
+    import redis
+
+    from dataengine import app, jobs
+    from dataengine.queued import waiting_runs
+    from dataengine.recovery import Sweeper
+
+    monkeypatch.setitem(jobs._JOBS, JOB.key, JOB)  # the sweeper sweeps the registered jobs
+    queue = redis.Redis.from_url(redis_url)
+    queue.delete("celery", "unacked")
+    taken = create_texts(2, tag="prefetched by a worker")
+    app.send_task(JOB.task_name, kwargs={"run_id": str(taken)})
+    queue.hset("unacked", "tag-1", queue.rpop("celery"))  # as kombu does when a worker takes it
+    sent: list[str] = []
+    sweeper = Sweeper(send=lambda name, kwargs: sent.append(kwargs["run_id"]),
+                      waiting=lambda ids, taken=False: waiting_runs(redis_url=redis_url, queue="celery",
+                                                                    run_ids=ids, taken=taken),
+                      broker_lost=iter([True]).__next__)
+    try:
+        wait_for(lambda: sweeper.in_contact(), timeout_s=10, interval_s=0.05, what="the sweeper to settle")
+        sweeper.sweep_once(full=False)
+        assert str(taken) not in sent, "a message the broker still held was sent again"
+        with session_scope() as session:  # later, overdue with the worker that took it gone: sent
+            session.execute(text("UPDATE echo_runs SET lease_expires_at = now() - interval '1 s' WHERE id = :id"),
+                            {"id": taken})
+        sweep_job(job=JOB, send=lambda name, kwargs: sent.append(kwargs["run_id"]),
+                  waiting=lambda ids: waiting_runs(redis_url=redis_url, queue="celery", run_ids=ids))
+        assert str(taken) in sent
+    finally:
+        queue.delete("celery", "unacked")
 
 
 def test_the_sweepers_scan_is_an_index_scan_on_100000_active_runs():
