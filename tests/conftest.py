@@ -62,13 +62,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Everything under tests/faults is the fault-injection suite (``-m faults``), and runs first.
-
-    Its scenarios take one to four minutes each, the rest of the suite seconds. pytest-xdist hands
-    the first tests out in turn, one per process, so putting the fault tests first, the longest first
-    (by the time limit each was given), spreads them over the processes and lets the short tests fill
-    in around them; collected last, they ran back to back at the end, the other processes idle.
-    """
+    """Everything under tests/faults is the fault-injection suite (``-m faults``), and runs first,
+    the longest first (by the time limit each was given): see :func:`pytest_xdist_make_scheduler`."""
     for item in items:
         if "faults" in item.path.parts:
             item.add_marker(pytest.mark.faults)
@@ -78,6 +73,36 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return float(marker.args[0]) if marker and marker.args else 0.0
 
     items.sort(key=lambda item: (0, -budget(item)) if "faults" in item.path.parts else (1, 0))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """pytest-xdist's load scheduling, except that a fault test is sent to a process with one short
+    test behind it (a process starts a test only once it holds the next one), never with another.
+
+    The fault scenarios take one to four minutes each, the rest of the suite seconds. xdist sends
+    each process a chunk of consecutive tests to start with, so the fault tests, collected together,
+    all went to one process and ran back to back (15 minutes) while the others ran out of work.
+    Sent this way, longest first, they spread over the processes as each frees up.
+    """
+    if config.getoption("dist", "load") != "load":
+        return None
+    from xdist.scheduler import LoadScheduling
+
+    class FaultsSpread(LoadScheduling):
+        def _is_fault(self, index: int) -> bool:
+            return "tests/faults/" in self.collection[index]
+
+        def _send_tests(self, node: Any, num: int) -> None:
+            if self.pending and self._is_fault(self.pending[0]):
+                short = next((i for i in self.pending if not self._is_fault(i)), None)
+                if short is not None:
+                    self.pending.remove(short)
+                    self.pending.insert(1, short)
+                    num = 2
+            super()._send_tests(node, num)
+
+    return FaultsSpread(config, log)
 
 
 def _alive(pid: int) -> bool:
