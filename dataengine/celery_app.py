@@ -16,23 +16,27 @@ from celery import Celery
 from celery.platforms import set_pdeathsig
 from celery.signals import (
     after_setup_logger,
+    after_setup_task_logger,
     beat_init,
     worker_init,
     worker_process_init,
     worker_process_shutdown,
     worker_ready,
+    worker_shutdown,
     worker_shutting_down,
 )
 from celery.utils.serialization import strtobool
 from celery.worker import control
 from kombu.utils.url import maybe_sanitize_url
 
-from dataengine import hosting, llm, memory
+from dataengine import hosting, llm, memory, metrics
 from dataengine.heartbeats import close_heartbeats
 from dataengine.jobs import load_jobs
+from dataengine.logs import configure_handlers
 from dataengine.queued import broker_lost_messages, waiting_runs
 from dataengine.recovery import Sweeper
 from dataengine.runloop import drain
+from dataengine.sentry import init_sentry
 from dataengine.settings import get_settings
 
 app = Celery("dataengine")
@@ -41,6 +45,7 @@ app.config_from_object("celeryconfig")
 log = logging.getLogger("dataengine.worker")
 _sweeper: Sweeper | None = None
 _consumer: Any = None
+_metrics_server: Any = None
 #: Sent by a worker's main process to its pool processes when it starts a warm shutdown.
 DRAIN_SIGNAL = signal.SIGUSR2
 
@@ -90,6 +95,13 @@ def _quiet_http_logs(**_: object) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _run_fields_and_format(logger: logging.Logger, **_: object) -> None:
+    # Workers' and beat's lines: each of a run with its fields, as text or JSON (DATAENGINE_LOG_FORMAT).
+    configure_handlers(logger)
+
+
 @worker_init.connect
 @beat_init.connect
 def _die_with_parent(**_: object) -> None:
@@ -98,11 +110,32 @@ def _die_with_parent(**_: object) -> None:
         set_pdeathsig("SIGKILL")
 
 
+@worker_init.connect
+def _sentry_in_workers(**_: object) -> None:
+    init_sentry("worker")  # before the pool forks: its processes report too
+
+
+@beat_init.connect
+def _sentry_in_beat(**_: object) -> None:
+    init_sentry("beat")
+
+
+@worker_init.connect
+def _metrics_shared_by_the_pool(**_: object) -> None:
+    # Before the pool forks: its processes then write their metrics where the main process serves them.
+    if get_settings().worker_metrics_port:
+        metrics.use_multiprocess_dir()
+
+
 @worker_ready.connect
 def _on_worker_ready(sender: object = None, **_: object) -> None:
-    global _consumer
+    global _consumer, _metrics_server
     _consumer = sender
     _start_sweeper("worker")
+    s = get_settings()
+    if s.worker_metrics_port:
+        _metrics_server = metrics.serve_worker_metrics(s.worker_metrics_port, s.worker_metrics_host)
+        log.info("worker metrics on http://%s:%d/metrics", s.worker_metrics_host, s.worker_metrics_port)
 
 
 @worker_process_init.connect
@@ -120,6 +153,7 @@ def _hand_back_hosted_runs(**_: object) -> None:
     drain()
     hosting.join_all(timeout_s=get_settings().step_timeout_s)
     close_heartbeats()
+    metrics.process_exited(os.getpid())
 
 
 @beat_init.connect
@@ -139,3 +173,11 @@ def _on_shutdown(**_: object) -> None:
             os.kill(pid, DRAIN_SIGNAL)
         except ProcessLookupError:
             pass
+
+
+@worker_shutdown.connect
+def _stop_serving_metrics(**_: object) -> None:
+    # The pool has exited: nothing writes metrics any more.
+    if _metrics_server is not None:
+        _metrics_server.shutdown()
+    metrics.remove_own_dir()

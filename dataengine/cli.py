@@ -1,5 +1,5 @@
 """The ``dataengine`` command line: migrate, submit, status, watch, cancel, sweep, rejected, fake-llm, demo, knowledge,
-api, api-keys."""
+api, api-keys, runs, events, retry."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import typer
 
 from dataengine.cliout import console, fail
 from dataengine.errors import DataEngineError
+from dataengine.opscli import register as register_operations
 from dataengine.web.commands import api as api_command
 from dataengine.web.commands import keys_cli
 
@@ -231,6 +232,7 @@ def demo(
 
 cli.command("api")(api_command)
 cli.add_typer(keys_cli, name="api-keys")
+register_operations(cli)
 
 knowledge_cli = typer.Typer(no_args_is_help=True, help="Knowledge Refresh: refresh, sources, search.")
 sources_cli = typer.Typer(no_args_is_help=True, help="A property's knowledge sources.")

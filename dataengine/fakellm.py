@@ -69,6 +69,9 @@ class FakeConfig(BaseModel):
     #: A chat request whose prompt contains one of these waits ``hang_s`` before answering.
     hang_substrings: list[str] = []
     hang_s: float = Field(3600, ge=0)
+    #: A chat request whose prompt contains one of these is refused for good: 400, as a provider
+    #: refuses a prompt (a step that fails for good, not for now).
+    reject_substrings: list[str] = []
     #: The provider's own limits over a sliding minute (0: none): requests, and tokens (a request's
     #: prompt tokens plus the completion tokens it asks for at most). Above them: 429 + Retry-After.
     rpm_limit: int = Field(0, ge=0)
@@ -302,6 +305,9 @@ def create_app(config: FakeConfig | None = None) -> FastAPI:
         prompt = _text(users[-1].get("content")) if users else ""
         asked = body.max_completion_tokens or body.max_tokens or 0
         texts = [_text(m.get("content")) for m in body.messages]
+        if any(s in prompt for s in state.config.reject_substrings):
+            raise _APIError(400, "The prompt was rejected by the stand-in (reject_substrings).",
+                            "invalid_request_error", "prompt_rejected")
         async with _admitted(state, [prompt], _tokens(*texts) + asked, texts):
             # Hang while the prompt matches; clearing hang_substrings releases requests already hung.
             deadline = time.monotonic() + state.config.hang_s

@@ -21,7 +21,7 @@ from models.base import FINAL_STATUSES
 STATUS_COLUMNS = (
     "status", "progress_pct", "current_query_index", "completed_steps", "total_steps", "eta_s",
     "prompt_tokens", "completion_tokens", "cost_usd", "lease_owner", "fencing_token",
-    "created_at", "started_at", "last_updated_at", "finished_at", "error_message", "summary",
+    "created_at", "started_at", "last_updated_at", "finished_at", "stalled_at", "error_message", "summary",
 )
 
 
@@ -57,8 +57,9 @@ def latest_runs(limit: int = 20) -> list[tuple[Job, dict[str, Any]]]:
 def describe(job: Job, row: dict[str, Any]) -> str:
     """One line: where the run is, what it costs, how long it still needs."""
     eta = f", ETA {row['eta_s']}s" if row["eta_s"] and row["status"] == "running" else ""
+    stalled = " (stalled)" if row.get("stalled_at") and row["status"] == "running" else ""
     return (
-        f"{job.name} {row['status']}: {row['completed_steps']}/{row['total_steps']} {job.step_plural} "
+        f"{job.name} {row['status']}{stalled}: {row['completed_steps']}/{row['total_steps']} {job.step_plural} "
         f"({float(row['progress_pct']):.0f}%){eta}, {row['prompt_tokens'] + row['completion_tokens']} tokens, "
         f"${float(row['cost_usd']):.4f}"
     )

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import openai
 from pydantic import BaseModel
 
+from dataengine.metrics import metrics
 from dataengine.ratelimit import FleetLimiter, ModelLimits, estimate_tokens, limiter_from
 from dataengine.settings import get_settings
 
@@ -145,7 +146,12 @@ def cost_usd(model: str, prompt_tokens: int, completion_tokens: int) -> Decimal:
 def _usage(model: str, response: Any, started: float) -> Usage:
     u = response.usage
     prompt, completion = (u.prompt_tokens, getattr(u, "completion_tokens", 0) or 0) if u else (0, 0)
-    return Usage(prompt, completion, cost_usd(model, prompt, completion), int((time.monotonic() - started) * 1000))
+    cost = cost_usd(model, prompt, completion)
+    m = metrics()
+    m.llm_tokens.labels(model, "prompt").inc(prompt)
+    m.llm_tokens.labels(model, "completion").inc(completion)
+    m.llm_cost_usd.labels(model).inc(float(cost))
+    return Usage(prompt, completion, cost, int((time.monotonic() - started) * 1000))
 
 
 def retry_after_s(exc: openai.APIStatusError) -> float:
@@ -171,21 +177,29 @@ def retry_after_s(exc: openai.APIStatusError) -> float:
 
 def _within_limits(model: str, tokens: int, send: Callable[[], R]) -> R:
     """``send()`` once the fleet's limits allow it, tried again after a transient failure."""
-    s, limits = get_settings(), limiter()
+    s, limits, m = get_settings(), limiter(), metrics()
     for attempt in range(s.openai_max_retries + 1):
+        if attempt:
+            m.llm_retries.labels(model).inc()
         reservation = limits.acquire(model, tokens)
         try:
             response = send()
         except openai.RateLimitError as exc:
+            m.llm_calls.labels(model, "rate_limited").inc()
             limits.settle(reservation, 0)  # refused: it used no tokens
             wait = retry_after_s(exc)
             limits.pause(model, wait)
             log.warning("%s answered 429: the fleet pauses %s for %.1fs", model, model, wait)
             failure: Exception = exc
         except _TRANSIENT as exc:
+            m.llm_calls.labels(model, "error").inc()
             failure = exc
             time.sleep(min(0.5 * 2**attempt, 8.0) * random.uniform(0.75, 1.0))  # the SDK's own backoff  # noqa: S311  jitter/ordering, not a secret
+        except Exception:
+            m.llm_calls.labels(model, "error").inc()
+            raise
         else:
+            m.llm_calls.labels(model, "ok").inc()
             used = getattr(response, "usage", None)
             limits.settle(reservation, getattr(used, "total_tokens", None) or tokens)
             return response

@@ -12,15 +12,25 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import text
 
 from dataengine.db import session_scope, statement_scope
 from dataengine.dbretry import db_unavailable
+from dataengine.events import prune
 from dataengine.jobs import Job, all_jobs
 from dataengine.liveness import bury, dead_owners
 from dataengine.redis_keys import BROKER_EPOCH_KEY
-from dataengine.runs import Requeued, finish_run, redispatch_soon, redispatch_unclaimed, requeue_expired
+from dataengine.runs import (
+    Requeued,
+    finish_run,
+    flag_stalled,
+    redispatch_soon,
+    redispatch_unclaimed,
+    requeue_expired,
+)
 from dataengine.settings import get_settings
 from models.base import RunStatus
 
@@ -33,6 +43,10 @@ Sender = Callable[[str, dict[str, str]], object]
 Waiting = Callable[..., set[str]]
 #: () -> whether the broker lost its messages since the last call (``queued.broker_lost_messages``).
 BrokerLost = Callable[[], bool]
+
+#: How often a sweeper looks for stalled runs, and prunes old run events.
+STALL_CHECK_S = 10.0
+PRUNE_EVERY_S = 3600.0
 
 _sweeping = threading.Lock()
 _forks_guarded = False
@@ -131,6 +145,19 @@ def take_back_dead(*, send: Sender, jobs: Sequence[Job] | None = None) -> list[R
     return requeued
 
 
+def flag_stalled_runs() -> list[tuple[Job, Any]]:
+    """Flag every job's runs that still heartbeat but stopped making progress (``runs.flag_stalled``)."""
+    flagged = []
+    for job in all_jobs():
+        with session_scope() as session:
+            flagged += [(job, r) for r in flag_stalled(session=session, job=job)]
+    for job, r in flagged:
+        log.warning("[%s] Run stalled: no %s recorded for %.0fs though %s still heartbeats (at %s %d) run_id=%s",
+                    job.name, job.step_noun, time.time() - r.last_updated_at.timestamp(), r.lease_owner,
+                    job.step_noun, r.current_query_index + 1, r.id)
+    return flagged
+
+
 class Sweeper(threading.Thread):
     """Sweeps every ``sweep_interval_s`` until stopped; an error is logged and the next sweep goes on.
 
@@ -153,6 +180,7 @@ class Sweeper(threading.Thread):
         #: The broker was found without its messages and the runs no worker holds are not yet made due.
         self.resend_unclaimed = False
         self._broker_error: str | None = None
+        self._next_stall_check = self._next_prune = 0.0
 
     def start(self) -> None:
         """Start sweeping in the background."""
@@ -206,11 +234,27 @@ class Sweeper(threading.Thread):
         if not self.in_contact():
             return []
         lost = self._check_broker()
+        if full:
+            self._look_after_runs()
         requeued = take_back_dead(send=self.send)
         # After the epoch key was found gone, a message the broker still holds, even one a worker took,
         # was not lost: on a broker first used while producers were already sending, only those
         # whose message is nowhere are sent.
         return requeued + sweep(send=self.send, waiting=self.waiting, taken=lost) if full or lost else requeued
+
+    def _look_after_runs(self) -> None:
+        """Every ``STALL_CHECK_S`` (or half ``stall_min_s``), flag the runs that stalled; every
+        ``PRUNE_EVERY_S``, prune old events."""
+        now = time.monotonic()
+        if now >= self._next_stall_check:
+            self._next_stall_check = now + min(STALL_CHECK_S, get_settings().stall_min_s / 2)
+            flag_stalled_runs()
+        if now >= self._next_prune:
+            self._next_prune = now + PRUNE_EVERY_S
+            with session_scope() as session:
+                pruned = prune(session, older_than=timedelta(days=get_settings().events_retention_days))
+            if pruned:
+                log.info("pruned %d run events older than %.0f days", pruned, get_settings().events_retention_days)
 
     def _check_broker(self) -> bool:
         """If the broker lost its messages, make every run no worker holds due now (a full sweep then

@@ -26,9 +26,11 @@ from dataengine import llm
 from dataengine.db import session_scope, statement_scope, statement_session
 from dataengine.dbretry import db_unavailable, retry_db
 from dataengine.errors import DatabaseUnavailable, LeaseLost, StepFailed, StepTimedOut, TransientStepError
+from dataengine.events import record
 from dataengine.heartbeats import Lease
 from dataengine.jobs import STEP_PAGE_SIZE, Job, StepOutcome
-from dataengine.logs import RunLogger, run_logger
+from dataengine.logs import RunLogger, in_run_context, run_logger, set_run_field
+from dataengine.metrics import metrics
 from dataengine.recovery import describe_losses
 from dataengine.runs import (
     Claim,
@@ -46,6 +48,7 @@ from dataengine.settings import get_settings
 from dataengine.stepbudget import budget
 from dataengine.workerid import dead_sibling
 from models.base import RunStatus
+from models.events import EventType
 
 if TYPE_CHECKING:
     from dataengine.submitting import Created
@@ -151,7 +154,8 @@ def _start(*, job: Job, rid: Any, worker_id: str, task_id: str | None, may_retry
     if poison is not None:
         error = describe_losses(job=job, run_id=rid, losses=poison[1], index=poison[0])
         with session_scope() as session:
-            finish_run(session=session, job=job, run_id=rid, status=RunStatus.failed, token=claim.token, error=error)
+            finish_run(session=session, job=job, run_id=rid, status=RunStatus.failed, token=claim.token, error=error,
+                       worker=worker_id)
         log.error("[%s] %s", job.name, error)
         raise StepFailed(error)
     total = claim.row.total_steps
@@ -161,7 +165,8 @@ def _start(*, job: Job, rid: Any, worker_id: str, task_id: str | None, may_retry
     if not total:
         error = f"the run has no {job.step_plural}: write them before sending its id"
         with session_scope() as session:
-            finish_run(session=session, job=job, run_id=rid, status=RunStatus.failed, token=claim.token, error=error)
+            finish_run(session=session, job=job, run_id=rid, status=RunStatus.failed, token=claim.token, error=error,
+                       worker=worker_id)
         raise StepFailed(error)
     return Execution(job=job, claim=claim, log=log, may_retry=may_retry, total=total)
 
@@ -225,9 +230,12 @@ class Execution:
         return retry_db(fn, what=what, run_id=self.claim.run_id, limit_s=self.s.db_retry_limit_s, log=self.log)
 
     def run(self) -> RunOutcome:
+        held = metrics().runs_in_progress.labels(self.job.key)
+        held.inc()
         try:
             return self._run()
         finally:
+            held.dec()
             budget.release(self.claim.run_id)
 
     def _run(self) -> RunOutcome:
@@ -394,11 +402,13 @@ class Execution:
         deadline = time.monotonic() + self.s.step_timeout_s
         for unit in units:
             for index, _ in unit:
-                self.log.info("[%s] Processing %s %d/%d", self.job.name, self.job.step_noun, index + 1, self.total)
+                self.log.info("[%s] Processing %s %d/%d", self.job.name, self.job.step_noun, index + 1, self.total,
+                              extra={"step": index})
+            step = unit[0][0]
             if len(unit) == 1:
-                future = budget.submit(self.job.execute_step, context, *unit[0])
+                future = budget.submit(in_run_context(self.job.execute_step, step=step), context, *unit[0])
             else:
-                future = budget.submit(self.job.execute_group, context, unit)
+                future = budget.submit(in_run_context(self.job.execute_group, step=step), context, unit)
             self.in_flight[future] = _Running(unit, deadline)
 
     def _take(self, steps: Iterator[tuple[int, Any]]) -> tuple[int, Any] | None:
@@ -445,6 +455,7 @@ class Execution:
         while self.cursor in self.recorded:
             self.recorded.discard(self.cursor)
             self.cursor += 1
+        set_run_field("step", self.cursor)
         rows = [
             {
                 "query_index": index,
@@ -489,7 +500,7 @@ class Execution:
                 summary = self.job.summarize(session, self.claim.run_id) if status is RunStatus.completed else None
                 return finish_run(
                     session=session, job=self.job, run_id=self.claim.run_id, status=status,
-                    token=self.claim.token, error=error, summary=summary,
+                    token=self.claim.token, error=error, summary=summary, worker=self.claim.worker_id,
                 )
 
         if not self._db(write, "finishing the run") and not self._finished_by_me(status):
@@ -505,23 +516,36 @@ class Execution:
             row = session.execute(select(t.c.status, t.c.fencing_token).where(t.c.id == self.claim.run_id)).one()
         return row.status == status.value and row.fencing_token == self.claim.token
 
-    def _release(self, error: str | None) -> None:
+    def _release(self, error: str | None, event: EventType, detail: str) -> None:
         def write() -> None:
             with session_scope() as session:
-                release_run(session=session, job=self.job, claim=self.claim, error=error)
+                release_run(session=session, job=self.job, claim=self.claim, error=error, event=event, detail=detail)
 
         self._db(write, "handing the run back")
+
+    def note_lease_lost(self) -> None:
+        """Count the lost claim and write the run's ``lease_lost`` event (on a best effort: the run is
+        another worker's now)."""
+        metrics().claims_lost.labels(self.job.key).inc()
+        try:
+            with session_scope() as session:
+                record(session, run_id=self.claim.run_id, job_key=self.job.key, event=EventType.lease_lost,
+                       worker=self.claim.worker_id, token=self.claim.token, step_index=self.cursor,
+                       detail="another worker took the run over: this one's writes were refused and it stopped")
+        except Exception as exc:
+            self.log.warning("[%s] could not record the lost lease: %s", self.job.name, type(exc).__name__)
 
     def _release_quietly(self, error: str) -> None:
         try:
             with session_scope() as session:
-                release_run(session=session, job=self.job, claim=self.claim, error=error)
+                release_run(session=session, job=self.job, claim=self.claim, error=error,
+                            detail=f"handed back: {error}")
         except Exception as exc:  # still away: the lease runs out and the sweeper takes the run back
             self.log.warning("[%s] could not hand the run back: %s", self.job.name, type(exc).__name__)
 
     def _hand_back(self) -> RunOutcome:
-        self._release(None)
         detail = f"handed back at {self.job.step_noun} {self.cursor + 1}/{self.total}: this worker is shutting down"
+        self._release(None, EventType.handed_back, detail)
         self.log.info("[%s] %s", self.job.name, detail)
         return RunOutcome(str(self.claim.run_id), RunStatus.running.value, detail, requeue=True)
 
@@ -529,7 +553,7 @@ class Execution:
         details = f"{self.job.step_noun} {index + 1}/{self.total} failed: {type(exc).__name__}: {exc}"
         if self._transient(exc):
             if self.may_retry:
-                self._release(details)
+                self._release(details, EventType.step_failed, f"{details}; the run will be retried")
                 self.log.warning("[%s] %s; the run will be retried", self.job.name, details)
                 raise TransientStepError(details) from exc
             details += (f" (still failing with no retries left: at most {self.s.task_max_retries} retries "

@@ -37,10 +37,13 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from dataengine.errors import InvalidRunId, LeaseLost, RunNotFound
+from dataengine.events import insert_sql, logged
 from dataengine.jobs import Job
 from dataengine.liveness import owner_alive
+from dataengine.metrics import metrics
 from dataengine.settings import get_settings
 from models.base import ACTIVE_STATUSES, FINAL_STATUSES, RunStatus
+from models.events import EventType
 
 
 @dataclass(frozen=True)
@@ -131,7 +134,7 @@ def claim_run(
     free = [t.c.lease_owner.is_(None), lease_lapsed(t)]
     if dead_owner is not None:
         free.append(t.c.lease_owner == dead_owner)
-    row = session.execute(
+    claim = (
         update(t)
         .where(
             t.c.id == run_id,
@@ -148,11 +151,18 @@ def claim_run(
             task_id=task_id,
             started_at=func.coalesce(t.c.started_at, func.now()),
             last_updated_at=func.now(),
+            stalled_at=None,
             **_count_losses(t, claimant=worker_id),
         )
         .returning(*t.c)
-    ).one_or_none()
+    )
+    row = session.execute(logged(
+        claim, job_key=job.key, worker=worker_id,
+        event=lambda c: case((c.completed_steps > 0, EventType.resumed.value), else_=EventType.claimed.value),
+        detail=f"taken over from {dead_owner}, a process of this machine that died" if dead_owner else None,
+    )).one_or_none()
     if row is not None:
+        metrics().runs_started.labels(job.key).inc()
         return Claim(run_id=run_id, token=row.fencing_token, worker_id=worker_id, row=row)
     return _refusal(session=session, job=job, run_id=run_id)
 
@@ -233,6 +243,12 @@ def checkpoint(
     ).one_or_none()
     if row is None:
         raise LeaseLost(run_id=claim.run_id, token=claim.token)
+    if results:
+        m = metrics()
+        m.steps.labels(job.key).inc(len(results))
+        latency = m.step_seconds.labels(job.key)
+        for result in results:
+            latency.observe(result.get("latency_ms", 0) / 1000)
     return Checkpointed(completed_steps=row.completed_steps, cancel_requested=row.cancel_requested)
 
 
@@ -294,6 +310,7 @@ def _checkpoint_sql(job: Job) -> TextClause:
             completion_tokens = {t.name}.completion_tokens + added.completion_tokens,
             cost_usd = {t.name}.cost_usd + added.cost_usd,
             eta_s = :eta_s,
+            stalled_at = CASE WHEN added.n > 0 THEN NULL ELSE {t.name}.stalled_at END,
             last_updated_at = now()
         FROM added, fenced
         WHERE {t.name}.id = fenced.id
@@ -310,12 +327,17 @@ def finish_run(
     token: int | None = None,
     error: str | None = None,
     summary: dict[str, Any] | None = None,
+    worker: str | None = None,
 ) -> bool:
     """Move an active run to a final status and free its lease; with ``token``, only if still ours.
-    A ``summary`` (a completed run's) is written with it; None leaves the column as it is."""
-    params = {"id": run_id, "status": status.value, "token": token, "error": error,
+    A ``summary`` (a completed run's) is written with it; None leaves the column as it is. The event
+    (completed, failed, cancelled) names ``worker``, the process that ended it, if any."""
+    params = {"id": run_id, "status": status.value, "token": token, "error": error, "worker": worker,
               "summary": None if summary is None else json.dumps(summary, default=str)}
-    return session.execute(_finish_sql(job), params).rowcount == 1
+    ended = session.execute(_finish_sql(job), params).scalar_one() == 1
+    if ended:
+        metrics().runs_finished.labels(job.key, status.value).inc()
+    return ended
 
 
 @cache
@@ -324,21 +346,30 @@ def _finish_sql(job: Job) -> TextClause:
     t = job.runs.name
     active = ", ".join(f"'{s}'" for s in ACTIVE_STATUSES)
     done = RunStatus.completed.value
+    recorded = "CAST(:error AS text), ended.completed_steps || '/' || ended.total_steps || ' steps recorded'"
+    event = insert_sql("ended", job_key=job.key, event="CAST(:status AS text)", worker="CAST(:worker AS text)",
+                       detail=f"COALESCE({recorded})")
     return text(f"""
-        UPDATE {t} SET status = CAST(:status AS text), finished_at = now(), last_updated_at = now(),
-            lease_owner = NULL, lease_expires_at = NULL, in_flight_steps = '{{}}', error_message = :error,
-            eta_s = CASE WHEN CAST(:status AS text) = '{done}' THEN 0 END,
-            progress_pct = CASE WHEN CAST(:status AS text) = '{done}' THEN 100 ELSE progress_pct END,
-            summary = COALESCE(CAST(:summary AS jsonb), summary)
-        WHERE id = :id AND status IN ({active})
-          AND (CAST(:token AS bigint) IS NULL OR fencing_token = CAST(:token AS bigint))
+        WITH ended AS (
+            UPDATE {t} SET status = CAST(:status AS text), finished_at = now(), last_updated_at = now(),
+                lease_owner = NULL, lease_expires_at = NULL, in_flight_steps = '{{}}', error_message = :error,
+                eta_s = CASE WHEN CAST(:status AS text) = '{done}' THEN 0 END,
+                progress_pct = CASE WHEN CAST(:status AS text) = '{done}' THEN 100 ELSE progress_pct END,
+                summary = COALESCE(CAST(:summary AS jsonb), summary), stalled_at = NULL
+            WHERE id = :id AND status IN ({active})
+              AND (CAST(:token AS bigint) IS NULL OR fencing_token = CAST(:token AS bigint))
+            RETURNING *
+        ), logged AS ({event})
+        SELECT count(*) FROM ended
     """)
 
 
-def release_run(*, session: Session, job: Job, claim: Claim, error: str | None) -> None:
-    """Hand the run back unfinished (a retry, a shutdown); the sender re-enqueues it, the sweeper only if that is lost."""
+def release_run(*, session: Session, job: Job, claim: Claim, error: str | None,
+                event: EventType = EventType.handed_back, detail: str | None = None) -> None:
+    """Hand the run back unfinished (a retry, a shutdown); the sender re-enqueues it, the sweeper only if
+    that is lost. ``event`` says why (a step that failed for now, or a hand-back), ``detail`` how."""
     t, s = job.runs, get_settings()
-    session.execute(
+    session.execute(logged(
         update(t)
         .where(t.c.id == claim.run_id, t.c.fencing_token == claim.token)
         .values(
@@ -349,7 +380,9 @@ def release_run(*, session: Session, job: Job, claim: Claim, error: str | None) 
             eta_s=None,
             last_updated_at=func.now(),
         )
-    )
+        .returning(t.c.id, t.c.fencing_token, t.c.current_query_index),
+        job_key=job.key, event=event.value, worker=claim.worker_id, detail=detail or error,
+    ))
 
 
 def request_cancel(*, session: Session, job: Job, run_id: uuid.UUID) -> str:
@@ -374,7 +407,7 @@ def retry_run(*, session: Session, job: Job, run_id: uuid.UUID) -> str | None:
     """Queue a failed or cancelled run again; it resumes at its checkpoint (its recorded steps stay) and
     its step losses are forgiven. Returns ``None`` if it was retried, else the status that kept it."""
     t, s = job.runs, get_settings()
-    retried = session.execute(
+    retried = session.execute(logged(
         update(t)
         .where(t.c.id == run_id, t.c.status.in_(RETRYABLE_STATUSES))
         .values(
@@ -383,8 +416,9 @@ def retry_run(*, session: Session, job: Job, run_id: uuid.UUID) -> str | None:
             # Not claimed by then (its message lost), the sweeper sends it again.
             lease_expires_at=func.now() + _seconds(s.redispatch_after_s),
         )
-        .returning(t.c.id)
-    ).scalar_one_or_none()
+        .returning(t.c.id, t.c.fencing_token, t.c.current_query_index),
+        job_key=job.key, event=EventType.retried.value, detail="sent back to work; it resumes at its checkpoint",
+    )).scalar_one_or_none()
     if retried is not None:
         return None
     status = session.scalar(select(t.c.status).where(t.c.id == run_id))
@@ -431,7 +465,7 @@ def requeue_expired(*, session: Session, job: Job, limit: int = 100, dead: Seque
     """
     t, s = job.runs, get_settings()
     due = due_runs(job=job, limit=limit, dead=dead).cte("due")
-    rows = session.execute(
+    rows = session.execute(logged(
         update(t)
         .where(t.c.id == due.c.id)
         .values(
@@ -441,8 +475,15 @@ def requeue_expired(*, session: Session, job: Job, limit: int = 100, dead: Seque
             last_updated_at=func.now(),
             **_count_losses(t),
         )
-        .returning(t.c.id, due.c.lease_owner, t.c.current_query_index, t.c.step_losses)
-    ).all()
+        .returning(t.c.id, due.c.lease_owner, t.c.current_query_index, t.c.step_losses, t.c.fencing_token),
+        job_key=job.key, event=EventType.recovered.value,
+        detail=lambda c: case(
+            (c.lease_owner.is_(None), literal("no worker had claimed it in time; sent again")),
+            else_=literal("taken back from ") + c.lease_owner + literal(", which stopped answering"),
+        ),
+    )).all()
+    if rows:
+        metrics().runs_recovered.labels(job.key).inc(len(rows))
     return [Requeued(r.id, r.lease_owner, r.current_query_index, poison_step(r.step_losses)) for r in rows]
 
 
@@ -466,3 +507,32 @@ def redispatch_soon(*, session: Session, job: Job, run_ids: list[uuid.UUID]) -> 
         .where(t.c.id.in_(run_ids), t.c.lease_owner.is_(None), t.c.status.in_(ACTIVE_STATUSES))
         .values(lease_expires_at=func.now())
     )
+
+
+def flag_stalled(*, session: Session, job: Job) -> list[Any]:
+    """Flag (``stalled_at``, a ``stalled`` event) the running runs held by a worker that have recorded no
+    step for ``stall_factor`` times their usual time per step, and at least ``stall_min_s``; returns
+    them (``id``, ``lease_owner``, ``current_query_index``). A run is flagged once until it moves again.
+    Scans only runs a worker holds (the active-owner index), not a backlog of queued ones."""
+    t, s, n = job.runs, get_settings(), job.runs.name
+    quiet = text(f"""now() - {n}.last_updated_at > GREATEST(CAST(:stall_min AS interval),
+        ({n}.last_updated_at - COALESCE({n}.started_at, {n}.last_updated_at)) / GREATEST({n}.completed_steps, 1)
+        * CAST(:stall_factor AS float8))""").bindparams(stall_min=timedelta(seconds=s.stall_min_s),
+                                                         stall_factor=s.stall_factor)
+    stalled = (
+        update(t)
+        .where(
+            t.c.status.in_(ACTIVE_STATUSES), t.c.status == RunStatus.running.value, t.c.lease_owner.is_not(None),
+            t.c.stalled_at.is_(None), quiet,
+        )
+        .values(stalled_at=func.now())
+        .returning(t.c.id, t.c.fencing_token, t.c.current_query_index, t.c.lease_owner, t.c.last_updated_at)
+    )
+    flagged = session.execute(logged(
+        stalled, job_key=job.key, event=EventType.stalled.value,
+        detail=lambda c: func.concat("no step recorded for ", func.round(func.extract("epoch", func.now() - c.last_updated_at)),
+                                     " s, though ", c.lease_owner, " still heartbeats"),
+    )).all()
+    if flagged:
+        metrics().runs_stalled.labels(job.key).inc(len(flagged))
+    return flagged

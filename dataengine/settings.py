@@ -143,6 +143,19 @@ class Settings(BaseSettings):
     retry_backoff_max_s: float = Field(60.0, gt=0)
     #: Redis hides an unacknowledged message this long; our sweeper recovers runs much sooner.
     visibility_timeout_s: int = Field(86400, gt=0)
+    #: A running run whose worker still heartbeats but that has recorded no step for this many times
+    #: its usual time per step (its time running / its steps recorded), and at least ``stall_min_s``,
+    #: is flagged stalled (a hung provider, say): an event, a metric, its status. Its next step clears it.
+    stall_factor: float = Field(10.0, gt=1)
+    stall_min_s: float = Field(60.0, gt=0)
+    #: A run's history (``run_events``) is kept this long, then pruned by the sweepers.
+    events_retention_days: float = Field(30.0, gt=0)
+
+    # Observability (dataengine.metrics, dataengine.logs).
+    #: Each worker serves its Prometheus metrics on this port (its main process, for all its pool
+    #: processes); unset, it serves none. The API always serves ``/metrics``.
+    worker_metrics_port: int | None = Field(None, ge=1, le=65535)
+    worker_metrics_host: str = "127.0.0.1"
 
     #: When beat starts ``knowledge.refresh`` for every property with sources: a five-field cron
     #: expression (UTC) or a number of seconds; empty turns the schedule off.
@@ -179,6 +192,12 @@ class Settings(BaseSettings):
     die_with_parent: bool = False
 
     log_level: str = "INFO"
+    #: ``text`` (the default) or ``json``: one JSON object per line from workers, beat and the API,
+    #: each line of a run with its ``run_id``, ``task_id``, ``kind``, ``step`` and ``worker``.
+    log_format: Literal["text", "json"] = "text"
+    #: Report errors to Sentry (its Celery and logging integrations, events tagged with the run,
+    #: secrets scrubbed); unset, nothing is sent.
+    sentry_dsn: SecretStr | None = Field(None, validation_alias=_env("SENTRY_DSN"))
 
     @field_validator("redis_url")
     @classmethod

@@ -26,11 +26,14 @@ from sqlalchemy.orm import Session
 
 from dataengine.db import statement_scope
 from dataengine.errors import SpecInvalid
+from dataengine.events import insert_sql
 from dataengine.jobs import STEP_KEY_COLUMNS, Job
+from dataengine.metrics import metrics
 from dataengine.runloop import AHEAD
 from dataengine.runs import Claim, json_rows_sql
 from dataengine.settings import get_settings
 from models.base import ACTIVE_STATUSES, RunStatus
+from models.events import EventType
 
 #: Longest idempotency key a producer may send (the column's width).
 MAX_IDEMPOTENCY_KEY_CHARS = 200
@@ -142,6 +145,7 @@ def _create(*, session: Session | Connection, job: Job, spec: BaseModel, idempot
     row = session.execute(_create_sql(job, tuple(sorted(new.values))), params).one_or_none()
     if row is None:  # a concurrent submit with the same key won the race
         return _create(session=session, job=job, spec=spec, idempotency_key=idempotency_key, here=None)
+    metrics().runs_submitted.labels(job.key).inc()
     if not claimed:
         return Created(row.id, row.status)
     claim = Claim(run_id=row.id, token=row.fencing_token, worker_id=row.lease_owner, row=row)
@@ -173,6 +177,8 @@ def _create_sql(job: Job, value_columns: tuple[str, ...]) -> TextClause:
         "started_at": claimed, "heartbeat_at": claimed,
     }
     columns = {**{name: f":v_{name}" for name in value_columns}, **engine_columns}
+    submitted = insert_sql("run", job_key=job.key, event=f"'{EventType.submitted.value}'",
+                           worker="CAST(:owner AS text)", detail="run.total_steps || ' steps'")
     return text(f"""
         WITH run AS (
             INSERT INTO {runs.name} ({", ".join(columns)}) VALUES ({", ".join(columns.values())})
@@ -182,7 +188,7 @@ def _create_sql(job: Job, value_columns: tuple[str, ...]) -> TextClause:
             INSERT INTO {steps.name} (run_id, query_index, {", ".join(c.name for c in own)})
             SELECT run.id, x.query_index, {select_list}
             FROM run, jsonb_to_recordset(CAST(:steps AS jsonb)) AS x(query_index integer, {types})
-        )
+        ), logged AS ({submitted})
         SELECT * FROM run
     """).bindparams(*(bindparam(f"v_{name}", type_=runs.c[name].type) for name in value_columns)).columns(**{c.name: c.type for c in runs.c})
 

@@ -42,12 +42,15 @@ def dead_sibling(owner: str, me: str) -> bool:
     if len(parts) != 4 or len(mine) != 4 or parts[2] != mine[2] or not parts[1].isdigit():
         return False
     pid = int(parts[1])
-    if pid == os.getpid():
-        return False
+    return pid != os.getpid() and not process_exists(pid)
+
+
+def process_exists(pid: int) -> bool:
+    """Whether a process ``pid`` exists in this pid namespace (one of another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return True
-    except PermissionError:
         return False
-    return False
+    except PermissionError:
+        return True
+    return True

@@ -2,6 +2,7 @@
 
 from models.apikeys import ApiKey
 from models.base import Base, RunMixin, RunStatus, StepMixin, StepResultMixin
+from models.events import EventType, RunEvent
 from models.knowledge import (
     DocumentChunk,
     KnowledgeRefreshResult,
@@ -14,7 +15,7 @@ from models.propertyaudit import GeoQuery, GeoQueryResult, GeoRun
 from models.reviewflow import Review, ReviewAnalysisRow, ReviewFlowRun
 
 __all__ = [
-    "ApiKey", "Base", "DocumentChunk", "GeoQuery", "GeoQueryResult", "GeoRun", "KnowledgeRefreshResult", "KnowledgeRefreshRun",
-    "KnowledgeRefreshSource", "KnowledgeSource", "Review", "ReviewAnalysisRow", "ReviewFlowRun", "RunMixin",
+    "ApiKey", "Base", "DocumentChunk", "EventType", "GeoQuery", "GeoQueryResult", "GeoRun", "KnowledgeRefreshResult", "KnowledgeRefreshRun",
+    "KnowledgeRefreshSource", "KnowledgeSource", "Review", "ReviewAnalysisRow", "ReviewFlowRun", "RunEvent", "RunMixin",
     "RunStatus", "StepMixin", "StepResultMixin", "WorkerHeartbeat",
 ]

@@ -102,6 +102,9 @@ class RunMixin:
     in_flight_steps: Mapped[list[int]] = mapped_column(ARRAY(Integer), nullable=False, server_default="{}")
     #: Times a worker died with a step in flight, by step index (``{"6": 2}``); a poison step ends the run.
     step_losses: Mapped[dict[str, int]] = mapped_column(JSONB, nullable=False, server_default="{}")
+    #: Set by a sweeper when the run still heartbeats but has made no progress for many times its usual
+    #: step time (a hung provider); the next checkpoint clears it.
+    stalled_at: Mapped[datetime | None] = _ts()
 
     @declared_attr.directive
     def __table_args__(cls) -> tuple:

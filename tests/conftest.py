@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from dataengine.workerid import process_exists
+
 #: The fault-injection suite's fixtures (tests/faults).
 pytest_plugins = ["faults.faultkit"]
 LOOPBACK = {"127.0.0.1", "localhost", "::1", None}
@@ -51,7 +53,7 @@ def pytest_configure(config: pytest.Config) -> None:
         for n in range(15, 0, -1):
             client = redis.Redis.from_url(_redis_db_url(base, n), socket_timeout=2)
             owner = client.get(REDIS_MARKER)
-            if owner is not None and not _alive(int(owner)):
+            if owner is not None and not process_exists(int(owner)):
                 client.flushdb()  # left by a test session that was killed: all of it was that session's
             if _redis_db is None and client.dbsize() == 0 and client.set(REDIS_MARKER, os.getpid(), nx=True):
                 _redis_db = n
@@ -75,15 +77,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: (0, -budget(item)) if "faults" in item.path.parts else (1, 0))
 
 
+#: The most tests a pytest-xdist process is sent at once (see pytest_xdist_make_scheduler).
+XDIST_CHUNK = 3
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """pytest-xdist's load scheduling, except that a fault test is sent to a process with one short
-    test behind it (a process starts a test only once it holds the next one), never with another.
+    """pytest-xdist's load scheduling, with short queues: a fault test is sent to a process with one
+    short test behind it (a process starts a test only once it holds the next one), never with
+    another, and no process is sent more than ``XDIST_CHUNK`` tests at once.
 
-    The fault scenarios take one to four minutes each, the rest of the suite seconds. xdist sends
-    each process a chunk of consecutive tests to start with, so the fault tests, collected together,
-    all went to one process and ran back to back (15 minutes) while the others ran out of work.
-    Sent this way, longest first, they spread over the processes as each frees up.
+    The fault scenarios take one to four minutes each, the crash tests of test_workers up to forty
+    seconds, the rest seconds. xdist sends each process a chunk of consecutive tests to start with,
+    so the fault tests, collected together, all went to one process and ran back to back (15
+    minutes), and later the crash tests did, while the other processes ran out of work. Sent this
+    way, the longest first, they spread over the processes as each frees up.
     """
     if config.getoption("dist", "load") != "load":
         return None
@@ -94,6 +102,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
             return "tests/faults/" in self.collection[index]
 
         def _send_tests(self, node: Any, num: int) -> None:
+            num = min(num, XDIST_CHUNK)
             if self.pending and self._is_fault(self.pending[0]):
                 short = next((i for i in self.pending if not self._is_fault(i)), None)
                 if short is not None:
@@ -103,16 +112,6 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
             super()._send_tests(node, num)
 
     return FaultsSpread(config, log)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _redis_db_url(url: str, db: int) -> str:
@@ -190,7 +189,7 @@ def _drop_leftovers(server: Any, create_engine: Any, text: Any) -> None:
         names = conn.scalars(text("SELECT datname FROM pg_database WHERE datname ~ '^de_(tmpl|t)_'")).all()
     admin.dispose()
     templates = {n: int(n.rsplit("_", 1)[1]) for n in names if n.startswith("de_tmpl_")}
-    stale = [n for n, pid in templates.items() if not _alive(pid)]
+    stale = [n for n, pid in templates.items() if not process_exists(pid)]
     if len(stale) == len(templates):
         stale += [n for n in names if n.startswith("de_t_")]
     for name in stale:

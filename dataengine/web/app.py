@@ -121,9 +121,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app() -> FastAPI:
     """The API with a start route for every registered job."""
     from dataengine.jobs import load_jobs
+    from dataengine.sentry import init_sentry
     from dataengine.web import pages, runs_api
+    from dataengine.web.metrics_route import add_metrics
 
     load_jobs()
+    init_sentry("api")
     app = FastAPI(
         title="dataengine", version=package_version(), lifespan=_lifespan,
         description="Start long LLM jobs, poll their progress, cancel and retry them. Every route but "
@@ -132,6 +135,7 @@ def create_app() -> FastAPI:
     app.include_router(runs_api.job_routes())
     app.include_router(runs_api.router)
     pages.add_pages(app)
+    add_metrics(app)
 
     @app.get("/health", response_model=Health, responses={503: {"model": Health}}, tags=["health"])
     def health() -> JSONResponse:

@@ -19,6 +19,7 @@ def api(
     """Serve the HTTP API (FastAPI under uvicorn): start runs, poll them, cancel and retry them."""
     import uvicorn
 
+    from dataengine.logs import api_log_config
     from dataengine.settings import get_settings
     from dataengine.web.app import NoKeyConfigured, create_app
     from dataengine.web.keys import keys_configured
@@ -34,7 +35,7 @@ def api(
         console.print("[yellow]no API key is configured: every request but /health gets 401[/yellow] "
                       "(set DATA_ENGINE_API_KEY, or run: dataengine api-keys create NAME)", highlight=False)
     uvicorn.run(create_app(), host=host or s.api_host, port=port or s.api_port, log_level=s.log_level.lower(),
-                proxy_headers=True, server_header=False)
+                log_config=api_log_config(s.log_level), proxy_headers=True, server_header=False)
 
 
 @keys_cli.command("create")

@@ -30,10 +30,11 @@ from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
 from dataengine.db import session_scope
+from dataengine.events import history
 from dataengine.inspect import find_run
 from dataengine.jobs import Job, all_jobs
 from dataengine.web import runs_api
-from dataengine.web.schemas import RunState, RunView
+from dataengine.web.schemas import EventView, RunState, RunView
 from dataengine.web.sessions import COOKIE, SESSION_TTL_S, key_ref, require_session, session_token, session_valid
 from models.base import ACTIVE_STATUSES, FINAL_STATUSES
 
@@ -42,6 +43,8 @@ HERE = Path(__file__).parent
 NEXT_PATH = re.compile(r"/runs(/[0-9a-fA-F-]{36})?")
 #: Active runs listed at most, and the newest finished ones listed after them.
 ACTIVE_LISTED, RECENT_LISTED = 100, 25
+#: A run's page shows its latest events, this many at most.
+HISTORY_SHOWN = 200
 #: Result rows per page of a run's page, and the characters a cell shows at most.
 RESULTS_PAGE, CELL_CHARS = 50, 240
 #: Fields of a step's item (as ``Job.load_steps`` reads it) that say what the step was about, by preference;
@@ -184,10 +187,11 @@ class ResultPage(BaseModel):
 
 
 class RunDetail(BaseModel):
-    """A run's page: the run and a page of its results."""
+    """A run's page: the run, a page of its results and its history (the latest events, oldest first)."""
 
     run: PageRun
     results: ResultPage
+    events: list[EventView]
 
 
 def _job_info(job: Job) -> JobInfo:
@@ -273,7 +277,9 @@ def page_runs() -> PageRuns:
 def page_run(run_id: uuid.UUID, offset: int = Query(0, ge=0)) -> RunDetail:
     """A run and one page of its results from ``offset`` on."""
     job, row = find_run(run_id)
-    return RunDetail(run=_page_run(job, row), results=_results(job, run_id, offset))
+    with session_scope() as session:
+        events = [EventView.model_validate(e) for e in history(session, run_id, limit=HISTORY_SHOWN)]
+    return RunDetail(run=_page_run(job, row), results=_results(job, run_id, offset), events=events)
 
 
 @api.post("/runs/{run_id}/cancel", status_code=202, response_model=RunState)

@@ -14,14 +14,25 @@ from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Requ
 from pydantic import BaseModel, Discriminator, Tag, create_model
 from sqlalchemy import select, tuple_
 
+from dataengine import operations
 from dataengine.db import session_scope
 from dataengine.errors import RunNotFound, SpecInvalid
 from dataengine.inspect import find_run
 from dataengine.jobs import Job, all_jobs, get_job
-from dataengine.runs import request_cancel, retry_run
+from dataengine.runs import request_cancel
 from dataengine.submitting import submit_run
 from dataengine.web.keys import check_key
-from dataengine.web.schemas import Problem, RunPage, RunRef, RunState, RunView, Started, StartedMany
+from dataengine.web.schemas import (
+    EventView,
+    Problem,
+    RunEvents,
+    RunPage,
+    RunRef,
+    RunState,
+    RunView,
+    Started,
+    StartedMany,
+)
 from models.base import ACTIVE_STATUSES, FINAL_STATUSES, RunStatus
 
 #: The most runs one page of ``GET /v1/runs`` holds.
@@ -171,6 +182,15 @@ def get_run(run_id: uuid.UUID) -> RunView:
     return run_view(job, row)
 
 
+@router.get("/runs/{run_id}/events", response_model=RunEvents, responses=NOT_FOUND, summary="A run's history")
+def get_events(run_id: uuid.UUID) -> RunEvents:
+    """What happened to the run, oldest first: submitted, claimed or resumed (by which worker, with
+    which fencing token, at which step), steps failed and retried, handed back, lease lost, recovered
+    by a sweeper, stalled, retried, and how it ended."""
+    job, _, found = operations.events_of(run_id)
+    return RunEvents(run_id=run_id, kind=job.key, events=[EventView.model_validate(e) for e in found])
+
+
 def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         at, _, rid = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
@@ -232,9 +252,7 @@ def cancel_run(run_id: uuid.UUID) -> RunState:
 def retry(run_id: uuid.UUID) -> RunState:
     """Send a failed or cancelled run back to work: it resumes from its checkpoint, not from step 0."""
     job, _ = find_run(run_id)
-    with session_scope() as session:
-        kept = retry_run(session=session, job=job, run_id=run_id)
+    kept = operations.retry(job, run_id, enqueue)
     if kept is not None:
         raise HTTPException(409, f"run is {kept}; only failed or cancelled runs can be retried")
-    enqueue(job.task_name, {"run_id": str(run_id)})
     return RunState(run_id=run_id, status=RunStatus.queued.value)

@@ -56,6 +56,9 @@ class RunView(BaseModel):
     finished_at: datetime | None
     error_message: str | None
     summary: dict[str, Any] | None
+    #: Since when the run, still heartbeating, has made no progress for many times its usual step
+    #: time (a hung provider, say); None while it moves.
+    stalled_at: datetime | None = None
 
 
 class RunPage(BaseModel):
@@ -76,3 +79,25 @@ class Problem(BaseModel):
     """An error: ``detail`` says what went wrong (a list naming each bad field, for a 422)."""
 
     detail: Any
+
+
+class EventView(BaseModel):
+    """One event of a run's history."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    at: datetime
+    event: str
+    worker: str | None
+    fencing_token: int | None
+    #: The run's resume point then: the first step without a result (0-based).
+    step_index: int | None
+    detail: str | None
+
+
+class RunEvents(BaseModel):
+    """A run's history, oldest first."""
+
+    run_id: uuid.UUID
+    kind: str
+    events: list[EventView]

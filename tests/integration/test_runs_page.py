@@ -141,6 +141,11 @@ def test_the_page_follows_runs_live_and_cancels_one(api, workers, fake_llm, brow
     expect(page.locator("#run-status .status")).to_have_text("completed", timeout=20_000)
     expect(page.locator("#summary")).to_contain_text("visibility score")
     expect(page.locator("#results-count")).to_have_text("(40 queries)")
+    # Its history, oldest first: each event with the worker and the step it happened at.
+    expect(page.locator("#history .event strong")).to_contain_text(
+        ["submitted", "claimed", "cancelled", "retried", "resumed", "completed"])
+    expect(page.locator("#history .event-resumed .by")).to_contain_text("page-worker@")
+    expect(page.locator("#history .event-completed .detail")).to_have_text("40/40 steps recorded")
     later = page.request.get(f"{api}/runs/api/runs/{audit}?offset=30").json()["results"]  # the page's cookie
     assert later["total"] == 40 and [r["query_index"] for r in later["rows"]] == list(range(30, 40))
     page.screenshot(path=tmp_path / "run-completed.png", full_page=True)

@@ -119,3 +119,45 @@ def test_every_job_runs_on_the_compose_workers_and_beat_fires_the_refresh():
     assert {"tasks.propertyaudit", "tasks.reviewflow", "tasks.knowledge"} <= set(Settings().job_modules)
     env = SERVICES["beat"]["environment"]
     assert "DATAENGINE_KNOWLEDGE_REFRESH_SCHEDULE" in env and "0 3 * * *" in env["DATAENGINE_KNOWLEDGE_REFRESH_SCHEDULE"]
+
+
+def test_the_metrics_profile_scrapes_the_api_and_every_worker_where_they_listen():
+    prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
+    api_port = SERVICES["api"]["command"][SERVICES["api"]["command"].index("--port") + 1]
+    assert jobs["dataengine-api"]["static_configs"] == [{"targets": [f"api:{api_port}"]}]
+    worker_env = SERVICES["worker"]["environment"]
+    assert jobs["dataengine-workers"]["dns_sd_configs"] == [
+        {"names": ["worker"], "type": "A", "port": int(worker_env["DATAENGINE_WORKER_METRICS_PORT"])}]
+    assert worker_env["DATAENGINE_WORKER_METRICS_HOST"] == "0.0.0.0"  # noqa: S104  inside the compose network
+    assert not SERVICES["worker"].get("ports"), "worker metrics stay inside the compose network"
+    for name, port in (("prometheus", 9090), ("grafana", 3000)):
+        assert SERVICES[name]["profiles"] == ["metrics"]
+        assert SERVICES[name]["ports"] == [f"127.0.0.1:{port}:{port}"]
+        for volume in SERVICES[name]["volumes"]:
+            source = volume.split(":")[0]
+            assert not source.startswith("./") or (ROOT / source).exists(), volume
+    assert "${GRAFANA_ADMIN_PASSWORD:?" in (ROOT / "docker-compose.yml").read_text()
+
+
+def test_the_dashboard_asks_only_for_metrics_the_engine_exports():
+    import json
+
+    from prometheus_client import REGISTRY
+
+    from dataengine.metrics import metrics
+    from dataengine.web.metrics_route import FLEET_FAMILIES, _requests
+
+    metrics(), _requests()
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
+    exported = set(FLEET_FAMILIES)
+    for family in REGISTRY.collect():
+        exported |= {family.name + suffix for suffix in suffixes.get(family.type, ("",))}
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "dataengine.json").read_text())
+    asked = {name for panel in dashboard["panels"] for target in panel["targets"]
+             for name in re.findall(r"\bdataengine_[a-z_]+", target["expr"])}
+    assert asked and asked <= exported, asked - exported
+    uids = {panel["datasource"]["uid"] for panel in dashboard["panels"]}
+    datasources = yaml.safe_load((ROOT / "deploy" / "grafana" / "provisioning" / "datasources" / "prometheus.yml")
+                                 .read_text())["datasources"]
+    assert uids == {d["uid"] for d in datasources}

@@ -95,6 +95,10 @@ function steps(run) {
 
 function status(run) {
   const cancelling = run.cancel_requested && ACTIVE.has(run.status);
+  if (run.stalled_at && run.status === "running" && !cancelling) {
+    return el("span", { class: "status status-stalled", title: `no step recorded since ${when(run.stalled_at)}` },
+      "stalled");
+  }
   return el("span", { class: `status status-${run.status}` }, cancelling ? "cancelling…" : run.status);
 }
 
@@ -241,6 +245,22 @@ function renderFacts(run) {
     facts.flatMap(([name, value]) => [el("dt", {}, name), el("dd", {}, value)]));
 }
 
+// A run's events, oldest first: when, what, at which step, by which worker, and why.
+const EVENT_WORDS = { step_failed: "step failed", handed_back: "handed back", lease_lost: "lease lost" };
+
+function renderHistory(events, run) {
+  renderIf($("history"), events, () => events.map((e) => {
+    const step = e.step_index === null ? null : `at ${run.job.step_noun} ${e.step_index + 1}/${run.total_steps}`;
+    const who = e.worker ? worker({ worker: e.worker }) : null;
+    return el("li", { class: `event event-${e.event}` },
+      el("time", { datetime: e.at, title: e.at }, when(e.at)),
+      el("strong", {}, EVENT_WORDS[e.event] ?? e.event),
+      step ? el("span", { class: "step" }, step) : null,
+      who ? el("span", { class: "by" }, "by ", who) : null,
+      e.detail ? el("span", { class: "detail" }, e.detail) : null);
+  }));
+}
+
 function renderResults(results, noun, plural) {
   const titles = results.columns.map((c) => (c === "step" ? noun : COLUMN_TITLES[c] ?? words(c)));
   renderIf($("results-head"), titles, () => titles.map((t) => el("th", {}, t)));
@@ -299,6 +319,7 @@ function runPage(runId) {
       renderIf($("summary"), run.summary, () => Object.entries(run.summary).flatMap(([k, v]) =>
         [el("dt", {}, words(k)), el("dd", {}, summaryValue(v))]));
     }
+    renderHistory(detail.events, run);
     renderResults(detail.results, run.job.step_noun, run.job.step_plural);
     return ACTIVE.has(run.status) ? POLL_MS : IDLE_POLL_MS;
   });

@@ -1,0 +1,87 @@
+"""What an operator asks of the runs: which failed and why, what happened to one, send them back.
+
+Used by the ``dataengine runs``, ``events`` and ``retry`` commands and by the HTTP API.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, literal, select
+
+from dataengine.db import session_scope
+from dataengine.events import history
+from dataengine.inspect import find_run
+from dataengine.jobs import Job, all_jobs
+from dataengine.runs import retry_run
+
+#: ``--since`` units: 90s, 30m, 12h, 1d, 2w.
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_SINCE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+
+#: Columns of a listed run.
+LISTED = ("id", "status", "current_query_index", "completed_steps", "total_steps", "cost_usd", "created_at",
+          "finished_at", "error_message", "stalled_at", "lease_owner")
+
+
+def parse_since(value: str) -> timedelta:
+    """``"1d"``, ``"12h"``, ``"30m"``, ``"90s"``, ``"2w"`` as a timedelta; ``ValueError`` saying the form otherwise."""
+    match = _SINCE.match(value or "")
+    if match is None:
+        raise ValueError(f"{value!r} is not a duration: write a number and a unit, as 90s, 30m, 12h, 1d or 2w")
+    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+
+
+@dataclass(frozen=True)
+class ListedRun:
+    """A run in a listing, with its job."""
+
+    job: Job
+    row: dict[str, Any]
+
+    @property
+    def stopped_at(self) -> str:
+        """Where the run is or stopped: ``query 7/100``."""
+        r = self.row
+        return f"{self.job.step_noun} {min(r['current_query_index'] + 1, max(r['total_steps'], 1))}/{r['total_steps']}"
+
+
+def list_runs(*, status: str | None, kinds: list[Job] | None = None, since: timedelta | None = None,
+              limit: int = 50) -> list[ListedRun]:
+    """Runs of ``status`` (any when None) of ``kinds`` (every job when None), finished (or, if not
+    finished, created) within ``since``, newest first."""
+    found: list[ListedRun] = []
+    with session_scope() as session:
+        for job in kinds or all_jobs():
+            t = job.runs
+            when = func.coalesce(t.c.finished_at, t.c.created_at)
+            query = select(*(t.c[c] for c in LISTED), when.label("at")).order_by(when.desc()).limit(limit)
+            if status is not None:
+                query = query.where(t.c.status == status)
+            if since is not None:
+                query = query.where(when >= func.now() - literal(since))
+            found += [ListedRun(job, dict(r)) for r in session.execute(query).mappings()]
+    found.sort(key=lambda r: r.row["at"], reverse=True)
+    return found[:limit]
+
+
+def events_of(run_id: object) -> tuple[Job, dict[str, Any], list[dict[str, Any]]]:
+    """A run's job, row and history, oldest event first; ``RunNotFound``/``InvalidRunId`` otherwise."""
+    job, row = find_run(run_id)
+    with session_scope() as session:
+        return job, row, history(session, row["id"])
+
+
+def retry(job: Job, run_id: uuid.UUID, send: Callable[[str, dict[str, str]], object]) -> str | None:
+    """Send a failed or cancelled run back to work from its checkpoint. Returns None when it was sent,
+    else the status that kept it (only failed and cancelled runs are retried)."""
+    with session_scope() as session:
+        kept = retry_run(session=session, job=job, run_id=run_id)
+    if kept is None:
+        send(job.task_name, {"run_id": str(run_id)})
+    return kept
