@@ -254,3 +254,18 @@ def test_errors_reach_sentry_tagged_with_their_run_and_without_a_secret(workers,
     assert "query 3/5 failed" in json.dumps(events[0])
     everything = b"".join(sentry.received)
     assert secret.encode() not in everything and b"sk-live-sentinel" not in everything
+
+
+def test_the_api_writes_json_lines_too(engine_env, tmp_path):
+    from liveapi import live_api
+
+    log_path = tmp_path / "api.log"
+    env = {**engine_env, "DATA_ENGINE_API_KEY": KEY, "DATAENGINE_LOG_FORMAT": "json", "DATAENGINE_LOG_LEVEL": "INFO"}
+    with live_api(env, log_path=log_path) as base:
+        request = urllib.request.Request(f"{base}/v1/runs", headers={"X-API-Key": KEY})
+        with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310  the test's own loopback API
+            assert answer.status == 200
+    lines = [line for line in log_path.read_text().splitlines() if line.strip()]
+    parsed = [json.loads(line) for line in lines]  # nothing but JSON objects, one a line
+    assert all({"time", "level", "logger", "message"} <= set(p) for p in parsed), parsed
+    assert any(p["logger"] == "uvicorn.access" and "GET /v1/runs" in p["message"] for p in parsed), parsed

@@ -55,6 +55,15 @@ def progressed(run_id: uuid.UUID, steps: int, job: Any = None) -> dict[str, Any]
     return row if row["completed_steps"] >= steps else None
 
 
+def events_of(run_id: uuid.UUID) -> list[tuple[str, str | None, int | None]]:
+    """The run's history as (event, worker, fencing token)."""
+    from dataengine.db import session_scope
+    from dataengine.events import history
+
+    with session_scope() as session:
+        return [(e["event"], e["worker"], e["fencing_token"]) for e in history(session, run_id)]
+
+
 def finished(run_id: uuid.UUID, job: Any = None) -> dict[str, Any] | None:
     row = run_row(run_id, job=job)
     return row if row["status"] in ("completed", "failed", "cancelled") else None
@@ -178,6 +187,11 @@ def test_a_sigstopped_worker_that_wakes_after_a_takeover_writes_nothing(workers,
     # Waking up, it started no step before noticing: what it logged since the freeze is only steps
     # it had started before (checkpointed as in flight, frozen before their log line).
     assert set(processing(a, job)[logged_at_freeze:]) <= in_flight_by_a
+    # Its history says so: b resumed it, and a recorded its lost claim, with its own token.
+    lost = wait_for(lambda: [e for e in events_of(run_id) if e[0] == "lease_lost"], timeout_s=10,
+                    what="worker a to record its lost claim")
+    assert len(lost) == 1 and lost[0][1].startswith("a@") and lost[0][2] == a_token, lost
+    assert ("resumed", taken["lease_owner"], taken["fencing_token"]) in events_of(run_id)
     asked = [kind.asked(fake_llm, p) for p in prompts]
     report(Figures(runs=1, steps=80, faults=1, extra_calls=sum(n - 1 for n in asked), most_asked=max(asked),
                    stale_writes=0))
