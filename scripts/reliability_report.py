@@ -34,7 +34,7 @@ scenarios 4, 5 and 8 a second time through a real PgBouncer in transaction mode.
 100 steps of every job (20 runs in scenario 8) is checked step by step. It is part of the test
 command (`scripts/test.sh`, and CI).
 
-Regenerate this file (about ten minutes): `bash scripts/reliability_report.sh`
+Regenerate this file (about seven minutes): `bash scripts/reliability_report.sh`
 """
 
 #: scenario number -> (title, what the product promises there).

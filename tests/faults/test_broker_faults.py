@@ -29,7 +29,7 @@ def start(workers, broker, fake_llm, *, latency_ms: float = 400, **env: str):
     return workers("a", env={"REDIS_URL": broker.url(), "DATAENGINE_RUNS_PER_PROCESS": HELD, **env})
 
 
-@pytest.mark.parametrize("broker", [True], indirect=True)
+@pytest.mark.parametrize("broker", [True], indirect=True, ids=["aof"])
 def test_redis_restarted_with_its_data_mid_run(broker, producer, workers, fake_llm, db_url, fleet_on, report):
     """1. Redis restarted with its data (AOF): the workers reconnect and keep consuming; the queued
     backlog is neither lost nor sent twice."""
@@ -51,7 +51,7 @@ def test_redis_restarted_with_its_data_mid_run(broker, producer, workers, fake_l
     report(figures, recovery_s=recovered, backlog_runs=len(backlog), backlog_resent=0)
 
 
-@pytest.mark.parametrize("broker", [False], indirect=True)
+@pytest.mark.parametrize("broker", [False], indirect=True, ids=["no-persistence"])
 def test_redis_restarted_empty_resends_the_lost_backlog_within_seconds(broker, producer, workers, fake_llm, db_url,
                                                                       fleet_on, report):
     """2. Redis restarted empty (no persistence, or a failover to an empty replica): running runs go

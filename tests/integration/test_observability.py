@@ -168,7 +168,7 @@ def test_failed_runs_are_listed_with_their_reason_and_step_and_retried_from_thei
     assert kinds[-4:] == ["failed", "retried", "resumed", "completed"], kinds
 
 
-def test_a_run_whose_provider_hangs_is_flagged_stalled_long_before_anything_expires(workers, fake_llm):
+def test_a_run_whose_provider_hangs_is_flagged_stalled_long_before_anything_expires(workers, fake_llm, monkeypatch):
     port = free_port()
     fake_llm.configure(latency_ms=50, latency_ms_by_text={"stuck here": 9000})
     workers("a", env={"DATAENGINE_STALL_MIN_S": "2", "DATAENGINE_WORKER_METRICS_PORT": str(port)})
@@ -183,6 +183,12 @@ def test_a_run_whose_provider_hangs_is_flagged_stalled_long_before_anything_expi
     assert value(samples, "dataengine_runs_stalled_total", kind="propertyaudit") == 1
     stalled = [e for e in json.loads(invoke("events", str(run_id), "--json"))["events"] if e["event"] == "stalled"]
     assert len(stalled) == 1 and "still heartbeats" in stalled[0]["detail"]
+    monkeypatch.setenv("DATA_ENGINE_API_KEY", KEY)
+    reload_settings()
+    with TestClient(create_app()) as api:  # the fleet as the API's /metrics sees it
+        fleet = parse(api.get("/metrics").text)
+    assert value(fleet, "dataengine_runs", kind="propertyaudit", status="running") == 1
+    assert value(fleet, "dataengine_runs_stalled_now", kind="propertyaudit") == 1
     row = wait_for(lambda: finished(run_id), timeout_s=30, what="the run to finish once the call answers")
     assert row["status"] == "completed" and row["stalled_at"] is None
 
