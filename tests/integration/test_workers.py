@@ -301,6 +301,8 @@ def test_a_warm_shutdown_hands_the_run_over_without_waiting_for_it_or_paying_twi
     row = wait_for(lambda: finished(run_id), timeout_s=60, what="worker b to finish the run")
     assert row["status"] == "completed" and row["step_losses"] == {}
     assert all(answered(fake_llm, q) == 1 for q in queries)  # in-flight steps finished before handing over
+    events = [(e, (w or "").split("@")[0]) for e, w, _ in events_of(run_id)]
+    assert events[-3:] == [("handed_back", "a"), ("resumed", "b"), ("completed", "b")], events
 
 
 def test_a_step_that_keeps_killing_its_worker_fails_the_run_after_three_losses(workers, fake_llm):
