@@ -27,7 +27,7 @@ from celery.utils.time import get_exponential_backoff_interval
 
 from dataengine.errors import DatabaseUnavailable, LeaseLost, TransientStepError
 from dataengine.jobs import Job
-from dataengine.logs import run_context, run_logger
+from dataengine.logs import run_logger
 from dataengine.runloop import Execution, is_draining
 from dataengine.settings import get_settings
 from dataengine.stepbudget import budget
@@ -161,9 +161,7 @@ def outcome_of(m: TaskMessage, execution: Execution) -> dict[str, Any] | BaseExc
     """Work the run to its end, as the task ends: its JSON result, or the exception it ends with
     (``TransientStepError`` and ``DatabaseUnavailable`` with retries left are retried)."""
     try:
-        with run_context(run_id=m.run_id, task_id=m.task_id, kind=m.job.key, worker=execution.claim.worker_id,
-                         step=execution.cursor):
-            outcome = execution.run()
+        outcome = execution.run()
     except LeaseLost as exc:
         run_logger(run_id=m.run_id, task_id=m.task_id).warning("[%s] %s", m.job.name, exc)
         execution.note_lease_lost()

@@ -22,11 +22,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
+from functools import cache
 from typing import Any, TypeVar
 
 import openai
 from pydantic import BaseModel
 
+from dataengine import journal
+from dataengine.logs import current_run
 from dataengine.metrics import metrics
 from dataengine.ratelimit import FleetLimiter, ModelLimits, estimate_tokens, limiter_from
 from dataengine.settings import get_settings
@@ -206,25 +209,58 @@ def _within_limits(model: str, tokens: int, send: Callable[[], R]) -> R:
     raise failure
 
 
+def _journaled(kind: str, model: str, request: Any, ask: Callable[[], tuple[R, Usage]],
+               encode: Callable[[R], Any], decode: Callable[[Any], R]) -> tuple[R, Usage]:
+    """``ask()`` within a run's step: its answer recorded before the step goes on with it, and a
+    recorded answer of the same request reused (at no cost) by a step run again (``dataengine.journal``)."""
+    run = current_run()
+    if run is None or run.get("step") is None or run.get("run_id") is None:
+        return ask()
+    step, fp = int(run["step"]), journal.fingerprint(kind, model, request)
+    if step in run.get("replay", ()):
+        found = journal.recorded(run["run_id"], step, fp)
+        if found is not None:
+            metrics().llm_calls.labels(model, "reused").inc()
+            log.info("reused the recorded answer of a %s call of step %d: not asked again", kind, step + 1)
+            return decode(found["response"]), Usage()
+    answer, usage = ask()
+    journal.record(journal.Entry(run["run_id"], step, fp, run.get("kind") or "", model, encode(answer),
+                                 usage.prompt_tokens, usage.completion_tokens, usage.cost_usd))
+    return answer, usage
+
+
+@cache
+def _schema_of(schema: type[BaseModel]) -> dict[str, Any]:
+    return schema.model_json_schema()
+
+
 def chat(*, messages: list[dict[str, str]], model: str) -> tuple[str, Usage]:
     """Ask the model; returns the answer text and the call's usage."""
-    started = time.monotonic()
-    tokens = estimate_tokens(messages, get_settings().llm_output_tokens_estimate)
-    response = _within_limits(model, tokens, lambda: client().chat.completions.create(
-        model=model, messages=messages))  # type: ignore[arg-type]
-    return response.choices[0].message.content or "", _usage(model, response, started)
+    def ask() -> tuple[str, Usage]:
+        started = time.monotonic()
+        tokens = estimate_tokens(messages, get_settings().llm_output_tokens_estimate)
+        response = _within_limits(model, tokens, lambda: client().chat.completions.create(
+            model=model, messages=messages))  # type: ignore[arg-type]
+        return response.choices[0].message.content or "", _usage(model, response, started)
+
+    return _journaled("chat", model, messages, ask, encode=lambda text: text, decode=str)
 
 
 def parse(*, messages: list[dict[str, str]], model: str, schema: type[T]) -> tuple[T, Usage]:
     """Ask for a structured answer validated by ``schema`` (the SDK's ``parse``)."""
-    started = time.monotonic()
-    tokens = estimate_tokens(messages, get_settings().llm_output_tokens_estimate)
-    response = _within_limits(model, tokens, lambda: client().chat.completions.parse(
-        model=model, messages=messages, response_format=schema))  # type: ignore[arg-type]
-    message = response.choices[0].message
-    if message.parsed is None:
-        raise ValueError(f"model refused or returned no structured output: {message.refusal or 'empty'}")
-    return message.parsed, _usage(model, response, started)
+    def ask() -> tuple[T, Usage]:
+        started = time.monotonic()
+        tokens = estimate_tokens(messages, get_settings().llm_output_tokens_estimate)
+        response = _within_limits(model, tokens, lambda: client().chat.completions.parse(
+            model=model, messages=messages, response_format=schema))  # type: ignore[arg-type]
+        message = response.choices[0].message
+        if message.parsed is None:
+            raise ValueError(f"model refused or returned no structured output: {message.refusal or 'empty'}")
+        return message.parsed, _usage(model, response, started)
+
+    request = {"messages": messages, "schema": _schema_of(schema)}
+    return _journaled("parse", model, request, ask, encode=lambda parsed: parsed.model_dump(mode="json"),
+                      decode=schema.model_validate)
 
 
 def embed(*, texts: list[str], model: str | None = None) -> tuple[list[list[float]], Usage]:

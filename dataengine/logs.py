@@ -58,6 +58,11 @@ def run_context(**fields: Any) -> Iterator[None]:
         _context.fields = previous
 
 
+def current_run() -> dict[str, Any] | None:
+    """This thread's run context (``run_id``, ``kind``, ``step``...), or None outside a run."""
+    return getattr(_context, "fields", None)
+
+
 def set_run_field(key: str, value: Any) -> None:
     """Change one run field of this thread's context (the run's resume point as it moves)."""
     fields = getattr(_context, "fields", None)
@@ -80,9 +85,10 @@ class RunFields(logging.Filter):
     """Gives a record the run fields of the thread that logged it, where the record has none of its own."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        for key, value in (getattr(_context, "fields", None) or {}).items():
-            if not hasattr(record, key):
-                setattr(record, key, value)
+        fields = getattr(_context, "fields", None) or {}
+        for key in RUN_FIELDS:
+            if key in fields and not hasattr(record, key):
+                setattr(record, key, fields[key])
         return True
 
 

@@ -65,8 +65,9 @@ class Metrics:
                                       ["kind"], buckets=STEP_BUCKETS)
         self.runs_in_progress = Gauge("dataengine_runs_in_progress", "Runs this worker's processes hold now",
                                       ["kind"], multiprocess_mode="livesum")
-        self.llm_calls = Counter("dataengine_llm_calls", "LLM calls sent, by model and outcome (ok, "
-                                 "rate_limited, error)", ["model", "outcome"])
+        self.llm_calls = Counter("dataengine_llm_calls", "LLM calls by model and outcome (ok, rate_limited, "
+                                 "error; reused: a recorded answer a resumed step did not ask again)",
+                                 ["model", "outcome"])
         self.llm_retries = Counter("dataengine_llm_retries", "LLM calls tried again after a transient failure",
                                    ["model"])
         self.llm_tokens = Counter("dataengine_llm_tokens", "LLM tokens used, by model and type (prompt, "

@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import text
 
+from dataengine import journal
 from dataengine.db import session_scope, statement_scope
 from dataengine.dbretry import db_unavailable
 from dataengine.events import prune
@@ -251,10 +252,14 @@ class Sweeper(threading.Thread):
             flag_stalled_runs()
         if now >= self._next_prune:
             self._next_prune = now + PRUNE_EVERY_S
+            s = get_settings()
             with session_scope() as session:
-                pruned = prune(session, older_than=timedelta(days=get_settings().events_retention_days))
-            if pruned:
-                log.info("pruned %d run events older than %.0f days", pruned, get_settings().events_retention_days)
+                pruned = prune(session, older_than=timedelta(days=s.events_retention_days))
+            answers = journal.prune(older_than=timedelta(days=s.journal_retention_days),
+                                    run_tables={job.key: job.runs.name for job in all_jobs()})
+            if pruned or answers:
+                log.info("pruned %d run events older than %.0f days and %d LLM responses of runs finished "
+                         "%.0f days ago", pruned, s.events_retention_days, answers, s.journal_retention_days)
 
     def _check_broker(self) -> bool:
         """If the broker lost its messages, make every run no worker holds due now (a full sweep then

@@ -29,7 +29,8 @@ from dataengine.errors import DatabaseUnavailable, LeaseLost, StepFailed, StepTi
 from dataengine.events import record
 from dataengine.heartbeats import Lease
 from dataengine.jobs import STEP_PAGE_SIZE, Job, StepOutcome
-from dataengine.logs import RunLogger, in_run_context, run_logger, set_run_field
+from dataengine.journal import journaled_steps
+from dataengine.logs import RunLogger, in_run_context, run_context, run_logger, set_run_field
 from dataengine.metrics import metrics
 from dataengine.recovery import describe_losses
 from dataengine.runs import (
@@ -233,7 +234,9 @@ class Execution:
         held = metrics().runs_in_progress.labels(self.job.key)
         held.inc()
         try:
-            return self._run()
+            with run_context(run_id=str(self.claim.run_id), task_id=self.claim.row.task_id, kind=self.job.key,
+                             worker=self.claim.worker_id, step=self.cursor):
+                return self._run()
         finally:
             held.dec()
             budget.release(self.claim.run_id)
@@ -246,6 +249,8 @@ class Execution:
                 return recorded_steps(session=session, job=job, run_id=rid, from_index=self.cursor)
 
         self.recorded = set() if self.known_steps is not None else self._db(read_recorded, "reading the recorded steps")
+        if self.claim.token > 1:  # interrupted before: its steps may have answers it paid for and never checkpointed
+            set_run_field("replay", self._db(lambda: journaled_steps(rid, self.cursor), "reading the LLM journal"))
         if self.cursor or self.recorded:
             self.log.info(
                 "[%s] Resuming at %s %d/%d (%d already recorded, not asked again)",

@@ -150,6 +150,8 @@ class Settings(BaseSettings):
     stall_min_s: float = Field(60.0, gt=0)
     #: A run's history (``run_events``) is kept this long, then pruned by the sweepers.
     events_retention_days: float = Field(30.0, gt=0)
+    #: The LLM responses a finished run's steps received (``llm_responses``) are kept this long.
+    journal_retention_days: float = Field(7.0, gt=0)
 
     # Observability (dataengine.metrics, dataengine.logs).
     #: Each worker serves its Prometheus metrics on this port (its main process, for all its pool
