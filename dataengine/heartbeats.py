@@ -122,11 +122,20 @@ class Heartbeats(threading.Thread):
                 log.warning("could not delete the heartbeat of %s: %s: %s", owner, type(exc).__name__, exc)
 
     def run(self) -> None:
+        interval = 0.25
         while True:
-            self._wake.wait(get_settings().heartbeat_interval_s)
+            # Nothing may end this thread: without it every lease of the process would lapse.
+            try:
+                interval = get_settings().heartbeat_interval_s
+            except Exception as exc:  # settings refused after the start (changed under a live process): keep the last
+                log.warning("heartbeat keeps its interval: the settings are refused now (%s)", type(exc).__name__)
+            self._wake.wait(interval)
             self._wake.clear()
-            self.beat()
-            self.forget_idle()
+            try:
+                self.beat()
+                self.forget_idle()
+            except Exception as exc:
+                log.warning("heartbeat failed: %s: %s", type(exc).__name__, exc)
 
     def beat(self) -> None:
         """Write the heartbeat of every owner with a lease here, or that had one moments ago, in one statement."""
