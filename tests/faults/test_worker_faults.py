@@ -83,8 +83,11 @@ def test_random_sigkills_of_worker_processes_for_a_minute(db_route, workers, fak
         pool = victim.children()
         fleet.fault(f"SIGKILL #{sum(kills.values()) + 1}", mid_run=not kills)
         if pool and rng.random() < 0.6:
-            os.kill(rng.choice(pool), signal.SIGKILL)
-            kills["pool"] += 1
+            try:
+                os.kill(rng.choice(pool), signal.SIGKILL)
+                kills["pool"] += 1
+            except ProcessLookupError:  # it had just exited (its worker replacing it, or ending)
+                pass
         else:
             victim.kill_main()
             standing.remove(victim)
