@@ -130,13 +130,13 @@ def journaled_steps(run_id: uuid.UUID, from_index: int) -> frozenset[int]:
         return frozenset(found.scalars())
 
 
-def recorded(run_id: str, step_index: int, fp: str) -> dict[str, Any] | None:
-    """The recorded response of this request at this step of this run, if any."""
+def recorded(run_id: str, step_index: int, fp: str) -> tuple[bool, Any]:
+    """``(True, response)`` if this request was answered at this step of this run, else ``(False, None)``."""
     with session_scope() as session:
-        row = session.execute(text(f"SELECT response, model FROM {TABLE} "  # noqa: S608  the model's own table
+        row = session.execute(text(f"SELECT response FROM {TABLE} "  # noqa: S608  the model's own table
                                    "WHERE run_id = :r AND step_index = :s AND fingerprint = :f"),
                               {"r": run_id, "s": step_index, "f": fp}).one_or_none()
-    return None if row is None else {"response": row.response, "model": row.model}
+    return (False, None) if row is None else (True, row.response)
 
 
 def prune(*, older_than: timedelta, run_tables: dict[str, str]) -> int:

@@ -218,11 +218,11 @@ def _journaled(kind: str, model: str, request: Any, ask: Callable[[], tuple[R, U
         return ask()
     step, fp = int(run["step"]), journal.fingerprint(kind, model, request)
     if step in run.get("replay", ()):
-        found = journal.recorded(run["run_id"], step, fp)
-        if found is not None:
+        found, response = journal.recorded(run["run_id"], step, fp)
+        if found:
             metrics().llm_calls.labels(model, "reused").inc()
             log.info("reused the recorded answer of a %s call of step %d: not asked again", kind, step + 1)
-            return decode(found["response"]), Usage()
+            return decode(response), Usage()
     answer, usage = ask()
     journal.record(journal.Entry(run["run_id"], step, fp, run.get("kind") or "", model, encode(answer),
                                  usage.prompt_tokens, usage.completion_tokens, usage.cost_usd))

@@ -20,7 +20,6 @@ multiprocess mode first.
 from __future__ import annotations
 
 import glob
-import logging
 import os
 import re
 import shutil
@@ -32,8 +31,6 @@ from functools import cache
 from typing import Any
 
 from dataengine.workerid import process_exists
-
-log = logging.getLogger(__name__)
 
 #: Where a pool process's values live in multiprocess mode (prometheus-client reads this variable).
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
