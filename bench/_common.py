@@ -201,9 +201,9 @@ def new_audit_run(queries: int) -> str:
     from dataengine.submitting import create_run, validate_spec
     from tasks.propertyaudit import JOB
 
-    spec, key = validate_spec(JOB, audit_spec(queries))
+    spec, options = validate_spec(JOB, audit_spec(queries))
     with session_scope() as session:
-        run_id, _ = create_run(session=session, job=JOB, spec=spec, idempotency_key=key)
+        run_id, _ = create_run(session=session, job=JOB, spec=spec, options=options)
     return str(run_id)
 
 

@@ -50,9 +50,9 @@ def review_spec(n: int, tag: str) -> dict[str, Any]:
 
 def new_run(job: Job, spec: dict[str, Any]) -> str:
     """A queued run (created outside the timed part)."""
-    validated, key = validate_spec(job, spec)
+    validated, options = validate_spec(job, spec)
     with session_scope() as session:
-        run_id, _ = create_run(session=session, job=job, spec=validated, idempotency_key=key)
+        run_id, _ = create_run(session=session, job=job, spec=validated, options=options)
     return str(run_id)
 
 

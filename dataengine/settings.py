@@ -32,6 +32,24 @@ class LLMLimits(BaseModel):
     tpm: float | None = Field(None, ge=0)
 
 
+class ModelPrice(BaseModel):
+    """One model's prices in USD per million tokens; cached input (prompt tokens the provider served from
+    its cache) costs ``input`` when not given."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cached_input: float | None = Field(None, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_list(cls, value: object) -> object:
+        if isinstance(value, list | tuple):
+            if len(value) not in (2, 3):
+                raise ValueError("a price is [input, output] or [input, output, cached input] in USD per million tokens")
+            return dict(zip(("input", "output", "cached_input"), value, strict=False))
+        return value
+
+
 class Settings(BaseSettings):
     """Every setting of the engine, validated once at start-up."""
 
@@ -74,12 +92,18 @@ class Settings(BaseSettings):
     #: still fails fails the step, and the run is retried with backoff.
     openai_max_retries: int = Field(2, ge=0, le=10, validation_alias=_env("OPENAI_MAX_RETRIES"))
     openai_timeout_s: float = Field(120.0, gt=0, validation_alias=_env("OPENAI_TIMEOUT_S"))
-    #: USD per million tokens, input and output, by model; unknown models cost 0 and say so in logs.
-    model_prices_per_mtok: dict[str, tuple[float, float]] = {
-        "gpt-4o-mini": (0.15, 0.60),
-        "gpt-4o": (2.50, 10.00),
-        "gpt-4.1-mini": (0.40, 1.60),
-        "text-embedding-3-small": (0.02, 0.0),
+    #: USD per million tokens by model: input, output and cached input, as JSON
+    #: (``{"my-model": [0.5, 1.5, 0.25]}`` or ``{"my-model": {"input": 0.5, "output": 1.5}}``); a model
+    #: missing here is unpriced: its calls count as 0 and are flagged wherever costs are shown, and a
+    #: run with a budget refuses it. Set, it replaces this whole table.
+    model_prices_per_mtok: dict[str, ModelPrice] = {
+        "gpt-4o-mini": ModelPrice(input=0.15, output=0.60, cached_input=0.075),
+        "gpt-4o": ModelPrice(input=2.50, output=10.00, cached_input=1.25),
+        "gpt-4.1": ModelPrice(input=2.00, output=8.00, cached_input=0.50),
+        "gpt-4.1-mini": ModelPrice(input=0.40, output=1.60, cached_input=0.10),
+        "gpt-4.1-nano": ModelPrice(input=0.10, output=0.40, cached_input=0.025),
+        "text-embedding-3-small": ModelPrice(input=0.02, output=0.0),
+        "text-embedding-3-large": ModelPrice(input=0.13, output=0.0),
     }
 
     # The fleet-wide LLM rate limits (dataengine.ratelimit), shared by every worker through Redis.

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from decimal import Decimal
 from functools import cache
 from typing import Annotated, Any
 
@@ -37,6 +38,8 @@ from models.events import EventType
 
 #: Longest idempotency key a producer may send (the column's width).
 MAX_IDEMPOTENCY_KEY_CHARS = 200
+#: Longest workspace id (the column's width).
+MAX_WORKSPACE_ID_CHARS = 100
 #: Text in a spec: stripped, and not empty (a job adds ``StringConstraints(max_length=...)``).
 SpecText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 
@@ -65,8 +68,59 @@ def _idempotency_key(value: Any) -> str | None:
     return value.strip()
 
 
-def validate_spec(job: Job, spec: Any) -> tuple[BaseModel, str | None]:
-    """The job's validated spec and the idempotency key, or ``SpecInvalid`` listing every problem on one line."""
+@dataclass(frozen=True)
+class SubmitOptions:
+    """What a submit may carry besides the job's own spec: the engine's fields, the same for every job."""
+
+    #: A producer's key: a second submit with the same key returns the same run.
+    idempotency_key: str | None = None
+    #: The most the run may spend on LLM calls: it stops before the call that would cross it.
+    max_cost_usd: Decimal | None = None
+    #: The workspace whose provider key, base URL, models and limits the run's calls use.
+    workspace_id: str | None = None
+    #: Validate and estimate only: nothing is created.
+    dry_run: bool = False
+
+
+#: The spec fields that are the engine's, not the job's.
+ENGINE_FIELDS = ("idempotency_key", "max_cost_usd", "workspace_id", "dry_run")
+#: The largest budget a run may carry (the column's range).
+MAX_BUDGET_USD = Decimal("99999999")
+
+
+def _max_cost(value: Any) -> Decimal | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
+        raise SpecInvalid(details="max_cost_usd: must be a number of US dollars, like 5 or 0.25")
+    try:
+        amount = Decimal(str(value).strip())
+    except ArithmeticError:
+        raise SpecInvalid(details=f"max_cost_usd: {str(value)[:40]!r} is not a number of US dollars") from None
+    if not amount.is_finite() or amount <= 0 or amount > MAX_BUDGET_USD:
+        raise SpecInvalid(details=f"max_cost_usd: must be above 0 and at most {MAX_BUDGET_USD:,}, got {str(value)[:40]}")
+    return amount.quantize(Decimal("0.000001"))
+
+
+def _workspace_id(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value.strip()) > MAX_WORKSPACE_ID_CHARS:
+        raise SpecInvalid(details=f"workspace_id: must be a workspace's id, 1 to {MAX_WORKSPACE_ID_CHARS} characters")
+    return value.strip()
+
+
+def _dry_run(value: Any) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise SpecInvalid(details="dry_run: must be true or false")
+    return value
+
+
+def validate_spec(job: Job, spec: Any) -> tuple[BaseModel, SubmitOptions]:
+    """The job's validated spec and the engine's options (idempotency key, budget, workspace, dry run),
+    or ``SpecInvalid`` listing every problem on one line."""
     if not isinstance(spec, dict):
         raise SpecInvalid(details=f"spec: must be a JSON object, got {type(spec).__name__}")
     nul: list[str] = []
@@ -76,9 +130,14 @@ def validate_spec(job: Job, spec: Any) -> tuple[BaseModel, str | None]:
     if nul:
         raise SpecInvalid(details="; ".join(f"{p}: text must not contain NUL (\\x00) characters" for p in nul))
     fields = dict(spec)
-    key = _idempotency_key(fields.pop("idempotency_key", None))
+    options = SubmitOptions(
+        idempotency_key=_idempotency_key(fields.pop("idempotency_key", None)),
+        max_cost_usd=_max_cost(fields.pop("max_cost_usd", None)),
+        workspace_id=_workspace_id(fields.pop("workspace_id", None)),
+        dry_run=_dry_run(fields.pop("dry_run", None)),
+    )
     try:
-        return job.spec_model.model_validate(fields), key
+        return job.spec_model.model_validate(fields), options
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
@@ -111,18 +170,18 @@ class Created:
 
 
 def create_run(*, session: Session | Connection, job: Job, spec: BaseModel,
-               idempotency_key: str | None) -> tuple[uuid.UUID, str]:
+               options: SubmitOptions | None = None) -> tuple[uuid.UUID, str]:
     """Create the run and its steps, once per idempotency key; returns (run id, status)."""
-    created = _create(session=session, job=job, spec=spec, idempotency_key=idempotency_key, here=None)
+    created = _create(session=session, job=job, spec=spec, options=options or SubmitOptions(), here=None)
     return created.run_id, created.status
 
 
-def _create(*, session: Session | Connection, job: Job, spec: BaseModel, idempotency_key: str | None,
+def _create(*, session: Session | Connection, job: Job, spec: BaseModel, options: SubmitOptions,
             here: StartHere | None) -> Created:
     """Insert the run and its steps in one statement (a transaction by itself on an autocommit connection).
     ``here``: claimed by that worker, its first steps recorded as in flight (so that its loop starts
     them without a checkpoint of its own). A run whose key exists already is returned as it is."""
-    runs = job.runs
+    runs, idempotency_key = job.runs, options.idempotency_key
     if idempotency_key is not None:  # a repeated submit: found without building or sending its steps again
         existing = session.execute(select(runs.c.id, runs.c.status).where(runs.c.idempotency_key == idempotency_key))
         if (found := existing.one_or_none()) is not None:
@@ -133,7 +192,7 @@ def _create(*, session: Session | Connection, job: Job, spec: BaseModel, idempot
     values = {f"v_{name}": value for name, value in new.values.items()}
     params = {
         **values, "id": uuid.uuid4(), "total_steps": len(new.steps), "key": idempotency_key,
-        "steps": _steps_json(new.steps),
+        "max_cost": options.max_cost_usd, "workspace": options.workspace_id, "steps": _steps_json(new.steps),
         "status": (RunStatus.running if claimed else RunStatus.queued).value,
         "owner": here.worker_id if claimed else None, "task_id": here.task_id if claimed else None,
         "token": 1 if claimed else 0,
@@ -144,7 +203,7 @@ def _create(*, session: Session | Connection, job: Job, spec: BaseModel, idempot
     sent = time.monotonic()
     row = session.execute(_create_sql(job, tuple(sorted(new.values))), params).one_or_none()
     if row is None:  # a concurrent submit with the same key won the race
-        return _create(session=session, job=job, spec=spec, idempotency_key=idempotency_key, here=None)
+        return _create(session=session, job=job, spec=spec, options=options, here=None)
     metrics().runs_submitted.labels(job.key).inc()
     if not claimed:
         return Created(row.id, row.status)
@@ -171,7 +230,8 @@ def _create_sql(job: Job, value_columns: tuple[str, ...]) -> TextClause:
     types, select_list = json_rows_sql(own)
     claimed = "CASE WHEN CAST(:owner AS text) IS NULL THEN NULL ELSE now() END"
     engine_columns = {
-        "id": ":id", "total_steps": ":total_steps", "idempotency_key": ":key", "status": "CAST(:status AS text)",
+        "id": ":id", "total_steps": ":total_steps", "idempotency_key": ":key",
+        "max_cost_usd": "CAST(:max_cost AS numeric)", "workspace_id": "CAST(:workspace AS text)", "status": "CAST(:status AS text)",
         "lease_owner": "CAST(:owner AS text)", "task_id": ":task_id", "fencing_token": ":token",
         "in_flight_steps": "CAST(:in_flight AS integer[])", "lease_expires_at": "now() + CAST(:lease AS interval)",
         "started_at": claimed, "heartbeat_at": claimed,
@@ -197,9 +257,9 @@ def submit_run(*, job: Job, spec: Any, send: Callable[[str, dict[str, str]], obj
                here: StartHere | None = None) -> str:
     """Validate, create the run idempotently and start it: in this process (``here``), or by sending
     its id with ``send``. Returns the run id."""
-    validated, key = validate_spec(job, spec)
+    validated, options = validate_spec(job, spec)
     with statement_scope() as conn:
-        created = _create(session=conn, job=job, spec=validated, idempotency_key=key, here=here)
+        created = _create(session=conn, job=job, spec=validated, options=options, here=here)
     if created.claim is not None:
         assert here is not None  # noqa: S101  narrows a type the code above guarantees; not input validation
         here.start(created)

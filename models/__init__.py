@@ -2,6 +2,7 @@
 
 from models.apikeys import ApiKey
 from models.base import Base, RunMixin, RunStatus, StepMixin, StepResultMixin
+from models.costs import LLMCost
 from models.events import EventType, RunEvent
 from models.journal import LLMResponse
 from models.knowledge import (
@@ -17,6 +18,6 @@ from models.reviewflow import Review, ReviewAnalysisRow, ReviewFlowRun
 
 __all__ = [
     "ApiKey", "Base", "DocumentChunk", "EventType", "GeoQuery", "GeoQueryResult", "GeoRun", "KnowledgeRefreshResult", "KnowledgeRefreshRun",
-    "KnowledgeRefreshSource", "KnowledgeSource", "LLMResponse", "Review", "ReviewAnalysisRow", "ReviewFlowRun", "RunEvent", "RunMixin",
+    "KnowledgeRefreshSource", "KnowledgeSource", "LLMCost", "LLMResponse", "Review", "ReviewAnalysisRow", "ReviewFlowRun", "RunEvent", "RunMixin",
     "RunStatus", "StepMixin", "StepResultMixin", "WorkerHeartbeat",
 ]

@@ -102,6 +102,10 @@ class RunMixin:
     in_flight_steps: Mapped[list[int]] = mapped_column(ARRAY(Integer), nullable=False, server_default="{}")
     #: Times a worker died with a step in flight, by step index (``{"6": 2}``); a poison step ends the run.
     step_losses: Mapped[dict[str, int]] = mapped_column(JSONB, nullable=False, server_default="{}")
+    #: The most the run may spend on LLM calls (its spec's ``max_cost_usd``); NULL: no budget of its own.
+    max_cost_usd: Mapped[Decimal | None] = mapped_column(Numeric(14, 6))
+    #: The workspace whose provider key and limits the run's calls use; NULL: the engine's own key.
+    workspace_id: Mapped[str | None] = mapped_column(String(100))
     #: Set by a sweeper when the run still heartbeats but has made no progress for many times its usual
     #: step time (a hung provider); the next checkpoint clears it.
     stalled_at: Mapped[datetime | None] = _ts()

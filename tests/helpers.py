@@ -60,9 +60,9 @@ def create(spec: dict[str, Any], *, job: Any = None) -> uuid.UUID:
     from dataengine.submitting import create_run, validate_spec
 
     job = _job(job)
-    validated, key = validate_spec(job, spec)
+    validated, options = validate_spec(job, spec)
     with session_scope() as session:
-        run_id, _ = create_run(session=session, job=job, spec=validated, idempotency_key=key)
+        run_id, _ = create_run(session=session, job=job, spec=validated, options=options)
     return run_id
 
 

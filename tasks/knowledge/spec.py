@@ -154,7 +154,7 @@ def start_refresh(session: Session, *, property_id: str) -> tuple[uuid.UUID, boo
     if not source_ids:
         return None
     spec = KnowledgeRunSpec(property_id=property_id, source_ids=list(source_ids))
-    run_id, _ = create_run(session=session, job=get_job("knowledge"), spec=spec, idempotency_key=None)
+    run_id, _ = create_run(session=session, job=get_job("knowledge"), spec=spec)
     return run_id, True
 
 

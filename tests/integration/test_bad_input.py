@@ -114,9 +114,9 @@ def test_a_spec_of_10000_queries_is_accepted_and_written_without_holding_it_many
     size = len(json.dumps(spec))
     tracemalloc.start()
     try:
-        validated, key = validate_spec(JOB, spec)
+        validated, options = validate_spec(JOB, spec)
         with session_scope() as session:
-            run_id, status = create_run(session=session, job=JOB, spec=validated, idempotency_key=key)
+            run_id, status = create_run(session=session, job=JOB, spec=validated, options=options)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 from helpers import audit_spec
 
@@ -13,9 +15,11 @@ from tasks.propertyaudit import JOB
 
 
 def test_a_valid_spec_is_normalised():
-    spec, key = validate_spec(JOB, {**audit_spec(2, key=" order-7 "), "model": " gpt-4o "})
+    spec, options = validate_spec(JOB, {**audit_spec(2, key=" order-7 "), "model": " gpt-4o ", "max_cost_usd": "2.5",
+                                        "workspace_id": " acme "})
     assert spec.property.name == "Cedar Flats" and spec.model == "gpt-4o" and len(spec.queries) == 2
-    assert key == "order-7"
+    assert options.idempotency_key == "order-7" and options.workspace_id == "acme" and not options.dry_run
+    assert options.max_cost_usd == Decimal("2.5")
 
 
 @pytest.mark.parametrize(
@@ -34,6 +38,15 @@ def test_a_valid_spec_is_normalised():
         ({"property": {"name": "Cedar\x00"}}, "property.name: text must not contain NUL"),
         ({"idempotency_key": 7}, "idempotency_key: must be a non-empty string"),
         ({"idempotency_key": "k" * 201}, "idempotency_key: at most 200 characters"),
+        ({"max_cost_usd": 0}, "max_cost_usd: must be above 0"),
+        ({"max_cost_usd": -1}, "max_cost_usd: must be above 0"),
+        ({"max_cost_usd": "five"}, "max_cost_usd: 'five' is not a number of US dollars"),
+        ({"max_cost_usd": "NaN"}, "max_cost_usd: must be above 0"),
+        ({"max_cost_usd": True}, "max_cost_usd: must be a number of US dollars"),
+        ({"max_cost_usd": 1e12}, "max_cost_usd: must be above 0 and at most 99,999,999"),
+        ({"workspace_id": ""}, "workspace_id: must be a workspace's id, 1 to 100 characters"),
+        ({"workspace_id": 7}, "workspace_id: must be a workspace's id"),
+        ({"dry_run": "yes"}, "dry_run: must be true or false"),
     ],
 )
 def test_a_bad_spec_gets_a_message_naming_the_field(change, message):
@@ -114,9 +127,9 @@ def test_a_valid_reviewflow_spec_becomes_a_run_and_its_reviews():
 
     from tasks.reviewflow import JOB as REVIEWFLOW
 
-    spec, key = validate_spec(REVIEWFLOW, review_spec(3, key="batch-1"))
+    spec, options = validate_spec(REVIEWFLOW, review_spec(3, key="batch-1"))
     new = REVIEWFLOW.build(spec)
-    assert key == "batch-1" and new.values["total_reviews"] == 3 and len(new.steps) == 3
+    assert options.idempotency_key == "batch-1" and new.values["total_reviews"] == 3 and len(new.steps) == 3
     assert new.steps[0]["review_text"].startswith("Great location") and str(new.steps[0]["review_date"]) == "2026-11-01"
 
 
