@@ -1,5 +1,5 @@
 """The ``dataengine`` command line: migrate, submit, status, watch, cancel, sweep, rejected, fake-llm, demo, knowledge,
-api, api-keys, runs, events, retry."""
+api, api-keys, workspaces, runs, events, retry."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from dataengine.errors import DataEngineError
 from dataengine.opscli import register as register_operations
 from dataengine.web.commands import api as api_command
 from dataengine.web.commands import keys_cli
+from dataengine.workspacecli import workspaces_cli
 
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
@@ -52,10 +53,14 @@ def submit(
     job: Annotated[str, typer.Argument(help="The job's name: propertyaudit, ...")],
     spec_file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="The run spec as JSON")],
     watch_run: Annotated[bool, typer.Option("--watch", help="Show the progress bar until the run ends")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and estimate only: steps, calls, tokens, "
+                                                            "cost; nothing is created")] = False,
 ) -> None:
-    """Create a run from a JSON spec and enqueue it; prints the run id."""
+    """Create a run from a JSON spec and enqueue it; prints the run id (with --dry-run, or ``"dry_run": true``
+    in the spec, its estimate instead)."""
     _jobs()
     from dataengine.celery_app import enqueue
+    from dataengine.estimates import Estimate
     from dataengine.jobs import get_job
     from dataengine.submitting import submit_run
 
@@ -67,11 +72,15 @@ def submit(
         spec: Any = json.loads(spec_file.read_text())
         if not isinstance(spec, dict):
             raise fail(f"{spec_file} must hold a JSON object")
-        run_id = submit_run(job=kind, spec=spec, send=enqueue)
+        submitted = submit_run(job=kind, spec={**spec, "dry_run": True} if dry_run else spec, send=enqueue)
     except json.JSONDecodeError as exc:
         raise fail(f"{spec_file} is not JSON: {exc}") from None
     except DataEngineError as exc:
         raise fail(str(exc)) from None
+    if isinstance(submitted, Estimate):
+        console.print(submitted.describe(), highlight=False, markup=False, soft_wrap=True)
+        return
+    run_id = submitted
     print(run_id)
     if watch_run:
         watch(run_id)
@@ -232,6 +241,7 @@ def demo(
 
 cli.command("api")(api_command)
 cli.add_typer(keys_cli, name="api-keys")
+cli.add_typer(workspaces_cli, name="workspaces")
 register_operations(cli)
 
 knowledge_cli = typer.Typer(no_args_is_help=True, help="Knowledge Refresh: refresh, sources, search.")

@@ -184,8 +184,11 @@ def worker_env(base_url: str) -> dict[str, str]:
 class Demo:
     """The demo's processes and run, and the watch callback that kills the first worker half-way."""
 
-    def __init__(self, console: Console, job: Job, inputs: list[str], env: dict[str, str]) -> None:
-        self.console, self.job, self.inputs, self.env = console, job, inputs, env
+    def __init__(self, console: Console, job: Job, inputs: list[str], env: dict[str, str],
+                 llm_stats: Callable[[], dict[str, Any]] = dict) -> None:
+        self.console, self.job, self.inputs, self.env, self.llm_stats = console, job, inputs, env, llm_stats
+        #: The stand-in's counts just before the kill: which prompts it had answered, which it was still on.
+        self.at_kill: dict[str, Any] = {}
         self.procs: dict[str, CeleryProcess] = {}
         self.run_id: str | None = None
         self.killed_at: float | None = None
@@ -208,6 +211,7 @@ class Demo:
             raise DemoError(f"worker {self.worker().name} exited unexpectedly", log=self.worker())
         if self.killed_at is None and row["status"] == "running" and row["completed_steps"] >= n // 2:
             victim = self.procs["demo-1"]
+            self.at_kill = self.llm_stats()
             self.killed_at = time.monotonic()
             victim.kill_main()
             # Re-read: the row may have moved on since this poll, and nothing writes to it now.
@@ -253,7 +257,7 @@ def summary_table(job: Job, kind: DemoKind, row: dict[str, Any], recovered_after
 
 def report_paid_twice(console: Console, demo: Demo, kind: DemoKind, answered: dict[str, int]) -> bool:
     """Print which steps the stand-in answered more than once; True unless a checkpointed one was."""
-    c, noun, plural = demo.checkpointed, demo.job.step_noun, demo.job.step_plural
+    c, plural = demo.checkpointed, demo.job.step_plural
     again = [i for i, q in enumerate(demo.inputs) if kind.asked(answered, q) > 1]
     if demo.killed_at is None:
         console.print(f"The run ended before half-way was seen, so no worker was killed; {len(again)} {plural} "
@@ -264,13 +268,19 @@ def report_paid_twice(console: Console, demo: Demo, kind: DemoKind, answered: di
         console.print(f"[bold red]Paid twice:[/bold red] {len(repeated)} of the {c} {plural} checkpointed before "
                       f"the kill were asked again: {repeated}")
         return False
-    if again:
-        one = len(again) == 1
-        what = (f"{len(again)} {f'{noun} was' if one else f'{plural} were'} in flight when the worker died and "
-                f"{'was' if one else 'were'} asked again")
-    else:
-        what = f"no {noun} was asked twice"
-    console.print(f"[bold green]Nothing paid twice:[/bold green] {what}; the {c} checkpointed {plural} were not "
+    returned, asked = demo.at_kill.get("answered_prompts", {}), demo.at_kill.get("prompts", {})
+    # Answers the stand-in had sent before the kill and was asked for again: the journal's to prevent.
+    again_returned = sum(1 for prompt, n in returned.items() if answered.get(prompt, 0) > n)
+    waiting = sum(asked.values()) - sum(returned.values())
+    calls = f"{waiting} call{'' if waiting == 1 else 's'} still waiting for {'its' if waiting == 1 else 'their'} answer"
+    if again_returned:  # it came back in the moment before the worker could record it
+        console.print(f"[bold yellow]Paid twice:[/bold yellow] {again_returned} answer(s) the stand-in had sent just "
+                      f"before the kill were asked again (the worker died before recording them); {calls} when it "
+                      f"died {'was' if waiting == 1 else 'were'} asked again; the {c} checkpointed {plural} were not.")
+        return True
+    console.print(f"[bold green]Nothing paid twice:[/bold green] 0 answers that had returned before the kill were "
+                  f"asked again (the journal gave them back), and the {c} checkpointed {plural} were not; "
+                  f"{calls} when the worker died {'was' if waiting == 1 else 'were'} asked again "
                   "(counted by the stand-in server, which sees every LLM call).")
     return True
 
@@ -293,7 +303,7 @@ def run_demo(*, console: Console, job_key: str = "propertyaudit", steps: int = 3
             console.print(f"• PostgreSQL {_redacted(s.database_url)} at the latest schema; Redis "
                           f"{_redacted(s.redis_url)} reachable")
             console.print(f"• stand-in LLM at {llm.base_url}, {latency_ms * kind.per_call:g} ms per call")
-            demo = Demo(console, job, kind.inputs(steps), worker_env(llm.base_url))
+            demo = Demo(console, job, kind.inputs(steps), worker_env(llm.base_url), llm.stats)
             try:
                 row = _run(console, demo, kind)
             finally:

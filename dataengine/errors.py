@@ -54,3 +54,24 @@ class StepTimedOut(DataEngineError):
     """The step was still running after {timeout_s:.0f}s (DATAENGINE_STEP_TIMEOUT_S) and was abandoned."""
 
     retryable = True
+
+
+class RunFatal(DataEngineError):
+    """A step error that ends the run at once, whatever the job's step error policy: every later step
+    would fail the same way (a rejected key, a spent budget)."""
+
+
+class ProviderKeyRejected(RunFatal):
+    """The LLM provider rejected {whose} API key ({status}): {detail}"""
+
+
+class BudgetExceeded(RunFatal):
+    """budget exceeded at {noun} {step}: spent ${spent} of ${budget}"""
+
+
+#: How the error message of a run paused by a daily budget begins.
+PAUSED = "paused: "
+
+
+class BudgetPaused(DataEngineError):
+    """paused: {scope} daily budget of ${limit} is spent (${spent} today); resumes at 00:00 UTC or when it is raised"""

@@ -72,6 +72,9 @@ class FakeConfig(BaseModel):
     #: A chat request whose prompt contains one of these is refused for good: 400, as a provider
     #: refuses a prompt (a step that fails for good, not for now).
     reject_substrings: list[str] = []
+    #: The API keys it accepts, as a provider knows its customers' keys; empty: any non-empty key. Another
+    #: key gets 401 ``invalid_api_key``, as OpenAI answers a wrong or revoked key.
+    accepted_keys: list[str] = []
     #: The provider's own limits over a sliding minute (0: none): requests, and tokens (a request's
     #: prompt tokens plus the completion tokens it asks for at most). Above them: 429 + Retry-After.
     rpm_limit: int = Field(0, ge=0)
@@ -104,6 +107,7 @@ class _State:
             self.requests, self.answered = 0, 0
             self.prompts: Counter[str] = Counter()
             self.answered_prompts: Counter[str] = Counter()
+            self.keys: Counter[str] = Counter()
 
     def receive(self, prompts: list[str]) -> int:
         with self.lock:
@@ -123,6 +127,7 @@ class _State:
                 "answered": self.answered,
                 "prompts": dict(self.prompts),
                 "answered_prompts": dict(self.answered_prompts),
+                "keys": dict(self.keys),
             } | self.limits.snapshot()
 
 
@@ -248,10 +253,20 @@ def embed(text: str, dimensions: int = DEFAULT_EMBEDDING_DIMENSIONS) -> list[flo
     return list(struct.unpack(f"<{dimensions}f", struct.pack(f"<{dimensions}f", *(v / norm for v in vec))))
 
 
+def key_digest(key: str) -> str:
+    """How ``/_fake/stats`` names an API key in ``keys`` (requests per key): never the key itself."""
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
 def _require_key(request: Request) -> None:
     scheme, _, key = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise _APIError(401, "Missing or empty bearer API key.", "invalid_request_error", "invalid_api_key")
+    state: _State = request.app.state.fake
+    with state.lock:
+        state.keys[key_digest(key)] += 1
+    if state.config.accepted_keys and key not in state.config.accepted_keys:
+        raise _APIError(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
 
 
 def _latency_s(config: FakeConfig, texts: list[str]) -> float:
@@ -463,7 +478,8 @@ class FakeLLMServer:
         return response.json()
 
     def stats(self) -> dict[str, Any]:
-        """Request counts: ``requests``, ``answered``, ``prompts``, ``answered_prompts``."""
+        """Request counts: ``requests``, ``answered``, ``prompts``, ``answered_prompts``, and ``keys``
+        (requests by :func:`key_digest` of their API key)."""
         return self._control("GET", "stats")
 
     def configure(self, **changes: Any) -> FakeConfig:

@@ -47,6 +47,23 @@ class NewRun:
 
 
 @dataclass(frozen=True)
+class PlannedCall:
+    """An LLM call a run will make, as far as its spec tells before anything is created: what a dry
+    run's estimate prices (``dataengine.estimates``)."""
+
+    kind: Literal["chat", "parse", "embed"]
+    model: str
+    #: What it sends, as far as the spec knows it: chat messages, or texts to embed.
+    prompt: list[dict[str, str]] | list[str] = field(default_factory=list)
+    #: Its prompt also carries text only the run will have (an earlier call's answer, a fetched page):
+    #: estimated from recent runs.
+    unknown_input: bool = False
+    #: False when whether (or how often) the call is made depends on what the run finds (an embeddings
+    #: request per changed source): the count is a guess.
+    exact: bool = True
+
+
+@dataclass(frozen=True)
 class Job:
     """A kind of run: its tables, its spec, how to do one step, how to sum a run up."""
 
@@ -107,6 +124,16 @@ class Job:
     #: (session, run_id, start, limit) -> [(index, item)]: steps read with more than their own row
     #: (a knowledge source's URL and validators, joined in), so that a step reads nothing itself.
     load_items: Callable[[Session, uuid.UUID, int, int], list[tuple[int, Any]]] | None = None
+    #: (context, [item, ...]) -> the calls one step, or a group of steps sharing a call, will make
+    #: (``PlannedCall``): how a dry run estimates tokens and cost before spending. The context is
+    #: ``prepare``'s of the run row the spec would make; an item is the step's own columns as the spec
+    #: builds them. None: the estimate leans on the job's recent runs alone.
+    plan_calls: Callable[[Any, list[Any]], list[PlannedCall]] | None = None
+
+    #: run row -> the property it is about, as the cost ledger groups spend (``dataengine costs --by property``):
+    #: by default its ``property_name`` or ``property_id`` column.
+    property_of: Callable[[Any], str | None] = lambda row: getattr(row, "property_name", None) or getattr(
+        row, "property_id", None)
 
     def __post_init__(self) -> None:
         if self.step_error_policy == "record" and self.failed_step_values is None:
@@ -162,9 +189,28 @@ class Job:
         own = [c.name for c in self.steps.columns if c.name not in STEP_KEY_COLUMNS]
         if self.load_items is not None or len(steps) > STEP_PAGE_SIZE or any(set(own) - step.keys() for step in steps):
             return None
+        return list(enumerate(self.built_items(steps)))
+
+    def built_items(self, steps: list[dict[str, Any]]) -> list[Any]:
+        """The items of steps as a spec builds them: the step's own column, or a dict of them when there
+        are several (a column the spec leaves out is None)."""
+        own = [c.name for c in self.steps.columns if c.name not in STEP_KEY_COLUMNS]
         if len(own) == 1:
-            return [(i, step[own[0]]) for i, step in enumerate(steps)]
-        return [(i, {name: step[name] for name in own}) for i, step in enumerate(steps)]
+            return [step.get(own[0]) for step in steps]
+        return [{name: step.get(name) for name in own} for step in steps]
+
+    def units(self, items: list[Any]) -> list[list[Any]]:
+        """The items as the run loop hands them to the job when no step is suspect: a groupable one
+        shares a call with the groupable ones right after it, ``group_size`` at most; any other goes alone."""
+        units: list[list[Any]] = []
+        for item in items:
+            last = units[-1] if units else None
+            if (self.execute_group is not None and last is not None and len(last) < self.group_size
+                    and self.groupable(last[0]) and self.groupable(item)):
+                last.append(item)
+            else:
+                units.append([item])
+        return units
 
     def count_steps(self, session: Session, run_id: uuid.UUID) -> int:
         """How many steps the run has (for rows a producer wrote without the count)."""

@@ -8,8 +8,8 @@ instead of asking again, and a request that differs (a new model, a changed prom
 asked anew.
 
 Cost: the writes of a process go through one thread that commits whatever is waiting in one
-statement (group commit), so many calls in flight share a round trip, and the checkpoint path does
-not change. Reads happen only for steps that have journal rows, found once per claim
+statement (group commit, ``dataengine.recorder``), so many calls in flight share a round trip, and
+the checkpoint path does not change. Reads happen only for steps that have journal rows, found once per claim
 (:func:`journaled_steps`). Rows of finished runs are pruned after ``DATAENGINE_JOURNAL_RETENTION_DAYS``.
 """
 
@@ -17,10 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import os
-import queue
-import threading
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -29,17 +25,12 @@ from typing import Any
 
 from sqlalchemy import text
 
-from dataengine.db import session_scope, statement_scope
+from dataengine import recorder
+from dataengine.db import session_scope
 from models.base import ACTIVE_STATUSES
 from models.journal import LLMResponse
 
-log = logging.getLogger(__name__)
 TABLE = LLMResponse.__table__.name
-#: How long a step waits for its response to be recorded before it goes on regardless (the database
-#: is away: it goes on, and only a crash before its checkpoint would ask the call again).
-RECORD_WAIT_S = 10.0
-#: Rows one statement writes at most.
-BATCH = 500
 
 
 def fingerprint(kind: str, model: str, request: Any) -> str:
@@ -65,60 +56,29 @@ class Entry:
     cost_usd: Decimal
 
 
-class _Writer:
-    """This process's writer thread (a forked pool process starts its own)."""
-
-    def __init__(self) -> None:
-        self.queue: queue.Queue[tuple[Entry, threading.Event]] = queue.Queue()
-        self.pid = os.getpid()
-        threading.Thread(target=self._run, name="llm-journal", daemon=True).start()
-
-    def _run(self) -> None:
-        while True:
-            waiting = [self.queue.get()]
-            while len(waiting) < BATCH:
-                try:
-                    waiting.append(self.queue.get_nowait())
-                except queue.Empty:
-                    break
-            try:
-                _insert([entry for entry, _ in waiting])
-            except Exception as exc:  # the step goes on; a crash before its checkpoint would ask again
-                log.warning("could not record %d LLM response(s): %s: %s", len(waiting), type(exc).__name__, exc)
-            for _, done in waiting:
-                done.set()
+#: The journal's insert, batched with the ledger's by the process's writer thread (``dataengine.recorder``).
+INSERT_SQL = f"""
+    INSERT INTO {TABLE} (run_id, step_index, fingerprint, job, model, response, prompt_tokens,
+                         completion_tokens, cost_usd)
+    SELECT x.run_id, x.step_index, x.fingerprint, x.job, x.model, x.response, x.prompt_tokens,
+           x.completion_tokens, x.cost_usd
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS x(run_id uuid, step_index integer, fingerprint text,
+         job text, model text, response jsonb, prompt_tokens integer, completion_tokens integer,
+         cost_usd numeric)
+    ON CONFLICT DO NOTHING
+"""  # noqa: S608  the table name is the model's own
 
 
-_writer: _Writer | None = None
-_writer_lock = threading.Lock()
+def _rows(entries: list[Entry]) -> str:
+    return json.dumps([{**entry.__dict__, "cost_usd": str(entry.cost_usd)} for entry in entries], default=str)
+
+
+recorder.register(Entry, INSERT_SQL, _rows)
 
 
 def record(entry: Entry) -> None:
-    """Record a response, returning once it is committed (or after ``RECORD_WAIT_S``)."""
-    global _writer
-    with _writer_lock:
-        if _writer is None or _writer.pid != os.getpid():
-            _writer = _Writer()
-        writer = _writer
-    done = threading.Event()
-    writer.queue.put((entry, done))
-    if not done.wait(RECORD_WAIT_S):
-        log.warning("recording an LLM response took over %.0fs; the step goes on", RECORD_WAIT_S)
-
-
-def _insert(entries: list[Entry]) -> None:
-    rows = [{**entry.__dict__, "cost_usd": str(entry.cost_usd)} for entry in entries]
-    with statement_scope() as conn:
-        conn.execute(text(f"""
-            INSERT INTO {TABLE} (run_id, step_index, fingerprint, job, model, response, prompt_tokens,
-                                 completion_tokens, cost_usd)
-            SELECT x.run_id, x.step_index, x.fingerprint, x.job, x.model, x.response, x.prompt_tokens,
-                   x.completion_tokens, x.cost_usd
-            FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS x(run_id uuid, step_index integer, fingerprint text,
-                 job text, model text, response jsonb, prompt_tokens integer, completion_tokens integer,
-                 cost_usd numeric)
-            ON CONFLICT DO NOTHING
-        """), {"rows": json.dumps(rows, default=str)})  # noqa: S608  the table name is the model's own
+    """Record a response, returning once it is committed (or after ``recorder.RECORD_WAIT_S``)."""
+    recorder.put_and_wait(entry)
 
 
 def journaled_steps(run_id: uuid.UUID, from_index: int) -> frozenset[int]:
@@ -130,13 +90,16 @@ def journaled_steps(run_id: uuid.UUID, from_index: int) -> frozenset[int]:
         return frozenset(found.scalars())
 
 
-def recorded(run_id: str, step_index: int, fp: str) -> tuple[bool, Any]:
-    """``(True, response)`` if this request was answered at this step of this run, else ``(False, None)``."""
+def recorded(run_id: str, step_index: int, fp: str) -> Entry | None:
+    """What this request was answered, and what it cost, at this step of this run, if it was."""
     with session_scope() as session:
-        row = session.execute(text(f"SELECT response FROM {TABLE} "  # noqa: S608  the model's own table
-                                   "WHERE run_id = :r AND step_index = :s AND fingerprint = :f"),
+        row = session.execute(text(f"SELECT job, model, response, prompt_tokens, completion_tokens, cost_usd "  # noqa: S608  the model's own table
+                                   f"FROM {TABLE} WHERE run_id = :r AND step_index = :s AND fingerprint = :f"),
                               {"r": run_id, "s": step_index, "f": fp}).one_or_none()
-    return (False, None) if row is None else (True, row.response)
+    if row is None:
+        return None
+    return Entry(run_id, step_index, fp, row.job, row.model, row.response, row.prompt_tokens, row.completion_tokens,
+                 row.cost_usd)
 
 
 def prune(*, older_than: timedelta, run_tables: dict[str, str]) -> int:

@@ -28,7 +28,9 @@ from typing import Any, TypeVar
 import openai
 from pydantic import BaseModel
 
-from dataengine import journal
+from dataengine import journal, ledger, workspaces
+from dataengine.budgets import call_cost
+from dataengine.errors import ProviderKeyRejected
 from dataengine.logs import current_run
 from dataengine.metrics import metrics
 from dataengine.ratelimit import FleetLimiter, ModelLimits, estimate_tokens, limiter_from
@@ -43,6 +45,10 @@ R = TypeVar("R")
 #: flight turns into the largest CPU cost of a call (py-spy). A thread keeps to one of them.
 CLIENT_SHARDS = 8
 _clients: list[openai.OpenAI] = []
+#: A workspace's clients, built for one version of its key and base URL: ``{id: (key_version, shards)}``.
+_workspace_clients: dict[str, tuple[str, list[openai.OpenAI]]] = {}
+#: A workspace's clients for a key since replaced: calls may still be using them; closed by ``reset_client``.
+_retired_clients: list[openai.OpenAI] = []
 _client_pid: int | None = None
 _shard = threading.local()
 _next_shard = itertools.count()
@@ -60,21 +66,24 @@ _TRANSIENT = (
 
 @dataclass(frozen=True)
 class Usage:
-    """Tokens, cost and wall time of one or more LLM calls."""
+    """Tokens, cost and wall time of one or more LLM calls (``cached_tokens``: of the prompt tokens,
+    those the provider served from its cache, at the cached-input price)."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: Decimal = Decimal(0)
     latency_ms: int = 0
+    cached_tokens: int = 0
 
     def split(self, n: int) -> list[Usage]:
         """This usage shared by ``n`` steps that made one call together: even shares, the remainder on the first."""
         cost = (self.cost_usd / n).quantize(Decimal("0.000001"), rounding=ROUND_DOWN)
-        shares = [Usage(self.prompt_tokens // n, self.completion_tokens // n, cost, self.latency_ms) for _ in range(n)]
+        shares = [Usage(self.prompt_tokens // n, self.completion_tokens // n, cost, self.latency_ms,
+                        self.cached_tokens // n) for _ in range(n)]
         first = shares[0]
         shares[0] = Usage(
             first.prompt_tokens + self.prompt_tokens % n, first.completion_tokens + self.completion_tokens % n,
-            self.cost_usd - cost * (n - 1), self.latency_ms,
+            self.cost_usd - cost * (n - 1), self.latency_ms, first.cached_tokens + self.cached_tokens % n,
         )
         return shares
 
@@ -84,27 +93,43 @@ class Usage:
             self.completion_tokens + other.completion_tokens,
             self.cost_usd + other.cost_usd,
             self.latency_ms + other.latency_ms,
+            self.cached_tokens + other.cached_tokens,
         )
 
 
 def client() -> openai.OpenAI:
-    """This thread's client of the process (a forked pool child builds its own connection pools)."""
-    global _clients, _client_pid
+    """This thread's client of the process: the run's workspace's (its key and base URL) when the run names
+    one, else the engine's. A forked pool child builds its own connection pools; a workspace's replaced key
+    (``dataengine.workspaces.lookup``, read again every few seconds) gets new clients."""
+    global _clients, _workspace_clients, _client_pid
     shard = getattr(_shard, "index", None)
     if shard is None:
         shard = _shard.index = next(_next_shard) % CLIENT_SHARDS
+    workspace_id = (current_run() or {}).get("workspace_id")
+    workspace = workspaces.lookup(workspace_id) if workspace_id else None
     with _client_lock:
-        if not _clients or _client_pid != os.getpid():
-            _clients = [_new_client() for _ in range(CLIENT_SHARDS)]
-            _client_pid = os.getpid()
-        return _clients[shard]
+        if _client_pid != os.getpid():  # a forked child: its parent's clients are not its to use or close
+            _clients, _workspace_clients, _client_pid = [], {}, os.getpid()
+            _retired_clients.clear()
+        if workspace is None:
+            if not _clients:
+                _clients = [_new_client() for _ in range(CLIENT_SHARDS)]
+            return _clients[shard]
+        version, built = _workspace_clients.get(workspace.id, ("", []))
+        if version != workspace.key_version:
+            _retired_clients.extend(built)  # left to the calls still using them
+            key = workspace.api_key()
+            built = [_new_client(key, workspace.base_url) for _ in range(CLIENT_SHARDS)]
+            _workspace_clients[workspace.id] = (workspace.key_version, built)
+        return built[shard]
 
 
-def _new_client() -> openai.OpenAI:
+def _new_client(api_key: str | None = None, base_url: str | None = None) -> openai.OpenAI:
+    """A client with the engine's key and base URL, or a workspace's (its base URL unset: the engine's)."""
     s = get_settings()
     return openai.OpenAI(
-        api_key=s.openai_api_key.get_secret_value(),
-        base_url=s.openai_base_url,
+        api_key=api_key or s.openai_api_key.get_secret_value(),
+        base_url=base_url or s.openai_base_url,
         max_retries=0,  # retried here, within the fleet's limits (``_within_limits``)
         timeout=s.openai_timeout_s,
     )
@@ -120,41 +145,50 @@ def limiter() -> FleetLimiter:
                 s.redis_url, default=ModelLimits(s.llm_rpm, s.llm_tpm),
                 per_model={m: ModelLimits(v.rpm, v.tpm) for m, v in s.llm_model_limits.items()},
                 burst_s=s.llm_burst_s, token_burst_s=s.llm_token_burst_s, fallback_share=s.llm_fallback_share,
-                recovery_start=s.llm_recovery_start, recovery_s=s.llm_recovery_s,
+                recovery_start=s.llm_recovery_start, recovery_s=s.llm_recovery_s, named=workspaces.limits_of,
             )
             _limiter_pid = os.getpid()
         return _limiter
 
 
 def reset_client() -> None:
-    """Forget the client and the limiter, so the next call reads the settings again (tests change them)."""
-    global _clients, _client_pid, _limiter, _limiter_pid
+    """Forget the clients and the limiter, so the next call reads the settings again (tests change them)."""
+    global _clients, _workspace_clients, _client_pid, _limiter, _limiter_pid
     with _client_lock:
         if _client_pid == os.getpid():
-            for each in _clients:
+            for each in [*_clients, *_retired_clients, *(c for _, shards in _workspace_clients.values() for c in shards)]:
                 each.close()
-        _clients, _client_pid = [], None
+        _clients, _workspace_clients, _client_pid = [], {}, None
+        _retired_clients.clear()
         _limiter = _limiter_pid = None
+    workspaces.forget()
 
 
-def cost_usd(model: str, prompt_tokens: int, completion_tokens: int) -> Decimal:
-    """What a call cost at the configured per-million-token prices (0 for an unknown model)."""
-    prices = get_settings().model_prices_per_mtok.get(model)
-    if prices is None:
-        return Decimal(0)
-    per_in, per_out = (Decimal(str(p)) for p in prices)
-    return (per_in * prompt_tokens + per_out * completion_tokens) / Decimal(1_000_000)
+_unpriced_seen: set[str] = set()
 
 
 def _usage(model: str, response: Any, started: float) -> Usage:
+    """A call's usage and cost, counted in the metrics and the cost ledger (a model without a price
+    counts 0 there and is flagged: a warning once per process, ``unpriced_calls``)."""
     u = response.usage
     prompt, completion = (u.prompt_tokens, getattr(u, "completion_tokens", 0) or 0) if u else (0, 0)
-    cost = cost_usd(model, prompt, completion)
+    details = getattr(u, "prompt_tokens_details", None) if u else None
+    cached = (getattr(details, "cached_tokens", 0) or 0) if details else 0
+    cost = call_cost(model, prompt, completion, cached)
+    if cost is None and model not in _unpriced_seen:
+        _unpriced_seen.add(model)
+        log.warning("model %r has no price (DATAENGINE_MODEL_PRICES_PER_MTOK): its calls count $0 in costs and are "
+                    "flagged as unpriced", model)
     m = metrics()
     m.llm_tokens.labels(model, "prompt").inc(prompt)
     m.llm_tokens.labels(model, "completion").inc(completion)
-    m.llm_cost_usd.labels(model).inc(float(cost))
-    return Usage(prompt, completion, cost, int((time.monotonic() - started) * 1000))
+    m.llm_cost_usd.labels(model).inc(float(cost or 0))
+    if cost is None:
+        m.llm_calls.labels(model, "unpriced").inc()
+    run = current_run() or {}
+    ledger.add(ledger.Spend(run.get("kind") or "", model, run.get("property") or "", run.get("workspace_id") or "",
+                            prompt, cached, completion, cost or Decimal(0), cost is not None))
+    return Usage(prompt, completion, cost or Decimal(0), int((time.monotonic() - started) * 1000), cached)
 
 
 def retry_after_s(exc: openai.APIStatusError) -> float:
@@ -179,20 +213,22 @@ def retry_after_s(exc: openai.APIStatusError) -> float:
 
 
 def _within_limits(model: str, tokens: int, send: Callable[[], R]) -> R:
-    """``send()`` once the fleet's limits allow it, tried again after a transient failure."""
+    """``send()`` once the fleet's limits allow it (a workspace's own, for a run of a workspace), tried
+    again after a transient failure."""
     s, limits, m = get_settings(), limiter(), metrics()
+    limited_as = workspaces.limit_name(model, (current_run() or {}).get("workspace_id"))
     for attempt in range(s.openai_max_retries + 1):
         if attempt:
             m.llm_retries.labels(model).inc()
-        reservation = limits.acquire(model, tokens)
+        reservation = limits.acquire(limited_as, tokens)
         try:
             response = send()
         except openai.RateLimitError as exc:
             m.llm_calls.labels(model, "rate_limited").inc()
             limits.settle(reservation, 0)  # refused: it used no tokens
             wait = retry_after_s(exc)
-            limits.pause(model, wait)
-            log.warning("%s answered 429: the fleet pauses %s for %.1fs", model, model, wait)
+            limits.pause(limited_as, wait)
+            log.warning("%s answered 429: the fleet pauses %s for %.1fs", model, limited_as, wait)
             failure: Exception = exc
         except _TRANSIENT as exc:
             m.llm_calls.labels(model, "error").inc()
@@ -209,20 +245,50 @@ def _within_limits(model: str, tokens: int, send: Callable[[], R]) -> R:
     raise failure
 
 
+def _paid(model: str, prompt: list[Any], output_tokens: int, send: Callable[[], Any]) -> tuple[Any, Usage]:
+    """``send()`` within the run's budgets (``dataengine.budgets``) and the fleet's rate limits: its
+    response and usage. A rejected key ends the run at once (``ProviderKeyRejected``)."""
+    run = current_run() or {}
+    budget = run.get("budget")
+    prompt_tokens = estimate_tokens(prompt, 0)
+    reserved = Decimal(0)
+    if budget is not None:
+        reserved = budget.before_call(model=model, prompt_tokens=prompt_tokens, output_tokens=output_tokens,
+                                      step=run.get("step"))
+    usage = None
+    try:
+        started = time.monotonic()
+        try:
+            response = _within_limits(model, prompt_tokens + output_tokens, send)
+        except openai.AuthenticationError as exc:
+            whose = f"workspace {run['workspace_id']!r}'s" if run.get("workspace_id") else "the engine's (OPENAI_API_KEY)"
+            raise ProviderKeyRejected(whose=whose, status=exc.status_code,
+                                      detail="replace the key, then retry the run") from None
+        usage = _usage(model, response, started)
+        return response, usage
+    finally:
+        if budget is not None:
+            budget.after_call(reserved, model=model, cost=None if usage is None else usage.cost_usd,
+                              completion_tokens=0 if usage is None else usage.completion_tokens)
+
+
 def _journaled(kind: str, model: str, request: Any, ask: Callable[[], tuple[R, Usage]],
                encode: Callable[[R], Any], decode: Callable[[Any], R]) -> tuple[R, Usage]:
     """``ask()`` within a run's step: its answer recorded before the step goes on with it, and a
-    recorded answer of the same request reused (at no cost) by a step run again (``dataengine.journal``)."""
+    recorded answer of the same request reused by a step run again (``dataengine.journal``): not paid
+    again, its usage as recorded (so the step's cost is what was paid for it, once)."""
     run = current_run()
     if run is None or run.get("step") is None or run.get("run_id") is None:
         return ask()
     step, fp = int(run["step"]), journal.fingerprint(kind, model, request)
     if step in run.get("replay", ()):
-        found, response = journal.recorded(run["run_id"], step, fp)
-        if found:
+        found = journal.recorded(run["run_id"], step, fp)
+        if found is not None:
             metrics().llm_calls.labels(model, "reused").inc()
             log.info("reused the recorded answer of a %s call of step %d: not asked again", kind, step + 1)
-            return decode(response), Usage()
+            if run.get("budget") is not None:  # paid before this claim, after the row's last checkpoint
+                run["budget"].after_call(Decimal(0), model=model, cost=found.cost_usd)
+            return decode(found.response), Usage(found.prompt_tokens, found.completion_tokens, found.cost_usd)
     answer, usage = ask()
     journal.record(journal.Entry(run["run_id"], step, fp, run.get("kind") or "", model, encode(answer),
                                  usage.prompt_tokens, usage.completion_tokens, usage.cost_usd))
@@ -237,11 +303,9 @@ def _schema_of(schema: type[BaseModel]) -> dict[str, Any]:
 def chat(*, messages: list[dict[str, str]], model: str) -> tuple[str, Usage]:
     """Ask the model; returns the answer text and the call's usage."""
     def ask() -> tuple[str, Usage]:
-        started = time.monotonic()
-        tokens = estimate_tokens(messages, get_settings().llm_output_tokens_estimate)
-        response = _within_limits(model, tokens, lambda: client().chat.completions.create(
-            model=model, messages=messages))  # type: ignore[arg-type]
-        return response.choices[0].message.content or "", _usage(model, response, started)
+        response, usage = _paid(model, messages, get_settings().llm_output_tokens_estimate,
+                                lambda: client().chat.completions.create(model=model, messages=messages))  # type: ignore[arg-type]
+        return response.choices[0].message.content or "", usage
 
     return _journaled("chat", model, messages, ask, encode=lambda text: text, decode=str)
 
@@ -249,14 +313,13 @@ def chat(*, messages: list[dict[str, str]], model: str) -> tuple[str, Usage]:
 def parse(*, messages: list[dict[str, str]], model: str, schema: type[T]) -> tuple[T, Usage]:
     """Ask for a structured answer validated by ``schema`` (the SDK's ``parse``)."""
     def ask() -> tuple[T, Usage]:
-        started = time.monotonic()
-        tokens = estimate_tokens(messages, get_settings().llm_output_tokens_estimate)
-        response = _within_limits(model, tokens, lambda: client().chat.completions.parse(
-            model=model, messages=messages, response_format=schema))  # type: ignore[arg-type]
+        response, usage = _paid(model, messages, get_settings().llm_output_tokens_estimate,
+                                lambda: client().chat.completions.parse(
+                                    model=model, messages=messages, response_format=schema))  # type: ignore[arg-type]
         message = response.choices[0].message
         if message.parsed is None:
             raise ValueError(f"model refused or returned no structured output: {message.refusal or 'empty'}")
-        return message.parsed, _usage(model, response, started)
+        return message.parsed, usage
 
     request = {"messages": messages, "schema": _schema_of(schema)}
     return _journaled("parse", model, request, ask, encode=lambda parsed: parsed.model_dump(mode="json"),
@@ -266,10 +329,8 @@ def parse(*, messages: list[dict[str, str]], model: str, schema: type[T]) -> tup
 def embed(*, texts: list[str], model: str | None = None) -> tuple[list[list[float]], Usage]:
     """Embed texts; returns one vector per text and the call's usage."""
     model = model or get_settings().openai_embedding_model
-    started = time.monotonic()
-    response = _within_limits(model, estimate_tokens(texts, 0), lambda: client().embeddings.create(
-        model=model, input=texts))
-    return [d.embedding for d in response.data], _usage(model, response, started)
+    response, usage = _paid(model, texts, 0, lambda: client().embeddings.create(model=model, input=texts))
+    return [d.embedding for d in response.data], usage
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -1,6 +1,6 @@
 """What an operator asks of the runs: which failed and why, what happened to one, send them back.
 
-Used by the ``dataengine runs``, ``events`` and ``retry`` commands and by the HTTP API.
+Used by the ``dataengine runs``, ``events``, ``retry`` and ``costs`` commands and by the HTTP API.
 """
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import func, literal, select
@@ -18,6 +19,7 @@ from dataengine.db import session_scope
 from dataengine.events import history
 from dataengine.inspect import find_run
 from dataengine.jobs import Job, all_jobs
+from dataengine.ledger import CostLine, Grouping, summary, unpriced_models
 from dataengine.runs import retry_run
 
 #: ``--since`` units: 90s, 30m, 12h, 1d, 2w.
@@ -77,11 +79,31 @@ def events_of(run_id: object) -> tuple[Job, dict[str, Any], list[dict[str, Any]]
         return job, row, history(session, row["id"])
 
 
-def retry(job: Job, run_id: uuid.UUID, send: Callable[[str, dict[str, str]], object]) -> str | None:
-    """Send a failed or cancelled run back to work from its checkpoint. Returns None when it was sent,
-    else the status that kept it (only failed and cancelled runs are retried)."""
+def retry(job: Job, run_id: uuid.UUID, send: Callable[[str, dict[str, str]], object], *,
+          max_cost_usd: Decimal | None = None) -> str | None:
+    """Send a failed or cancelled run back to work from its checkpoint (with a new budget, if given).
+    Returns None when it was sent, else the status that kept it (only failed and cancelled runs are retried)."""
     with session_scope() as session:
-        kept = retry_run(session=session, job=job, run_id=run_id)
+        kept = retry_run(session=session, job=job, run_id=run_id, max_cost_usd=max_cost_usd)
     if kept is None:
         send(job.task_name, {"run_id": str(run_id)})
     return kept
+
+
+@dataclass(frozen=True)
+class CostReport:
+    """The cost ledger grouped one way, its total, and the models whose calls it could not price."""
+
+    lines: list[CostLine]
+    total: CostLine
+    unpriced_models: list[str]
+
+
+def cost_report(*, by: Grouping, since: timedelta | None = None, workspace_id: str | None = None) -> CostReport:
+    """What LLM calls cost, grouped ``by`` day, kind, model, property or workspace, within ``since``."""
+    start = None if since is None else datetime.now(UTC) - since
+    lines = summary(by=by, since=start, workspace_id=workspace_id)
+    total = CostLine("total", *(sum(getattr(line, f) for line in lines) for f in
+                               ("calls", "prompt_tokens", "cached_tokens", "completion_tokens")),
+                     sum((line.cost_usd for line in lines), Decimal(0)), sum(line.unpriced_calls for line in lines))
+    return CostReport(lines, total, unpriced_models(since=start) if total.unpriced_calls else [])

@@ -1,16 +1,21 @@
 """The operator's commands: ``dataengine runs`` (failed runs and why), ``dataengine events RUN_ID``
-(what happened to a run) and ``dataengine retry`` (send failed runs back to work from their checkpoint)."""
+(what happened to a run), ``dataengine retry`` (send failed runs back to work from their checkpoint)
+and ``dataengine costs`` (what LLM calls cost)."""
 
 from __future__ import annotations
 
 import json
 from datetime import timedelta
+from decimal import Decimal
 from typing import Annotated, Any
 
 import typer
+from rich.table import Table
 
+from dataengine.budgets import dollars
 from dataengine.cliout import console, fail
 from dataengine.errors import DataEngineError
+from dataengine.ledger import GROUPINGS
 from models.base import RunStatus
 
 
@@ -109,11 +114,14 @@ def retry(
     since: Annotated[str | None, typer.Option(help="With --all-failed: those that failed within this long")] = None,
     kind: Annotated[str | None, typer.Option(help="With --all-failed: those of this job")] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation")] = False,
+    max_cost: Annotated[float | None, typer.Option("--max-cost", min=0.000001,
+                                                   help="A new budget in USD for the run (max_cost_usd)")] = None,
 ) -> None:
     """Send failed or cancelled runs back to work, each from its checkpoint.
 
     Recorded steps are not asked again. dataengine retry --all-failed --since 1d retries every run
-    that failed in the last day, after a confirmation (--yes skips it).
+    that failed in the last day, after a confirmation (--yes skips it). A run stopped by its budget
+    goes on with a larger one: dataengine retry RUN_ID --max-cost 5.
     """
     from dataengine.celery_app import enqueue
     from dataengine.inspect import find_run
@@ -128,13 +136,18 @@ def retry(
             raise fail("--since and --kind go with --all-failed")
         try:
             job, row = find_run(run_id)
-            kept = send_back(job, row["id"], enqueue)
+            budget = None if max_cost is None else Decimal(str(max_cost)).quantize(Decimal("0.000001"))
+            kept = send_back(job, row["id"], enqueue, max_cost_usd=budget)
         except DataEngineError as exc:
             raise fail(str(exc)) from None
         if kept is not None:
             raise fail(f"run {row['id']} is {kept}; only failed or cancelled runs can be retried")
-        console.print(f"run {row['id']} queued again; it resumes at {job.step_noun} {row['current_query_index'] + 1}")
+        spent = f"; spent ${dollars(row['cost_usd'])} so far, budget ${dollars(budget)}" if budget is not None else ""
+        console.print(f"run {row['id']} queued again; it resumes at {job.step_noun} {row['current_query_index'] + 1}"
+                      + spent, highlight=False)
         return
+    if max_cost is not None:
+        raise fail("--max-cost goes with one run: dataengine retry RUN_ID --max-cost 5")
     failed = list_runs(status=RunStatus.failed.value, kinds=jobs, since=_since(since), limit=100_000)
     if not failed:
         console.print("no failed runs" + (f" within {since}" if since else ""))
@@ -145,7 +158,41 @@ def retry(
     console.print(f"{sent} of {len(failed)} failed run(s) queued again, each from its checkpoint")
 
 
+def costs(
+    by: Annotated[str, typer.Option(help=f"Group by {', '.join(GROUPINGS)}")] = "day",
+    since: Annotated[str | None, typer.Option(help="Only the last 12h, 7d, 2w... (whole hours)")] = None,
+    workspace: Annotated[str | None, typer.Option(help="Only this workspace's calls")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
+) -> None:
+    """What LLM calls cost: calls, tokens (cached input apart) and USD, by day, kind, model, property or workspace.
+
+    From the cost ledger, which counts every call paid for, including those of steps a crash cut short.
+    Calls of a model without a price (DATAENGINE_MODEL_PRICES_PER_MTOK) count $0 and are flagged.
+    """
+    from dataengine.operations import cost_report
+
+    if by not in GROUPINGS:
+        raise fail(f"--by must be one of {', '.join(GROUPINGS)}, not {by!r}")
+    _jobs(None)
+    report = cost_report(by=by, since=_since(since), workspace_id=workspace)  # type: ignore[arg-type]
+    if as_json:
+        print(json.dumps({"by": by, "since": since, "lines": [line.as_dict() for line in report.lines],
+                          "total": report.total.as_dict(), "unpriced_models": report.unpriced_models}, indent=2))
+        return
+    table = Table(title=f"LLM costs by {by}" + (f", last {since}" if since else ""), title_justify="left")
+    for name in (by, "calls", "prompt tokens", "cached", "completion tokens", "USD"):
+        table.add_column(name, justify="left" if name == by else "right")
+    for line in [*report.lines, report.total]:
+        table.add_row(line.key or "(none)", f"{line.calls:,}", f"{line.prompt_tokens:,}", f"{line.cached_tokens:,}",
+                      f"{line.completion_tokens:,}", f"${dollars(line.cost_usd)}",
+                      end_section=line is report.lines[-1] if report.lines else False)
+    console.print(table)
+    if report.unpriced_models:
+        console.print(f"[yellow]{report.total.unpriced_calls:,} call(s) of {', '.join(report.unpriced_models)} had no "
+                      "price and count $0 above: add them to DATAENGINE_MODEL_PRICES_PER_MTOK[/yellow]", highlight=False)
+
+
 def register(cli: typer.Typer) -> None:
     """Add the commands to the ``dataengine`` command line."""
-    for command in (runs, events, retry):
+    for command in (runs, events, retry, costs):
         cli.command()(command)

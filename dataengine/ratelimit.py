@@ -471,9 +471,11 @@ def limiter_from(
     fallback_share: float,
     recovery_start: float,
     recovery_s: float,
+    named: Callable[[str], ModelLimits | None] = lambda _name: None,
 ) -> FleetLimiter:
-    """The process's limiter: ``per_model`` limits, else ``default``, on a Redis client that gives up
-    fast (0.5 s to connect or answer, no retries), so an outage turns into the local fallback at once.
+    """The process's limiter: the limits ``named`` gives a name (a workspace's model), else ``per_model``'s,
+    else ``default``, on a Redis client that gives up fast (0.5 s to connect or answer, no retries), so
+    an outage turns into the local fallback at once.
 
     Hundreds of step threads share ``REDIS_CONNECTIONS`` connections: a thread waits for a free one
     (a busy pool is not an outage) rather than opening one each.
@@ -483,7 +485,12 @@ def limiter_from(
         socket_timeout=0.5, retry=Retry(NoBackoff(), 0), retry_on_timeout=False, health_check_interval=0,
     )
     client = redis.Redis(connection_pool=pool)
-    return FleetLimiter(client, lambda model: per_model.get(model, default), burst_s=burst_s,
+
+    def limits_for(name: str) -> ModelLimits:
+        own = named(name)
+        return own if own is not None else per_model.get(name, default)
+
+    return FleetLimiter(client, limits_for, burst_s=burst_s,
                         token_burst_s=token_burst_s, fallback_share=fallback_share, recovery_start=recovery_start, recovery_s=recovery_s)
 
 

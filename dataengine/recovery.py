@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import text
 
 from dataengine import journal
+from dataengine.budgets import daily_pause
 from dataengine.db import session_scope, statement_scope
 from dataengine.dbretry import db_unavailable
 from dataengine.events import prune
@@ -28,6 +29,7 @@ from dataengine.runs import (
     Requeued,
     finish_run,
     flag_stalled,
+    hold_paused,
     redispatch_soon,
     redispatch_unclaimed,
     requeue_expired,
@@ -85,6 +87,7 @@ def sweep_job(*, job: Job, send: Sender, waiting: Waiting | None = None, dead: S
     processes known dead (``liveness.dead_owners``), whose runs are all taken back at once.
     """
     with session_scope() as session:
+        hold_paused(session=session, job=job, still_paused=lambda workspace: daily_pause(workspace) is not None)
         requeued = requeue_expired(session=session, job=job, dead=dead)
     unclaimed = {str(r.run_id) for r in requeued if r.lost_owner is None and r.poison is None}
     queued = _still_waiting(waiting, unclaimed, taken) if waiting is not None and unclaimed else set()

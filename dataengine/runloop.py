@@ -23,9 +23,19 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy import select
 
 from dataengine import llm
+from dataengine.budgets import RunBudget, daily_pause, pause_for_s
 from dataengine.db import session_scope, statement_scope, statement_session
 from dataengine.dbretry import db_unavailable, retry_db
-from dataengine.errors import DatabaseUnavailable, LeaseLost, StepFailed, StepTimedOut, TransientStepError
+from dataengine.errors import (
+    BudgetExceeded,
+    BudgetPaused,
+    DatabaseUnavailable,
+    LeaseLost,
+    RunFatal,
+    StepFailed,
+    StepTimedOut,
+    TransientStepError,
+)
 from dataengine.events import record
 from dataengine.heartbeats import Lease
 from dataengine.jobs import STEP_PAGE_SIZE, Job, StepOutcome
@@ -212,6 +222,11 @@ class Execution:
         self.started = time.monotonic()
         self.in_flight: dict[Future[Any], _Running] = {}
         self.failure: tuple[int, BaseException] | None = None
+        #: Set when a daily budget was found spent: the run stops starting steps and is handed back.
+        self.paused: BudgetPaused | None = None
+        #: What the run spent (its recorded steps' cost as claimed, then every call) and its budgets.
+        self.spend = RunBudget(noun=job.step_noun, spent=claim.row.cost_usd, max_cost=claim.row.max_cost_usd,
+                               workspace_id=claim.row.workspace_id)
         self.cancelled = self.exhausted = False
         #: Steps that were in flight when a worker died holding this run.
         self.suspects = {int(i) for i in claim.row.step_losses}
@@ -234,8 +249,10 @@ class Execution:
         held = metrics().runs_in_progress.labels(self.job.key)
         held.inc()
         try:
-            with run_context(run_id=str(self.claim.run_id), task_id=self.claim.row.task_id, kind=self.job.key,
-                             worker=self.claim.worker_id, step=self.cursor):
+            row = self.claim.row
+            with run_context(run_id=str(self.claim.run_id), task_id=row.task_id, kind=self.job.key,
+                             worker=self.claim.worker_id, step=self.cursor, workspace_id=row.workspace_id,
+                             budget=self.spend, property=self.job.property_of(row)):
                 return self._run()
         finally:
             held.dec()
@@ -256,6 +273,9 @@ class Execution:
                 "[%s] Resuming at %s %d/%d (%d already recorded, not asked again)",
                 job.name, job.step_noun, self.cursor + 1, self.total, self.completed,
             )
+        paused = self._db(lambda: daily_pause(self.claim.row.workspace_id), "reading today's spend")
+        if paused is not None:
+            return self._pause(paused)
         self.heartbeat.start()
         try:  # the lease is vouched for until the run's last write: nothing takes it back meanwhile
             self._work(job.prepare(self.claim.row))
@@ -263,6 +283,8 @@ class Execution:
                 return self._fail(*self.failure)
             if self.cancelled:
                 return self._finish(RunStatus.cancelled, "cancelled by request")
+            if self.paused is not None:
+                return self._pause(self.paused)
             if not self.exhausted:
                 return self._hand_back()
             return self._finish(RunStatus.completed, None)
@@ -342,7 +364,9 @@ class Execution:
 
     def _step_failed(self, step: tuple[int, Any], exc: BaseException, results: list[tuple[int, StepOutcome]]) -> None:
         index, item = step
-        if self.job.step_error_policy == "record" and not self._transient(exc):
+        if isinstance(exc, BudgetPaused):  # not the step's fault: it runs once the budget allows
+            self.paused = self.paused or exc
+        elif self.job.step_error_policy == "record" and not self._transient(exc) and not isinstance(exc, RunFatal):
             assert self.job.failed_step_values is not None  # noqa: S101  narrows a type the code above guarantees; not input validation
             self.log.warning("[%s] %s %d/%d failed, recorded: %s: %s", self.job.name, self.job.step_noun,
                              index + 1, self.total, type(exc).__name__, exc)
@@ -359,7 +383,7 @@ class Execution:
         the next one starts at once, while the checkpoint recording the first is being written,
         provided that proof is recent (a heartbeat interval, so no other worker can have it yet).
         """
-        stopping = self.cancelled or self.failure is not None or _draining.is_set()
+        stopping = self.cancelled or self.failure is not None or self.paused is not None or _draining.is_set()
         if stopping and self.ahead:
             self.ahead, self.exhausted = [], False  # recorded as in flight but never started: not done
         free = 0 if stopping else budget.room(len(self.in_flight))
@@ -428,7 +452,7 @@ class Execution:
 
     def _next_units(self, steps: Iterator[tuple[int, Any]], free: int) -> list[list[tuple[int, Any]]]:
         """Up to ``free`` units of the next steps, each a step alone or a group of steps sharing one call."""
-        if free <= 0 or self.cancelled or self.exhausted or self.failure or _draining.is_set():
+        if free <= 0 or self.cancelled or self.exhausted or self.failure or self.paused or _draining.is_set():
             return []
         units: list[list[tuple[int, Any]]] = []
         while len(units) < free and not any(i in self.suspects for r in self.in_flight.values() for i in r.indexes):
@@ -521,10 +545,11 @@ class Execution:
             row = session.execute(select(t.c.status, t.c.fencing_token).where(t.c.id == self.claim.run_id)).one()
         return row.status == status.value and row.fencing_token == self.claim.token
 
-    def _release(self, error: str | None, event: EventType, detail: str) -> None:
+    def _release(self, error: str | None, event: EventType, detail: str, **paused: Any) -> None:
         def write() -> None:
             with session_scope() as session:
-                release_run(session=session, job=self.job, claim=self.claim, error=error, event=event, detail=detail)
+                release_run(session=session, job=self.job, claim=self.claim, error=error, event=event, detail=detail,
+                            **paused)
 
         self._db(write, "handing the run back")
 
@@ -554,8 +579,20 @@ class Execution:
         self.log.info("[%s] %s", self.job.name, detail)
         return RunOutcome(str(self.claim.run_id), RunStatus.running.value, detail, requeue=True)
 
+    def _pause(self, pause: BudgetPaused) -> RunOutcome:
+        """Hand the run back as queued: the sweepers send it again once the budget allows."""
+        reason = str(pause)
+        detail = f"{reason}; at {self.job.step_noun} {self.cursor + 1}/{self.total}"
+        self._release(reason, EventType.paused, detail, status=RunStatus.queued, retry_after_s=pause_for_s())
+        self.log.warning("[%s] %s", self.job.name, detail)
+        return RunOutcome(str(self.claim.run_id), RunStatus.queued.value, reason)
+
     def _fail(self, index: int, exc: BaseException) -> RunOutcome:
         details = f"{self.job.step_noun} {index + 1}/{self.total} failed: {type(exc).__name__}: {exc}"
+        if isinstance(exc, BudgetExceeded):  # what it spent once its calls in flight landed
+            details = self.spend.exceeded_message(index)
+        elif isinstance(exc, RunFatal):
+            details = f"{self.job.step_noun} {index + 1}/{self.total}: {exc}"
         if self._transient(exc):
             if self.may_retry:
                 self._release(details, EventType.step_failed, f"{details}; the run will be retried")

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from decimal import Decimal
 from functools import cache
 from typing import Any
 
@@ -36,7 +37,8 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
-from dataengine.errors import InvalidRunId, LeaseLost, RunNotFound
+from dataengine.budgets import dollars
+from dataengine.errors import PAUSED, InvalidRunId, LeaseLost, RunNotFound
 from dataengine.events import insert_sql, logged
 from dataengine.jobs import Job
 from dataengine.liveness import owner_alive
@@ -152,6 +154,8 @@ def claim_run(
             started_at=func.coalesce(t.c.started_at, func.now()),
             last_updated_at=func.now(),
             stalled_at=None,
+            # A run paused by a daily budget says so until it is claimed again.
+            error_message=case((t.c.error_message.like(f"{PAUSED}%"), None), else_=t.c.error_message),
             **_count_losses(t, claimant=worker_id),
         )
         .returning(*t.c)
@@ -365,24 +369,43 @@ def _finish_sql(job: Job) -> TextClause:
 
 
 def release_run(*, session: Session, job: Job, claim: Claim, error: str | None,
-                event: EventType = EventType.handed_back, detail: str | None = None) -> None:
+                event: EventType | None = EventType.handed_back, detail: str | None = None,
+                status: RunStatus | None = None, retry_after_s: float | None = None) -> None:
     """Hand the run back unfinished (a retry, a shutdown); the sender re-enqueues it, the sweeper only if
-    that is lost. ``event`` says why (a step that failed for now, or a hand-back), ``detail`` how."""
+    that is lost. ``event`` says why (a step that failed for now, or a hand-back; None writes none),
+    ``detail`` how. A paused run (a daily budget spent) is sent again by the sweeper only, after
+    ``retry_after_s``, as ``status``."""
     t, s = job.runs, get_settings()
-    session.execute(logged(
-        update(t)
-        .where(t.c.id == claim.run_id, t.c.fencing_token == claim.token)
-        .values(
-            lease_owner=None,
-            lease_expires_at=func.now() + _seconds(s.redispatch_after_s),
-            in_flight_steps=[],  # abandoned on purpose, not lost with a dead worker
-            error_message=error,
-            eta_s=None,
-            last_updated_at=func.now(),
-        )
-        .returning(t.c.id, t.c.fencing_token, t.c.current_query_index),
-        job_key=job.key, event=event.value, worker=claim.worker_id, detail=detail or error,
-    ))
+    values: dict[str, Any] = {
+        "lease_owner": None,
+        "lease_expires_at": func.now() + _seconds(s.redispatch_after_s if retry_after_s is None else retry_after_s),
+        "in_flight_steps": [],  # abandoned on purpose, not lost with a dead worker
+        "error_message": error, "eta_s": None, "last_updated_at": func.now(),
+    }
+    if status is not None:
+        values["status"] = status.value
+    released = (update(t).where(t.c.id == claim.run_id, t.c.fencing_token == claim.token).values(**values)
+                .returning(t.c.id, t.c.fencing_token, t.c.current_query_index))
+    if event is None:
+        session.execute(released)
+        return
+    session.execute(logged(released, job_key=job.key, event=event.value, worker=claim.worker_id, detail=detail or error))
+
+
+def hold_paused(*, session: Session, job: Job, still_paused: Callable[[str | None], bool]) -> int:
+    """Keep the runs paused by a daily budget whose recheck is due, and whose budget is still spent
+    (``still_paused(workspace_id)``), off the queue a while longer: the sweep that follows in the same
+    transaction sends only the others. Returns how many were held."""
+    t = job.runs
+    due = session.execute(select(t.c.id, t.c.workspace_id).where(
+        t.c.status == RunStatus.queued.value, t.c.lease_owner.is_(None), t.c.lease_expires_at < func.now(),
+        t.c.error_message.like(f"{PAUSED}%"))).all()
+    spent: dict[str | None, bool] = {}
+    held = [r.id for r in due if spent.setdefault(r.workspace_id, still_paused(r.workspace_id))]
+    if held:
+        session.execute(update(t).where(t.c.id.in_(held), t.c.lease_owner.is_(None))
+                        .values(lease_expires_at=func.now() + _seconds(get_settings().budget_recheck_s)))
+    return len(held)
 
 
 def request_cancel(*, session: Session, job: Job, run_id: uuid.UUID) -> str:
@@ -403,10 +426,12 @@ def request_cancel(*, session: Session, job: Job, run_id: uuid.UUID) -> str:
 RETRYABLE_STATUSES = (RunStatus.failed.value, RunStatus.cancelled.value)
 
 
-def retry_run(*, session: Session, job: Job, run_id: uuid.UUID) -> str | None:
+def retry_run(*, session: Session, job: Job, run_id: uuid.UUID, max_cost_usd: Decimal | None = None) -> str | None:
     """Queue a failed or cancelled run again; it resumes at its checkpoint (its recorded steps stay) and
-    its step losses are forgiven. Returns ``None`` if it was retried, else the status that kept it."""
+    its step losses are forgiven; ``max_cost_usd`` replaces its budget. Returns ``None`` if it was
+    retried, else the status that kept it."""
     t, s = job.runs, get_settings()
+    budget = {} if max_cost_usd is None else {"max_cost_usd": max_cost_usd}
     retried = session.execute(logged(
         update(t)
         .where(t.c.id == run_id, t.c.status.in_(RETRYABLE_STATUSES))
@@ -414,10 +439,12 @@ def retry_run(*, session: Session, job: Job, run_id: uuid.UUID) -> str | None:
             status=RunStatus.queued.value, error_message=None, finished_at=None, cancel_requested=False,
             step_losses={}, in_flight_steps=[], eta_s=None, last_updated_at=func.now(), lease_owner=None,
             # Not claimed by then (its message lost), the sweeper sends it again.
-            lease_expires_at=func.now() + _seconds(s.redispatch_after_s),
+            lease_expires_at=func.now() + _seconds(s.redispatch_after_s), **budget,
         )
         .returning(t.c.id, t.c.fencing_token, t.c.current_query_index),
-        job_key=job.key, event=EventType.retried.value, detail="sent back to work; it resumes at its checkpoint",
+        job_key=job.key, event=EventType.retried.value,
+        detail="sent back to work; it resumes at its checkpoint"
+        + ("" if max_cost_usd is None else f", with a budget of ${dollars(max_cost_usd)}"),
     )).scalar_one_or_none()
     if retried is not None:
         return None

@@ -7,6 +7,9 @@ The public contract's variables (``DATABASE_URL``, ``REDIS_URL``, ``OPENAI_API_K
 
 from __future__ import annotations
 
+import base64
+import binascii
+from decimal import Decimal
 from functools import lru_cache
 from typing import Literal, Self
 from urllib.parse import parse_qs, urlsplit, urlunsplit
@@ -19,10 +22,20 @@ PLACEHOLDER_API_KEY = "sk-local-stand-in"
 #: The placeholder password of .env.example, and the shortest API key production accepts.
 PLACEHOLDER_SECRET = "change-me"  # noqa: S105  the placeholder production refuses (Settings._check_production_secrets)
 MIN_PRODUCTION_API_KEY_CHARS = 16
+#: How to make a key for ``DATAENGINE_ENCRYPTION_KEY``.
+MAKE_FERNET_KEY = "python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
 
 
 def _env(name: str) -> AliasChoices:
     return AliasChoices(name, name.lower())
+
+
+def _is_fernet_key(key: str) -> bool:
+    """Whether ``key`` is what ``cryptography``'s Fernet takes: 32 bytes, url-safe base64."""
+    try:
+        return len(base64.urlsafe_b64decode(key.encode())) == 32
+    except (binascii.Error, ValueError):
+        return False
 
 
 class LLMLimits(BaseModel):
@@ -92,6 +105,11 @@ class Settings(BaseSettings):
     #: still fails fails the step, and the run is retried with backoff.
     openai_max_retries: int = Field(2, ge=0, le=10, validation_alias=_env("OPENAI_MAX_RETRIES"))
     openai_timeout_s: float = Field(120.0, gt=0, validation_alias=_env("OPENAI_TIMEOUT_S"))
+    #: Fernet keys that encrypt the workspaces' provider keys at rest (``dataengine.keyring``), separated
+    #: by commas: the first encrypts, every one decrypts. To rotate, put a new key first and keep the old
+    #: one until ``dataengine workspaces rotate-key`` has re-encrypted every key. Unset: no workspace
+    #: can be added or used.
+    encryption_key: SecretStr | None = None
     #: USD per million tokens by model: input, output and cached input, as JSON
     #: (``{"my-model": [0.5, 1.5, 0.25]}`` or ``{"my-model": {"input": 0.5, "output": 1.5}}``); a model
     #: missing here is unpriced: its calls count as 0 and are flagged wherever costs are shown, and a
@@ -105,6 +123,12 @@ class Settings(BaseSettings):
         "text-embedding-3-small": ModelPrice(input=0.02, output=0.0),
         "text-embedding-3-large": ModelPrice(input=0.13, output=0.0),
     }
+
+    #: What the whole fleet may spend on LLM calls per day (UTC), in USD; once spent, runs pause (they are
+    #: not failed) until midnight UTC or until it is raised. Unset: no daily budget. A workspace has its own.
+    daily_budget_usd: Decimal | None = Field(None, gt=0)
+    #: How often a run paused by a daily budget is looked at again.
+    budget_recheck_s: float = Field(60.0, gt=0)
 
     # The fleet-wide LLM rate limits (dataengine.ratelimit), shared by every worker through Redis.
     #: Requests and tokens per minute of every model without an entry of its own in
@@ -246,10 +270,26 @@ class Settings(BaseSettings):
             parse_schedule(value)
         return value.strip()
 
-    @field_validator("api_key", "flower_basic_auth", "step_concurrency", "llm_rpm", "llm_tpm", mode="before")
+    @field_validator("api_key", "flower_basic_auth", "step_concurrency", "llm_rpm", "llm_tpm", "daily_budget_usd",
+                     mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("encryption_key", mode="before")
+    @classmethod
+    def _fernet_keys(cls, value: object) -> object:
+        """Each comma-separated part a Fernet key (32 url-safe base64 bytes); blank is unset. The error
+        says which part is wrong, never what it holds."""
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if not isinstance(raw, str) or not raw.strip():
+            return None if isinstance(raw, str) else value
+        keys = [part.strip() for part in raw.split(",")]
+        for n, key in enumerate(keys, 1):
+            if not _is_fernet_key(key):
+                raise ValueError(f"DATAENGINE_ENCRYPTION_KEY: key {n} of {len(keys)} is not a Fernet key (32 url-safe "
+                                 f"base64-encoded bytes); make one with {MAKE_FERNET_KEY}")
+        return ",".join(keys)
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -25,8 +25,10 @@ from pydantic import BaseModel, StringConstraints, ValidationError
 from sqlalchemy import Connection, TextClause, bindparam, select, text
 from sqlalchemy.orm import Session
 
+from dataengine import workspaces
 from dataengine.db import statement_scope
 from dataengine.errors import SpecInvalid
+from dataengine.estimates import Estimate, estimate
 from dataengine.events import insert_sql
 from dataengine.jobs import STEP_KEY_COLUMNS, Job
 from dataengine.metrics import metrics
@@ -145,6 +147,13 @@ def validate_spec(job: Job, spec: Any) -> tuple[BaseModel, SubmitOptions]:
         raise SpecInvalid(details=problems) from None
 
 
+def _require_workspace(options: SubmitOptions | None) -> None:
+    """A run may name only a workspace that exists (checked before anything is written; the run tables'
+    foreign key refuses the others too, for producers that write rows themselves)."""
+    if options is not None and options.workspace_id is not None and not workspaces.exists(options.workspace_id):
+        raise SpecInvalid(details=f"workspace_id: {workspaces.WorkspaceNotFound(workspace_id=options.workspace_id)}")
+
+
 @dataclass(frozen=True)
 class StartHere:
     """Create the run already claimed by ``worker_id`` and start it in this process (the submit task,
@@ -172,6 +181,7 @@ class Created:
 def create_run(*, session: Session | Connection, job: Job, spec: BaseModel,
                options: SubmitOptions | None = None) -> tuple[uuid.UUID, str]:
     """Create the run and its steps, once per idempotency key; returns (run id, status)."""
+    _require_workspace(options)
     created = _create(session=session, job=job, spec=spec, options=options or SubmitOptions(), here=None)
     return created.run_id, created.status
 
@@ -254,10 +264,14 @@ def _create_sql(job: Job, value_columns: tuple[str, ...]) -> TextClause:
 
 
 def submit_run(*, job: Job, spec: Any, send: Callable[[str, dict[str, str]], object],
-               here: StartHere | None = None) -> str:
+               here: StartHere | None = None) -> str | Estimate:
     """Validate, create the run idempotently and start it: in this process (``here``), or by sending
-    its id with ``send``. Returns the run id."""
+    its id with ``send``. Returns the run id; a dry run (``dry_run: true``) creates and sends nothing and
+    returns the run's ``Estimate`` (its idempotency key, if any, is ignored)."""
     validated, options = validate_spec(job, spec)
+    _require_workspace(options)
+    if options.dry_run:
+        return estimate(job=job, spec=validated, options=options)
     with statement_scope() as conn:
         created = _create(session=conn, job=job, spec=validated, options=options, here=here)
     if created.claim is not None:

@@ -16,6 +16,7 @@ from dataengine.errors import (
     StepFailed,
     TransientStepError,
 )
+from dataengine.estimates import Estimate
 from dataengine.hosting import (
     TaskMessage,
     attach,
@@ -115,12 +116,14 @@ def define_tasks(job: Job) -> None:
             raise SpecInvalid(details=f"unexpected arguments {', '.join(sorted(kwargs))}: send only run_id")
         return run_job(self, job, run_id)
 
-    def submit(self: Task, **spec: Any) -> str:
-        return submit_run(job=job, spec=spec, send=lambda name, kwargs: current_app.send_task(name, kwargs=kwargs),
-                          here=start_here(self, job))
+    def submit(self: Task, **spec: Any) -> str | dict[str, Any]:
+        submitted = submit_run(job=job, spec=spec, send=lambda name, kwargs: current_app.send_task(name, kwargs=kwargs),
+                               here=start_here(self, job))
+        return submitted.as_dict() if isinstance(submitted, Estimate) else submitted
 
     run.__doc__ = f"Execute the {job.name} run ``run_id`` (resuming it if it was interrupted)."
-    submit.__doc__ = f"Create a {job.name} run from its JSON spec (once per ``idempotency_key``) and start it."
+    submit.__doc__ = (f"Create a {job.name} run from its JSON spec (once per ``idempotency_key``) and start it; "
+                      "with ``dry_run=True`` only its estimate is returned.")
     run.__name__, submit.__name__ = f"{job.key}_run", f"{job.key}_submit"
     shared_task(name=job.task_name, bind=True, base=RunTask)(run)
     # Over in moments: a STARTED state would cost two more Redis round trips per submit for nothing.

@@ -15,9 +15,10 @@ from models.knowledge import (
 from models.liveness import WorkerHeartbeat
 from models.propertyaudit import GeoQuery, GeoQueryResult, GeoRun
 from models.reviewflow import Review, ReviewAnalysisRow, ReviewFlowRun
+from models.workspaces import Workspace
 
 __all__ = [
     "ApiKey", "Base", "DocumentChunk", "EventType", "GeoQuery", "GeoQueryResult", "GeoRun", "KnowledgeRefreshResult", "KnowledgeRefreshRun",
     "KnowledgeRefreshSource", "KnowledgeSource", "LLMCost", "LLMResponse", "Review", "ReviewAnalysisRow", "ReviewFlowRun", "RunEvent", "RunMixin",
-    "RunStatus", "StepMixin", "StepResultMixin", "WorkerHeartbeat",
+    "RunStatus", "StepMixin", "StepResultMixin", "WorkerHeartbeat", "Workspace",
 ]

@@ -104,8 +104,14 @@ class RunMixin:
     step_losses: Mapped[dict[str, int]] = mapped_column(JSONB, nullable=False, server_default="{}")
     #: The most the run may spend on LLM calls (its spec's ``max_cost_usd``); NULL: no budget of its own.
     max_cost_usd: Mapped[Decimal | None] = mapped_column(Numeric(14, 6))
-    #: The workspace whose provider key and limits the run's calls use; NULL: the engine's own key.
-    workspace_id: Mapped[str | None] = mapped_column(String(100))
+    @declared_attr
+    def workspace_id(cls) -> Mapped[str | None]:
+        """The workspace whose provider key and limits the run's calls use; NULL: the engine's own key. A
+        workspace with runs cannot be deleted. The key names the table's column, not its name, so that a
+        test job's tables on a metadata of their own refer to it too."""
+        from models.workspaces import WORKSPACE_ID_CHARS, Workspace
+
+        return mapped_column(String(WORKSPACE_ID_CHARS), ForeignKey(Workspace.__table__.c.id, ondelete="RESTRICT"))
     #: Set by a sweeper when the run still heartbeats but has made no progress for many times its usual
     #: step time (a hung provider); the next checkpoint clears it.
     stalled_at: Mapped[datetime | None] = _ts()

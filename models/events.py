@@ -29,6 +29,9 @@ class EventType(enum.StrEnum):
     recovered = "recovered"
     #: It still heartbeats but has made no progress for many times its usual step time.
     stalled = "stalled"
+    #: A daily budget (the fleet's or its workspace's) was spent: the run was handed back, to go on
+    #: once the budget allows (the next day, or when it is raised).
+    paused = "paused"
     #: An operator sent a failed or cancelled run back to work.
     retried = "retried"
     completed = "completed"

@@ -333,3 +333,22 @@ def echo(db_url: str) -> Any:
 
     create_tables(db_url)
     return ECHO
+
+
+#: The HTTP API's key in the tests' ``api`` client, and the header that presents it.
+API_KEY = "test-key-0123456789abcdef"
+API_AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+@pytest.fixture
+def api(engine_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The HTTP API in this process (FastAPI's TestClient), behind ``API_KEY``; errors answer 500 as they would."""
+    from fastapi.testclient import TestClient
+
+    from dataengine.web.app import create_app
+
+    monkeypatch.setenv("DATA_ENGINE_API_KEY", API_KEY)
+    reload_settings()
+    with TestClient(create_app(), raise_server_exceptions=False) as client:
+        yield client
+    reload_settings()

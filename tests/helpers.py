@@ -165,3 +165,19 @@ class Concurrency:
     def __exit__(self, *exc: object) -> None:
         with self._lock:
             self.live -= 1
+
+
+def invoke(*args: str, code: int = 0, stdin: str | None = None) -> str:
+    """What ``dataengine ARGS`` printed, run in this process; fails the test unless it exits with ``code``."""
+    from typer.testing import CliRunner
+
+    from dataengine.cli import cli
+
+    result = CliRunner().invoke(cli, list(args), input=stdin)
+    assert result.exit_code == code, result.output
+    return result.output
+
+
+def said(*args: str, code: int = 0, stdin: str | None = None) -> str:
+    """What a command printed, its lines joined (a narrow terminal wraps them anywhere)."""
+    return " ".join(invoke(*args, code=code, stdin=stdin).split())

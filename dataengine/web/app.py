@@ -123,6 +123,7 @@ def create_app() -> FastAPI:
     from dataengine.jobs import load_jobs
     from dataengine.sentry import init_sentry
     from dataengine.web import pages, runs_api
+    from dataengine.web.costs_api import add_costs
     from dataengine.web.metrics_route import add_metrics
 
     load_jobs()
@@ -134,6 +135,7 @@ def create_app() -> FastAPI:
     )
     app.include_router(runs_api.job_routes())
     app.include_router(runs_api.router)
+    app.include_router(add_costs())
     pages.add_pages(app)
     add_metrics(app)
 

@@ -8,21 +8,25 @@ import base64
 import binascii
 import uuid
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Request
-from pydantic import BaseModel, Discriminator, Tag, create_model
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, create_model
 from sqlalchemy import select, tuple_
 
 from dataengine import operations
 from dataengine.db import session_scope
 from dataengine.errors import RunNotFound, SpecInvalid
+from dataengine.estimates import Estimate
 from dataengine.inspect import find_run
 from dataengine.jobs import Job, all_jobs, get_job
 from dataengine.runs import request_cancel
-from dataengine.submitting import submit_run
+from dataengine.submitting import MAX_BUDGET_USD, MAX_WORKSPACE_ID_CHARS, submit_run
 from dataengine.web.keys import check_key
 from dataengine.web.schemas import (
+    EstimateView,
     EventView,
     Problem,
     RunEvents,
@@ -34,6 +38,17 @@ from dataengine.web.schemas import (
     StartedMany,
 )
 from models.base import ACTIVE_STATUSES, FINAL_STATUSES, RunStatus
+
+BUDGET_DOC = "The most the run may spend on LLM calls, in USD: it stops before the call that would cross it"
+
+
+class RetryOptions(BaseModel):
+    """What a retry may change."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_cost_usd: Decimal | None = Field(None, gt=0, le=MAX_BUDGET_USD, description=BUDGET_DOC)
+
 
 #: The most runs one page of ``GET /v1/runs`` holds.
 MAX_PAGE = 200
@@ -111,6 +126,11 @@ def _add_submit_route(jobs_router: APIRouter, job: Job) -> None:
     """``POST /v1/<key>/runs``: a run by id, or a full spec (created once per idempotency key)."""
     spec_in: type[BaseModel] = create_model(
         f"{job.spec_model.__name__}Request", __base__=job.spec_model, idempotency_key=(str | None, None),
+        dry_run=(bool, Field(False, description="Validate and estimate only: answers 200 with the estimate; "
+                                                "nothing is created or sent")),
+        max_cost_usd=(Decimal | None, Field(None, gt=0, le=MAX_BUDGET_USD, description=BUDGET_DOC)),
+        workspace_id=(str | None, Field(None, min_length=1, max_length=MAX_WORKSPACE_ID_CHARS,
+                                        description="The workspace whose provider key the run's calls use")),
         __doc__=f"A {job.name} run spec, as ``{job.submit_task_name}`` takes it.",
     )
     Body_ = Annotated[Annotated[RunRef, Tag("run")] | Annotated[spec_in, Tag("start")], Discriminator(_by_run_id)]
@@ -119,7 +139,7 @@ def _add_submit_route(jobs_router: APIRouter, job: Job) -> None:
         request: Request,
         body: Annotated[Body_, Body()],
         idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
-    ) -> Started:
+    ) -> Started | JSONResponse:
         if isinstance(body, RunRef):
             return _start_existing(request, job, body.run_id)
         spec = body.model_dump(mode="json", exclude_unset=True)
@@ -127,13 +147,18 @@ def _add_submit_route(jobs_router: APIRouter, job: Job) -> None:
             if spec.get("idempotency_key") not in (None, idempotency_key):
                 raise SpecInvalid(details="idempotency_key: differs from the Idempotency-Key header")
             spec["idempotency_key"] = idempotency_key
-        run_id = uuid.UUID(submit_run(job=job, spec=spec, send=enqueue))
+        submitted = submit_run(job=job, spec=spec, send=enqueue)
+        if isinstance(submitted, Estimate):
+            return JSONResponse(submitted.as_dict())
+        run_id = uuid.UUID(submitted)
         _, row = find_run(run_id)
         return Started(run_id=run_id, status=row["status"], status_url=_status_url(request, run_id))
 
     start.__doc__ = (f"Start a {job.name} run: send `run_id` for a row you created, or the whole spec. "
-                     "Answers 202 with the run's id and the URL to poll.")
-    jobs_router.post(f"/{job.key}/runs", status_code=202, response_model=Started, responses=NOT_FOUND,
+                     "Answers 202 with the run's id and the URL to poll; with `\"dry_run\": true`, 200 with the "
+                     "run's estimate (steps, calls, tokens, cost) and nothing created.")
+    responses = NOT_FOUND | {200: {"model": EstimateView, "description": "A dry run's estimate: nothing was created"}}
+    jobs_router.post(f"/{job.key}/runs", status_code=202, response_model=Started, responses=responses,
                 operation_id=f"start_{job.key}", summary=f"Start a {job.name} run")(start)
 
 
@@ -249,10 +274,12 @@ def cancel_run(run_id: uuid.UUID) -> RunState:
 
 @router.post("/runs/{run_id}/retry", status_code=202, response_model=RunState, responses=NOT_FOUND | CONFLICT,
              summary="Retry a failed or cancelled run")
-def retry(run_id: uuid.UUID) -> RunState:
-    """Send a failed or cancelled run back to work: it resumes from its checkpoint, not from step 0."""
+def retry(run_id: uuid.UUID, body: Annotated[RetryOptions | None, Body()] = None) -> RunState:
+    """Send a failed or cancelled run back to work: it resumes from its checkpoint, not from step 0 (with a
+    new ``max_cost_usd``, a run its budget stopped goes on)."""
     job, _ = find_run(run_id)
-    kept = operations.retry(job, run_id, enqueue)
+    budget = None if body is None or body.max_cost_usd is None else body.max_cost_usd.quantize(Decimal("0.000001"))
+    kept = operations.retry(job, run_id, enqueue, max_cost_usd=budget)
     if kept is not None:
         raise HTTPException(409, f"run is {kept}; only failed or cancelled runs can be retried")
     return RunState(run_id=run_id, status=RunStatus.queued.value)

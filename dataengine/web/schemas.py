@@ -34,6 +34,34 @@ class StartedMany(BaseModel):
     status_url: str | None
 
 
+class CallCountView(BaseModel):
+    """How many calls of one kind a run would make on one model (``exact`` false: a guess)."""
+
+    model: str
+    kind: str
+    calls: int
+    exact: bool
+
+
+class EstimateView(BaseModel):
+    """A dry run's answer (``dataengine.estimates.Estimate``): what the run would do and cost; nothing
+    was created. Amounts are decimal strings; a figure with nothing to estimate it from is null, and
+    ``basis`` says where each figure came from."""
+
+    dry_run: bool
+    kind: str
+    steps: int
+    calls: list[CallCountView]
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    #: Of the priced models only; the calls of ``unpriced_models`` are not counted.
+    cost_usd: str | None
+    unpriced_models: list[str]
+    max_cost_usd: str | None
+    over_budget: bool | None
+    basis: dict[str, str]
+
+
 class RunView(BaseModel):
     """A run of any kind: its row's contract columns under their own names, and what it has cost."""
 

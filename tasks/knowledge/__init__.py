@@ -18,6 +18,7 @@ from tasks.knowledge.step import (
     SOURCE_FROM_RESULT,
     failed_source,
     load_sources,
+    plan_source,
     prepare,
     record_source_chunks,
     refresh_source,
@@ -50,5 +51,6 @@ JOB = register(
         start_model=RefreshRequest,
         load_items=load_sources,
         page_columns=("outcome", "chunks_added", "chunks_updated", "chunks_deleted", "tokens_embedded", "error"),
+        plan_calls=plan_source,
     )
 )

@@ -19,9 +19,10 @@ from sqlalchemy.orm import Session
 
 from dataengine import llm
 from dataengine.db import session_scope
-from dataengine.jobs import StepOutcome
+from dataengine.jobs import PlannedCall, StepOutcome
 from dataengine.llm import Usage
 from dataengine.settings import get_settings
+from dataengine.workspaces import default_model
 from models.knowledge import KnowledgeRefreshSource, KnowledgeSource
 from tasks.knowledge import vectors
 from tasks.knowledge.chunking import digest, split
@@ -73,10 +74,15 @@ class SourceChunks:
 
 
 def prepare(row: Any) -> KnowledgeContext:
-    """The context of a claimed run row."""
-    s = get_settings()
-    return KnowledgeContext(row.property_id, row.model or s.openai_embedding_model, KnowledgeLimits.current(),
-                            s.knowledge_allow_private_urls)
+    """The context of a claimed run row: its model, else its workspace's, else the engine's."""
+    return KnowledgeContext(row.property_id, row.model or default_model("embedding", row.workspace_id),
+                            KnowledgeLimits.current(), get_settings().knowledge_allow_private_urls)
+
+
+def plan_source(ctx: KnowledgeContext, sources: list[Any]) -> list[PlannedCall]:
+    """A source's embeddings, for a dry run's estimate: their size and number are known only once it is
+    read (none when it is unchanged, one request per ``embed_batch`` new chunks when it changed)."""
+    return [PlannedCall("embed", ctx.model, unknown_input=True, exact=False)]
 
 
 @dataclass(frozen=True)

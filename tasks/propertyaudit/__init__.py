@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataengine.jobs import Job, register
 from models.propertyaudit import GeoQuery, GeoQueryResult, GeoRun
 from tasks.propertyaudit.spec import AuditSpec, build
-from tasks.propertyaudit.step import audit_query, prepare
+from tasks.propertyaudit.step import audit_query, plan_query, prepare
 from tasks.propertyaudit.summary import summarize
 
 JOB = register(
@@ -27,5 +27,6 @@ JOB = register(
         execute_step=audit_query,
         summarize=summarize,
         page_columns=("mentioned", "rank", "sentiment", "answer"),
+        plan_calls=plan_query,
     )
 )

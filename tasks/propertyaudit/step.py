@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from dataengine import llm
-from dataengine.jobs import StepOutcome
-from dataengine.settings import get_settings
+from dataengine.jobs import PlannedCall, StepOutcome
+from dataengine.workspaces import default_model
 from tasks.propertyaudit.prompts import QueryEvaluation, answer_messages, evaluation_messages
 
 
@@ -23,10 +23,9 @@ class AuditContext:
 
 
 def prepare(row: Any) -> AuditContext:
-    """The context of a claimed run row."""
-    s = get_settings()
+    """The context of a claimed run row: its model, else its workspace's, else the engine's."""
     return AuditContext(row.property_name, list(row.property_aliases), row.property_city,
-                        row.model or s.openai_model, s.openai_eval_model)
+                        row.model or default_model("chat", row.workspace_id), default_model("eval", row.workspace_id))
 
 
 def audit_query(ctx: AuditContext, index: int, query: str) -> StepOutcome:
@@ -46,3 +45,11 @@ def audit_query(ctx: AuditContext, index: int, query: str) -> StepOutcome:
         "sentiment": evaluation.sentiment if evaluation.mentioned else None,
     }
     return StepOutcome(values=values, usage=asked + judged)
+
+
+def plan_query(ctx: AuditContext, queries: list[str]) -> list[PlannedCall]:
+    """A query's calls for a dry run's estimate: its answer, then the evaluation, whose prompt quotes the answer."""
+    (query,) = queries
+    evaluation = evaluation_messages(property_name=ctx.property_name, aliases=ctx.aliases, city=ctx.city, answer="")
+    return [PlannedCall("chat", ctx.model, answer_messages(query)),
+            PlannedCall("parse", ctx.eval_model, evaluation, unknown_input=True)]

@@ -11,7 +11,15 @@ from __future__ import annotations
 from dataengine.jobs import Job, register
 from models.reviewflow import Review, ReviewAnalysisRow, ReviewFlowRun
 from tasks.reviewflow.spec import ReviewFlowSpec, build
-from tasks.reviewflow.step import GROUP_SIZE, analyze_group, analyze_review, failed_review, is_short, prepare
+from tasks.reviewflow.step import (
+    GROUP_SIZE,
+    analyze_group,
+    analyze_review,
+    failed_review,
+    is_short,
+    plan_reviews,
+    prepare,
+)
 from tasks.reviewflow.summary import summarize
 
 JOB = register(
@@ -35,5 +43,6 @@ JOB = register(
         groupable=is_short,
         group_size=GROUP_SIZE,
         page_columns=("sentiment_label", "sentiment_score", "urgency", "topics", "needs_reply", "error"),
+        plan_calls=plan_reviews,
     )
 )

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from dataengine import llm
-from dataengine.jobs import StepOutcome
-from dataengine.settings import get_settings
+from dataengine.jobs import PlannedCall, StepOutcome
+from dataengine.workspaces import default_model
 from tasks.reviewflow.prompts import ReviewAnalysis, ReviewGroupAnalysis, analysis_messages, group_messages
 
 #: Attempts at one review before its failure is recorded (the second asks again after an invalid answer).
@@ -33,8 +33,8 @@ class ReviewContext:
 
 
 def prepare(row: Any) -> ReviewContext:
-    """The context of a claimed run row."""
-    return ReviewContext(row.property_name, row.property_city, row.model or get_settings().openai_model)
+    """The context of a claimed run row: its model, else its workspace's, else the engine's."""
+    return ReviewContext(row.property_name, row.property_city, row.model or default_model("chat", row.workspace_id))
 
 
 def analyze_review(ctx: ReviewContext, index: int, review: dict[str, Any]) -> StepOutcome:
@@ -69,6 +69,19 @@ def analyze_group(ctx: ReviewContext, steps: list[tuple[int, dict[str, Any]]]) -
         return [_alone(ctx, index, review) for index, review in steps]
     return [StepOutcome(values=_values(a), usage=u) for a, u in zip(answer.analyses, usage.split(len(steps)),
                                                                     strict=True)]
+
+
+def plan_reviews(ctx: ReviewContext, reviews: list[dict[str, Any]]) -> list[PlannedCall]:
+    """The call a review, or a group of short ones, makes, for a dry run's estimate (a second attempt
+    after an invalid answer is not planned)."""
+    if len(reviews) == 1:
+        (review,) = reviews
+        messages = analysis_messages(property_name=ctx.property_name, city=ctx.city,
+                                     review=review["review_text"], rating=review["rating"])
+    else:
+        messages = group_messages(property_name=ctx.property_name, city=ctx.city,
+                                  reviews=[(review["review_text"], review["rating"]) for review in reviews])
+    return [PlannedCall("parse", ctx.model, messages)]
 
 
 def _alone(ctx: ReviewContext, index: int, review: dict[str, Any]) -> StepOutcome:

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from conftest import API_AUTH as AUTH
+from conftest import API_KEY as KEY
 from conftest import reload_settings
 from fastapi.testclient import TestClient
 from helpers import answered, audit_spec, create_audit, record, review_spec, run_row
@@ -23,17 +24,6 @@ from dataengine.web.keys import create_key, revoke_key
 from tasks.propertyaudit import JOB as AUDIT
 
 pytestmark = pytest.mark.timeout(60)
-KEY = "test-key-0123456789abcdef"
-AUTH = {"Authorization": f"Bearer {KEY}"}
-
-
-@pytest.fixture
-def api(engine_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    monkeypatch.setenv("DATA_ENGINE_API_KEY", KEY)
-    reload_settings()
-    with TestClient(create_app(), raise_server_exceptions=False) as client:
-        yield client
-    reload_settings()
 
 
 def queued(run_id: Any) -> bool:

@@ -174,7 +174,7 @@ def test_a_source_deleted_between_its_step_and_the_checkpoint_takes_no_chunks(kn
     c = claim(run_id, job=JOB)
     with session_scope() as session:
         [(index, item)] = JOB.load_steps(session, run_id, 0, 10)
-    outcome = refresh_source(JOB.prepare(type("Row", (), {"property_id": PROPERTY, "model": None})), index, item)
+    outcome = refresh_source(JOB.prepare(type("Row", (), {"property_id": PROPERTY, "model": None, "workspace_id": None})), index, item)
     assert outcome.rows.chunks
     delete_source(item.source_id)
     with session_scope() as session:  # the checkpoint commits; the chunks would reference nothing
@@ -221,7 +221,7 @@ def test_a_sources_chunks_commit_with_its_result_or_not_at_all(knowledge, site):
     with session_scope() as session:
         [(index, item)] = JOB.load_steps(session, run_id, 0, 10)
     assert item.source_id == source_id and item.kind == "text"
-    outcome = refresh_source(JOB.prepare(type("Row", (), {"property_id": PROPERTY, "model": None})), index, item)
+    outcome = refresh_source(JOB.prepare(type("Row", (), {"property_id": PROPERTY, "model": None, "workspace_id": None})), index, item)
     assert outcome.values["chunks_added"] >= 1
     row = {"query_index": 0, **outcome.values, "prompt_tokens": outcome.usage.prompt_tokens}
 
@@ -255,7 +255,7 @@ def test_a_stale_claims_checkpoint_of_unchanged_sources_changes_no_source_row(kn
     stale = claim(run_id, job=JOB)
     with session_scope() as session:
         [(index, item)] = JOB.load_steps(session, run_id, 0, 10)
-    outcome = refresh_source(JOB.prepare(type("Row", (), {"property_id": PROPERTY, "model": None})), index, item)
+    outcome = refresh_source(JOB.prepare(type("Row", (), {"property_id": PROPERTY, "model": None, "workspace_id": None})), index, item)
     assert outcome.values["outcome"] == "unchanged" and outcome.rows is None
     expire_lease(run_id, job=JOB)
     claim(run_id, "w/2", job=JOB)

@@ -15,13 +15,11 @@ from typing import Any
 import pytest
 from conftest import reload_settings, wait_for
 from fastapi.testclient import TestClient
-from helpers import audit_spec, create, results, run_row
+from helpers import audit_spec, create, invoke, results, run_row, said
 from prometheus_client.parser import text_string_to_metric_families
 from redis_server import free_port
-from typer.testing import CliRunner
 
 from dataengine import app
-from dataengine.cli import cli
 from dataengine.settings import get_settings
 from dataengine.web.app import create_app
 from tasks.propertyaudit import JOB as AUDIT
@@ -49,17 +47,6 @@ def value(samples: dict, name: str, **labels: str) -> float:
 def finished(run_id: uuid.UUID) -> dict[str, Any] | None:
     row = run_row(run_id)
     return row if row["status"] in ("completed", "failed", "cancelled") else None
-
-
-def invoke(*args: str, code: int = 0, stdin: str | None = None) -> str:
-    result = CliRunner().invoke(cli, list(args), input=stdin)
-    assert result.exit_code == code, result.output
-    return result.output
-
-
-def said(*args: str, code: int = 0, stdin: str | None = None) -> str:
-    """What a command printed, its lines joined (a narrow terminal wraps them anywhere)."""
-    return " ".join(invoke(*args, code=code, stdin=stdin).split())
 
 
 def test_a_run_killed_mid_way_is_seen_in_the_workers_metrics_its_json_lines_and_its_history(workers, fake_llm,

@@ -1,0 +1,53 @@
+"""``GET /v1/costs``: what LLM calls cost, from the cost ledger, grouped by day, kind, model, property or workspace."""
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field
+
+from dataengine.operations import CostReport, cost_report, parse_since
+from dataengine.web.runs_api import new_router, unprocessable
+
+
+class CostLineView(BaseModel):
+    """One group: its calls, tokens and cost (USD, as a decimal string)."""
+
+    key: str = Field(description="The day (YYYY-MM-DD, UTC), kind, model, property or workspace; '' for none")
+    calls: int
+    prompt_tokens: int
+    cached_tokens: int = Field(description="Of the prompt tokens, those served from the provider's cache")
+    completion_tokens: int
+    cost_usd: str
+    unpriced_calls: int = Field(description="Calls of a model with no price: counted $0 here")
+
+
+class Costs(BaseModel):
+    """The ledger's summary: one line per group, largest cost first (days in order), and the total."""
+
+    by: str
+    since: str | None
+    lines: list[CostLineView]
+    total: CostLineView
+    unpriced_models: list[str] = Field(description="Models called without a price: the totals leave them out")
+
+
+def add_costs(router: APIRouter | None = None) -> APIRouter:
+    """The ``/v1/costs`` route, behind the key."""
+    router = router or new_router()
+
+    @router.get("/costs", response_model=Costs, summary="What LLM calls cost")
+    def costs(
+        by: Annotated[Literal["day", "kind", "model", "property", "workspace"], Query()] = "day",
+        since: Annotated[str | None, Query(description="Only the last 90s, 30m, 12h, 7d, 2w")] = None,
+        workspace: Annotated[str | None, Query(description="Only this workspace's calls")] = None,
+    ) -> Costs:
+        """Every LLM call's tokens and cost, summed by the hour in the ledger and grouped here."""
+        try:
+            window = None if since is None else parse_since(since)
+        except ValueError as exc:
+            raise unprocessable(["query", "since"], str(exc)) from None
+        report: CostReport = cost_report(by=by, since=window, workspace_id=workspace)
+        return Costs(by=by, since=since, lines=[CostLineView(**line.as_dict()) for line in report.lines],
+                     total=CostLineView(**report.total.as_dict()), unpriced_models=report.unpriced_models)
+
+    return router
