@@ -61,7 +61,7 @@ def describe(job: Job, row: dict[str, Any]) -> str:
     return (
         f"{job.name} {row['status']}{stalled}: {row['completed_steps']}/{row['total_steps']} {job.step_plural} "
         f"({float(row['progress_pct']):.0f}%){eta}, {row['prompt_tokens'] + row['completion_tokens']} tokens, "
-        f"${float(row['cost_usd']):.4f}"
+        f"${float(row['cost_usd']):.4f}" + (f" of ${float(row['max_cost_usd']):.2f}" if row.get("max_cost_usd") else "")
     )
 
 

@@ -2,8 +2,8 @@
 ledger's spends, committed in batches (group commit).
 
 Many calls in flight share a round trip: the thread takes whatever is waiting, up to ``BATCH`` items,
-and writes it in one statement (the journal's insert and the ledger's upsert as one data-modifying
-CTE). A journal entry's caller waits for its commit (``RECORD_WAIT_S`` at most); a spend's does not.
+and writes each kind in one statement. A journal entry's caller waits for its commit (``RECORD_WAIT_S``
+at most), so the journal's statement goes first; a spend's caller does not wait.
 """
 
 from __future__ import annotations
@@ -29,8 +29,7 @@ BATCH = 500
 
 @dataclass(frozen=True)
 class Writes:
-    """What one batch writes: ``statement`` is an INSERT reading ``:rows`` (a JSON array), ``rows`` a
-    function of the batch's items of that kind."""
+    """How a kind of item is written: ``statement`` reads ``:rows``, which ``rows(items)`` makes (a JSON array)."""
 
     statement: str
     rows: Any
@@ -40,7 +39,7 @@ _kinds: dict[type, Writes] = {}
 
 
 def register(kind: type, statement: str, rows: Any) -> None:
-    """Items of ``kind`` are written by ``statement`` (reading ``:<name>`` bound to ``rows(items)``)."""
+    """Items of ``kind`` are written by ``statement``, reading ``:rows`` bound to ``rows(items)``."""
     _kinds[kind] = Writes(statement, rows)
 
 
@@ -60,13 +59,20 @@ class _Writer:
                     waiting.append(self.queue.get_nowait())
                 except queue.Empty:
                     break
-            try:
-                _write([item for item, _ in waiting])
-            except Exception as exc:  # the steps go on; a crash before their checkpoint would ask again
-                log.warning("could not record %d LLM call(s): %s: %s", len(waiting), type(exc).__name__, exc)
-            for _, done in waiting:
-                if done is not None:
-                    done.set()
+            # What a step waits for first (the journal's answers), so that its commit never waits on the
+            # rest (the ledger's sums, whose rows every process of the fleet updates).
+            kinds = sorted({type(item) for item, _ in waiting}, key=lambda k: not any(
+                done is not None and type(item) is k for item, done in waiting))
+            for kind in kinds:
+                mine = [(item, done) for item, done in waiting if type(item) is kind]
+                try:
+                    _write(_kinds[kind], [item for item, _ in mine])
+                except Exception as exc:  # the steps go on; a crash before their checkpoint would ask again
+                    log.warning("could not record %d %s(s) of LLM calls: %s: %s", len(mine), kind.__name__,
+                                type(exc).__name__, exc)
+                for _, done in mine:
+                    if done is not None:
+                        done.set()
 
 
 _writer: _Writer | None = None
@@ -94,18 +100,6 @@ def put_and_wait(item: Any) -> None:
         log.warning("recording an LLM call took over %.0fs; the step goes on", RECORD_WAIT_S)
 
 
-def _write(items: list[Any]) -> None:
-    """The batch in one statement: each kind's insert, all but the last as CTEs of the last."""
-    parts: list[str] = []
-    params: dict[str, str] = {}
-    for kind, writes in _kinds.items():
-        mine = [item for item in items if type(item) is kind]
-        if mine:
-            name = f"rows_{len(parts)}"
-            parts.append(writes.statement.replace(":rows", f":{name}"))
-            params[name] = writes.rows(mine)
-    if not parts:
-        return
-    ctes = ", ".join(f"w{i} AS ({part})" for i, part in enumerate(parts[:-1]))
+def _write(writes: Writes, items: list[Any]) -> None:
     with statement_scope() as conn:
-        conn.execute(text(f"WITH {ctes} {parts[-1]}" if ctes else parts[-1]), params)
+        conn.execute(text(writes.statement), {"rows": writes.rows(items)})

@@ -87,6 +87,9 @@ class RunView(BaseModel):
     #: Since when the run, still heartbeating, has made no progress for many times its usual step
     #: time (a hung provider, say); None while it moves.
     stalled_at: datetime | None = None
+    #: The most it may spend on LLM calls (its spec's ``max_cost_usd``), and its workspace.
+    max_cost_usd: float | None = None
+    workspace_id: str | None = None
 
 
 class RunPage(BaseModel):

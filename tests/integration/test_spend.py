@@ -153,6 +153,7 @@ def test_the_api_takes_a_budget_with_a_spec_and_a_new_one_with_a_retry(api):
     assert created.status_code == 202, created.text
     run_id = uuid.UUID(created.json()["run_id"])
     assert run_row(run_id)["max_cost_usd"] == Decimal("2.5")
+    assert api.get(f"/v1/runs/{run_id}", headers=API_AUTH).json()["max_cost_usd"] == 2.5
     refused = api.post("/v1/propertyaudit/runs", json={**audit_spec(2), "max_cost_usd": -1}, headers=API_AUTH)
     assert refused.status_code == 422 and "max_cost_usd" in refused.text
     with session_scope() as session:
