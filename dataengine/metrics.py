@@ -63,8 +63,10 @@ class Metrics:
         self.runs_in_progress = Gauge("dataengine_runs_in_progress", "Runs this worker's processes hold now",
                                       ["kind"], multiprocess_mode="livesum")
         self.llm_calls = Counter("dataengine_llm_calls", "LLM calls by model and outcome (ok, rate_limited, "
-                                 "error; reused: a recorded answer a resumed step did not ask again)",
-                                 ["model", "outcome"])
+                                 "error; reused: a recorded answer a resumed step did not ask again; "
+                                 "unpriced: a model without a price, counted $0)", ["model", "outcome"])
+        self.budget_stops = Counter("dataengine_budget_stops", "Runs a budget stopped (run: its max_cost_usd, "
+                                    "ended failed) or paused (daily: a daily budget spent)", ["kind", "budget"])
         self.llm_retries = Counter("dataengine_llm_retries", "LLM calls tried again after a transient failure",
                                    ["model"])
         self.llm_tokens = Counter("dataengine_llm_tokens", "LLM tokens used, by model and type (prompt, "

@@ -582,6 +582,7 @@ class Execution:
     def _pause(self, pause: BudgetPaused) -> RunOutcome:
         """Hand the run back as queued: the sweepers send it again once the budget allows."""
         reason = str(pause)
+        metrics().budget_stops.labels(self.job.key, "daily").inc()
         detail = f"{reason}; at {self.job.step_noun} {self.cursor + 1}/{self.total}"
         self._release(reason, EventType.paused, detail, status=RunStatus.queued, retry_after_s=pause_for_s())
         self.log.warning("[%s] %s", self.job.name, detail)
@@ -591,6 +592,7 @@ class Execution:
         details = f"{self.job.step_noun} {index + 1}/{self.total} failed: {type(exc).__name__}: {exc}"
         if isinstance(exc, BudgetExceeded):  # what it spent once its calls in flight landed
             details = self.spend.exceeded_message(index)
+            metrics().budget_stops.labels(self.job.key, "run").inc()
         elif isinstance(exc, RunFatal):
             details = f"{self.job.step_noun} {index + 1}/{self.total}: {exc}"
         if self._transient(exc):

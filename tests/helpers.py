@@ -71,6 +71,12 @@ def create_audit(n: int = 8, **kwargs: Any) -> uuid.UUID:
     return create(audit_spec(n, **kwargs))
 
 
+def finished(run_id: uuid.UUID | str, job: Any = None) -> dict[str, Any] | None:
+    """The run's row once it is completed, failed or cancelled, else None (for ``wait_for``)."""
+    row = run_row(run_id, job=job)
+    return row if row["status"] in ("completed", "failed", "cancelled") else None
+
+
 def run_row(run_id: uuid.UUID | str, *, job: Any = None) -> dict[str, Any]:
     """The run's row."""
     from dataengine.db import session_scope
@@ -181,3 +187,27 @@ def invoke(*args: str, code: int = 0, stdin: str | None = None) -> str:
 def said(*args: str, code: int = 0, stdin: str | None = None) -> str:
     """What a command printed, its lines joined (a narrow terminal wraps them anywhere)."""
     return " ".join(invoke(*args, code=code, stdin=stdin).split())
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def parse_metrics(page: str) -> Samples:
+    """Every sample of a Prometheus page, by name and labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(page) for s in family.samples}
+
+
+def scrape(url: str) -> Samples:
+    """Every sample of a Prometheus endpoint (a loopback URL of the test's own)."""
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as answer:  # noqa: S310  a loopback URL of the test's own
+        return parse_metrics(answer.read().decode())
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """A sample's value (0 when absent: a counter never incremented)."""
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)

@@ -11,11 +11,10 @@ import base64
 import json
 import tracemalloc
 import uuid
-from typing import Any
 
 import pytest
 from conftest import wait_for
-from helpers import audit_spec, create_audit, results, run_row, task_failure
+from helpers import audit_spec, create_audit, finished, results, run_row, task_failure
 from sqlalchemy import text
 
 from dataengine import app
@@ -30,11 +29,6 @@ def _publish_raw(body: bytes, content_type: str) -> None:
             body, routing_key="celery", content_type=content_type, content_encoding="binary",
             headers={"task": RUN, "id": str(uuid.uuid4()), "lang": "py"},
         )
-
-
-def finished(run_id: uuid.UUID) -> dict[str, Any] | None:
-    row = run_row(run_id)
-    return row if row["status"] in ("completed", "failed", "cancelled") else None
 
 
 def runs_in_db() -> int:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from conftest import wait_for
-from helpers import audit_spec, review_spec, run_row
+from helpers import audit_spec, finished, review_spec
 
 pytestmark = pytest.mark.timeout(120)
 NODE_DIR = Path(__file__).resolve().parents[1] / "node"
@@ -36,11 +36,6 @@ def send(node: str, redis_url: str, task: str, kwargs: dict[str, Any]) -> dict[s
                          env={**os.environ, "REDIS_URL": redis_url}, capture_output=True, text=True, timeout=90)
     assert out.stdout.strip(), out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def finished(run_id: str, job: Any) -> dict[str, Any] | None:
-    row = run_row(run_id, job=job)
-    return row if row["status"] in ("completed", "failed", "cancelled") else None
 
 
 def test_a_node_app_submits_every_job_and_reads_the_results(node, workers, fake_llm, redis_url):

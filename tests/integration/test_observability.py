@@ -15,8 +15,7 @@ from typing import Any
 import pytest
 from conftest import reload_settings, wait_for
 from fastapi.testclient import TestClient
-from helpers import audit_spec, create, invoke, results, run_row, said
-from prometheus_client.parser import text_string_to_metric_families
+from helpers import audit_spec, create, finished, invoke, parse_metrics, results, run_row, said, scrape, value
 from redis_server import free_port
 
 from dataengine import app
@@ -26,27 +25,6 @@ from tasks.propertyaudit import JOB as AUDIT
 
 pytestmark = pytest.mark.timeout(120)
 KEY = "observability-key-0123456789"
-
-
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of a Prometheus page, by name and labels."""
-    with urllib.request.urlopen(url, timeout=5) as answer:  # noqa: S310  a loopback URL of the test's own
-        return parse(answer.read().decode())
-
-
-def parse(page: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(page) for s in family.samples}
-
-
-def value(samples: dict, name: str, **labels: str) -> float:
-    """A sample's value (0 when absent: a counter never incremented)."""
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-def finished(run_id: uuid.UUID) -> dict[str, Any] | None:
-    row = run_row(run_id)
-    return row if row["status"] in ("completed", "failed", "cancelled") else None
 
 
 def test_a_run_killed_mid_way_is_seen_in_the_workers_metrics_its_json_lines_and_its_history(workers, fake_llm,
@@ -115,7 +93,7 @@ def test_the_apis_metrics_show_the_fleet_now_and_count_its_requests(engine_env, 
     app.send_task(AUDIT.task_name, kwargs={"run_id": str(queued[0])})  # no worker: it waits in the queue
     with TestClient(create_app()) as api:
         api.get("/v1/runs", headers={"X-API-Key": KEY})
-        samples = parse(api.get("/metrics").text)
+        samples = parse_metrics(api.get("/metrics").text)
     assert value(samples, "dataengine_runs", kind="propertyaudit", status="queued") == 3
     assert value(samples, "dataengine_runs", kind="reviewflow", status="running") == 0
     assert value(samples, "dataengine_queue_depth", queue="celery") == 1
@@ -173,7 +151,7 @@ def test_a_run_whose_provider_hangs_is_flagged_stalled_long_before_anything_expi
     monkeypatch.setenv("DATA_ENGINE_API_KEY", KEY)
     reload_settings()
     with TestClient(create_app()) as api:  # the fleet as the API's /metrics sees it
-        fleet = parse(api.get("/metrics").text)
+        fleet = parse_metrics(api.get("/metrics").text)
     assert value(fleet, "dataengine_runs", kind="propertyaudit", status="running") == 1
     assert value(fleet, "dataengine_runs_stalled_now", kind="propertyaudit") == 1
     row = wait_for(lambda: finished(run_id), timeout_s=30, what="the run to finish once the call answers")

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis
 from conftest import wait_for
-from helpers import create_audit, results, run_row
+from helpers import create_audit, finished, results
 
 from dataengine import app
 from dataengine.redis_keys import REJECTED_KEY
@@ -78,11 +78,6 @@ def push(client: redis.Redis, item: str) -> None:
 
 def rejected(client: redis.Redis) -> list[dict[str, Any]]:
     return [json.loads(e) for e in client.lrange(REJECTED_KEY, 0, -1)]
-
-
-def finished(run_id: uuid.UUID) -> dict[str, Any] | None:
-    row = run_row(run_id)
-    return row if row["status"] in ("completed", "failed", "cancelled") else None
 
 
 def test_malformed_messages_are_set_aside_and_the_worker_goes_on(workers, fake_llm, client):

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from conftest import API_AUTH, reload_settings, wait_for
 from fastapi.testclient import TestClient
-from helpers import answered, audit_spec, create, invoke, results, run_row, said
+from helpers import answered, audit_spec, create, finished, invoke, results, run_row, said, scrape, value
+from redis_server import free_port
 from sqlalchemy import text
 
 from dataengine import app
@@ -23,11 +24,6 @@ from tasks.propertyaudit import JOB as AUDIT
 
 pytestmark = pytest.mark.timeout(120)
 KEY = "spend-key-0123456789abcdef"
-
-
-def finished(run_id: uuid.UUID) -> dict[str, Any] | None:
-    row = run_row(run_id)
-    return row if row["status"] in ("completed", "failed", "cancelled") else None
 
 
 def run_to_the_end(run_id: uuid.UUID) -> dict[str, Any]:
@@ -83,7 +79,8 @@ def test_a_budget_stops_the_run_before_the_call_that_would_cross_it_and_a_larger
                                                                                                     fake_llm):
     """One step at a time, so "the call that would cross it" is one call. An identical run without a
     budget tells what each query costs; the budget allows five queries and a fraction of the sixth."""
-    workers("a", env={"DATAENGINE_STEP_CONCURRENCY": "1"})
+    port = free_port()
+    workers("a", env={"DATAENGINE_STEP_CONCURRENCY": "1", "DATAENGINE_WORKER_METRICS_PORT": str(port)})
     spec = {**audit_spec(10), "model": "gpt-4o"}
     twin = run_to_the_end(create(spec))
     costs = step_costs(twin["id"])
@@ -94,6 +91,9 @@ def test_a_budget_stops_the_run_before_the_call_that_would_cross_it_and_a_larger
     assert row["error_message"] == f"budget exceeded at query 6: spent ${dollars(sum(costs[:5]))} of ${dollars(budget)}"
     assert row["cost_usd"] == sum(costs[:5]) and row["current_query_index"] == 5
     assert answered(fake_llm, spec["queries"][5]) == 1  # the twin's: this run never asked it
+    stops = value(scrape(f"http://127.0.0.1:{port}/metrics"), "dataengine_budget_stops_total", kind="propertyaudit",
+                  budget="run")
+    assert stops == 1
 
     assert "queued again; it resumes at query 6" in said("retry", str(run_id), "--max-cost", "5")
     row = wait_for(lambda: finished(run_id), timeout_s=60, what="the retried run to finish")

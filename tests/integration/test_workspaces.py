@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from conftest import reload_settings, wait_for
 from cryptography.fernet import Fernet
-from helpers import audit_spec, create, review_spec, run_row, said
+from helpers import audit_spec, create, finished, review_spec, run_row, said
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
@@ -157,11 +157,6 @@ def test_a_workspaces_models_budget_and_rate_limits_apply_to_its_runs_only(engin
     limiter = llm.limiter()
     limiter.pause("gpt-4o|ws:acme", 5)  # a 429 to this workspace's key pauses its calls, not the engine's
     assert limiter.paused_for("gpt-4o|ws:acme") > 4 and limiter.paused_for("gpt-4o") == 0
-
-
-def finished(run_id: uuid.UUID) -> dict[str, Any] | None:
-    row = run_row(run_id)
-    return row if row["status"] in ("completed", "failed", "cancelled") else None
 
 
 def test_runs_of_two_workspaces_on_a_real_worker_pay_each_with_their_own_key(workers, fake_llm, encrypted):
