@@ -79,6 +79,9 @@ class FakeConfig(BaseModel):
     #: prompt tokens plus the completion tokens it asks for at most). Above them: 429 + Retry-After.
     rpm_limit: int = Field(0, ge=0)
     tpm_limit: int = Field(0, ge=0)
+    #: Report a chat request's system messages as served from the prompt cache
+    #: (``usage.prompt_tokens_details.cached_tokens``), as a provider does for a repeated prompt prefix.
+    cache_system_prompts: bool = False
 
 
 class _APIError(Exception):
@@ -340,6 +343,9 @@ def create_app(config: FakeConfig | None = None) -> FastAPI:
         usage = {"prompt_tokens": _tokens(*(_text(m.get("content")) for m in body.messages))}
         usage["completion_tokens"] = _tokens(content)
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        if state.config.cache_system_prompts:
+            system = [_text(m.get("content")) for m in body.messages if m.get("role") == "system"]
+            usage["prompt_tokens_details"] = {"cached_tokens": _tokens(*system) if system else 0}
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
             "model": body.model, "usage": usage,

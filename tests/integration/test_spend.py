@@ -17,7 +17,7 @@ from redis_server import free_port
 from sqlalchemy import text
 
 from dataengine import app
-from dataengine.budgets import dollars
+from dataengine.budgets import call_cost, dollars
 from dataengine.db import session_scope
 from dataengine.web.app import create_app
 from tasks.propertyaudit import JOB as AUDIT
@@ -36,6 +36,7 @@ def events(run_id: uuid.UUID) -> list[dict[str, Any]]:
 
 
 def test_every_call_is_in_the_ledger_and_costs_sums_it_by_property_model_and_kind(workers, fake_llm, monkeypatch):
+    fake_llm.configure(cache_system_prompts=True)  # the system prompts come back as cached input
     workers("a")
     priced = create(audit_spec(6))
     unpriced = create({**audit_spec(3, name="Oak Court", tag="oak"), "model": "mystery-model"})
@@ -51,7 +52,10 @@ def test_every_call_is_in_the_ledger_and_costs_sums_it_by_property_model_and_kin
 
     by_model = {line["key"]: line for line in json.loads(invoke("costs", "--by", "model", "--json"))["lines"]}
     assert by_model["mystery-model"]["calls"] == 3 and Decimal(by_model["mystery-model"]["cost_usd"]) == 0
-    assert by_model["gpt-4o-mini"]["calls"] == 15
+    mini = by_model["gpt-4o-mini"]
+    assert mini["calls"] == 15 and 0 < mini["cached_tokens"] < mini["prompt_tokens"]
+    full_price = call_cost("gpt-4o-mini", mini["prompt_tokens"], mini["completion_tokens"])
+    assert Decimal(mini["cost_usd"]) < full_price - Decimal("0.00003")  # cached input at half the price
     table = said("costs", "--by", "model", "--since", "1h")
     assert "mystery-model" in table and "3 call(s) of mystery-model had no price" in table
     assert "--by must be one of day, kind, model, property, workspace" in said("costs", "--by", "colour", code=2)
