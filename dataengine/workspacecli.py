@@ -1,4 +1,4 @@
-"""``dataengine workspaces add|list|set-key|rotate-key``: workspaces that pay the provider with their own key.
+"""``dataengine workspaces add|list|set-key|set-budget|rotate-key``: workspaces that pay the provider with their own key.
 
 A provider key is read from standard input, or asked for without echo on a terminal: never from an
 argument, which would sit in the shell's history and in ``ps``. No command prints a key; ``list``
@@ -106,6 +106,25 @@ def set_key(workspace_id: IdArgument) -> None:
         raise fail(str(exc)) from None
     console.print(f"workspace {workspace_id!r} has a new key; workers use it within "
                   f"{workspaces.LOOKUP_TTL_S:.0f} s", highlight=False)
+
+
+@workspaces_cli.command("set-budget")
+def set_budget(
+    workspace_id: IdArgument,
+    daily_budget_usd: Annotated[str, typer.Argument(help="USD per day (UTC), or 'none' to remove it")],
+) -> None:
+    """Raise, lower or remove what a workspace's runs may spend per day; runs it paused go on once under it."""
+    from dataengine import workspaces
+
+    amount = None if daily_budget_usd.strip().lower() == "none" else daily_budget_usd
+    try:
+        workspaces.set_daily_budget(workspace_id=workspace_id, daily_budget_usd=amount)
+    except DataEngineError as exc:
+        raise fail(str(exc)) from None
+    what = "no daily budget" if amount is None else f"a daily budget of ${amount}"
+    console.print(f"workspace {workspace_id!r} has {what}; its paused runs go on within "
+                  f"{workspaces.LOOKUP_TTL_S:.0f} s plus DATAENGINE_BUDGET_RECHECK_S if today's spend allows",
+                  highlight=False)
 
 
 @workspaces_cli.command("rotate-key")

@@ -218,6 +218,18 @@ def set_key(*, workspace_id: str, api_key: str) -> None:
     forget(workspace_id)
 
 
+def set_daily_budget(*, workspace_id: str, daily_budget_usd: Decimal | str | float | None) -> None:
+    """Change (None: remove) what a workspace's runs may spend per day: runs it paused go on at the sweep
+    after workers read it again (``LOOKUP_TTL_S``) if today's spend is now under it."""
+    budget = _budget(workspace_id, daily_budget_usd)
+    with session_scope() as session:
+        changed = session.execute(update(Workspace).where(Workspace.id == workspace_id)
+                                  .values(daily_budget_usd=budget))
+        if not changed.rowcount:
+            raise WorkspaceNotFound(workspace_id=workspace_id)
+    forget(workspace_id)
+
+
 def rotate_keys() -> int:
     """Re-encrypt every workspace's key under the first encryption key, all or none (a key no encryption key
     opens stops it, named); returns how many. Afterwards the older encryption keys may be removed."""

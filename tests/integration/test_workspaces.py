@@ -201,9 +201,9 @@ def test_a_run_whose_workspace_key_is_rejected_fails_at_once_and_no_key_shows_an
 
 def test_a_workspace_whose_daily_budget_is_spent_pauses_its_runs_and_no_one_elses(workers, fake_llm, encrypted):
     """Its first calls spend the budget (a millionth of a dollar); its run pauses at the calls after them,
-    while a run of the engine's own key on the same worker goes on to the end."""
+    while a run of the engine's own key on the same worker goes on to the end; raised, it goes on."""
     add_workspace(workspace_id="acme", name="Acme", api_key=KEY_A, daily_budget_usd="0.000001")
-    workers("a", env=encrypted)
+    workers("a", env={**encrypted, "DATAENGINE_BUDGET_RECHECK_S": "1"})
     paused, other = create({**audit_spec(3, tag="acme"), "workspace_id": "acme"}), create(audit_spec(3, tag="engine"))
     for run_id in (paused, other):
         app.send_task(AUDIT.task_name, kwargs={"run_id": str(run_id)})
@@ -211,3 +211,8 @@ def test_a_workspace_whose_daily_budget_is_spent_pauses_its_runs_and_no_one_else
     row = wait_for(lambda: (r := run_row(paused))["error_message"] and r, timeout_s=30, what="acme's run to pause")
     assert row["status"] == "queued" and row["completed_steps"] < 3
     assert row["error_message"].startswith("paused: workspace 'acme''s daily budget of $0.000001 is spent")
+    assert "no workspace 'nope'" in said("workspaces", "set-budget", "nope", "5", code=2)
+    assert "above 0" in said("workspaces", "set-budget", "acme", "0", code=2)
+    assert "has a daily budget of $5" in said("workspaces", "set-budget", "acme", "5")  # raised: it goes on
+    row = wait_for(lambda: finished(paused), timeout_s=30, what="acme's run to go on once its budget is raised")
+    assert row["status"] == "completed" and row["error_message"] is None
