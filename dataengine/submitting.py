@@ -84,8 +84,6 @@ class SubmitOptions:
     dry_run: bool = False
 
 
-#: The spec fields that are the engine's, not the job's.
-ENGINE_FIELDS = ("idempotency_key", "max_cost_usd", "workspace_id", "dry_run")
 #: The largest budget a run may carry (the column's range).
 MAX_BUDGET_USD = Decimal("99999999")
 
