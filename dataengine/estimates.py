@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 from sqlalchemy import TextClause, text
 
-from dataengine.budgets import call_cost, dollars
+from dataengine.budgets import MICRO, call_cost, dollars
 from dataengine.db import session_scope
 from dataengine.jobs import Job, NewRun, PlannedCall
 from dataengine.ratelimit import estimate_tokens
@@ -36,7 +36,6 @@ RECENT_STEPS = 300
 RECENT_RUNS = 50
 #: Fewer recorded steps than this are too few to average: the settings' defaults are used instead.
 MIN_RECENT_STEPS = 5
-MICRO = Decimal("0.000001")
 
 
 @dataclass(frozen=True)

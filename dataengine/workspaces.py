@@ -93,14 +93,20 @@ class WorkspaceLimits(BaseModel):
 
 
 @dataclass(frozen=True)
-class WorkspaceConfig:
-    """What a worker needs of a workspace. The key stays encrypted until :meth:`api_key`."""
+class WorkspaceSettings:
+    """What a workspace is, its key and limits aside: as workers read it and as it is listed."""
 
     id: str
     name: str
     base_url: str | None
     models: dict[str, str]
     daily_budget_usd: Decimal | None
+
+
+@dataclass(frozen=True)
+class WorkspaceConfig(WorkspaceSettings):
+    """What a worker needs of a workspace. The key stays encrypted until :meth:`api_key`."""
+
     limits: WorkspaceLimits
     #: Changes whenever the key or the base URL does (a re-encryption too): a client built for another is rebuilt.
     key_version: str
@@ -115,14 +121,9 @@ class WorkspaceConfig:
 
 
 @dataclass(frozen=True)
-class WorkspaceInfo:
+class WorkspaceInfo(WorkspaceSettings):
     """A workspace as listed: never its key, at most the key's last characters."""
 
-    id: str
-    name: str
-    base_url: str | None
-    models: dict[str, str]
-    daily_budget_usd: Decimal | None
     rate_limits: dict[str, Any]
     created_at: datetime
     key_updated_at: datetime
