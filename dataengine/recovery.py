@@ -30,7 +30,7 @@ from dataengine.runs import (
     finish_run,
     flag_stalled,
     hold_paused,
-    redispatch_soon,
+    redispatch_in,
     redispatch_unclaimed,
     requeue_expired,
 )
@@ -82,7 +82,9 @@ def sweep_job(*, job: Job, send: Sender, waiting: Waiting | None = None, dead: S
     """One sweep of one job's runs; sends a task for each run taken back, after the commit.
 
     A run no worker held is sent again only if its message is no longer waiting in the broker
-    (``waiting``; with ``taken``, nor taken by a worker), so a long backlog is not duplicated. Each run is sent on its own: one that
+    (``waiting``; with ``taken``, nor taken by a worker), so a long backlog is not duplicated: one still
+    queued is next looked at after ``redispatch_after_s``, one sent after ``unclaimed_recheck_s`` (the
+    worker that takes its message may die before its claim). Each run is sent on its own: one that
     cannot be sent is due again at the next sweep, and the others still go. ``dead`` names
     processes known dead (``liveness.dead_owners``), whose runs are all taken back at once.
     """
@@ -92,6 +94,7 @@ def sweep_job(*, job: Job, send: Sender, waiting: Waiting | None = None, dead: S
     unclaimed = {str(r.run_id) for r in requeued if r.lost_owner is None and r.poison is None}
     queued = _still_waiting(waiting, unclaimed, taken) if waiting is not None and unclaimed else set()
     unsent: list[uuid.UUID] = []
+    backlogged: list[uuid.UUID] = []
     for r in requeued:
         if r.poison is not None:
             index, losses = r.poison
@@ -101,15 +104,17 @@ def sweep_job(*, job: Job, send: Sender, waiting: Waiting | None = None, dead: S
             log.error("[%s] %s run_id=%s", job.name, error, r.run_id)
         elif str(r.run_id) in queued:
             log.info("[%s] Run not claimed yet, its message is still queued run_id=%s", job.name, r.run_id)
+            backlogged.append(r.run_id)
         elif _sent(send, job, r):
             what = f"whose worker {r.lost_owner} stopped answering" if r.lost_owner else "that no worker claimed"
             log.warning("[%s] Re-enqueued run %s, at %s %d run_id=%s",
                         job.name, what, job.step_noun, r.step_index + 1, r.run_id)
         else:
             unsent.append(r.run_id)
-    if unsent:
-        with session_scope() as session:
-            redispatch_soon(session=session, job=job, run_ids=unsent)
+    for run_ids, seconds in ((unsent, 0.0), (backlogged, get_settings().redispatch_after_s)):
+        if run_ids:
+            with session_scope() as session:
+                redispatch_in(session=session, job=job, run_ids=run_ids, seconds=seconds)
     return requeued
 
 

@@ -228,8 +228,10 @@ class Execution:
         self.spend = RunBudget(noun=job.step_noun, spent=claim.row.cost_usd, max_cost=claim.row.max_cost_usd,
                                workspace_id=claim.row.workspace_id)
         self.cancelled = self.exhausted = False
-        #: Steps that were in flight when a worker died holding this run.
-        self.suspects = {int(i) for i in claim.row.step_losses}
+        #: Steps whose next lost worker would fail the run: they run alone, so only a step that kills its
+        #: worker is charged that loss. Steps lost fewer times run as usual (a worker killed by something
+        #: else, a deploy or a neighbour's OOM, does not slow the rest of the run to one step at a time).
+        self.suspects = {int(i) for i, n in claim.row.step_losses.items() if n + 1 >= self.s.max_losses_per_step}
         self.peeked: tuple[int, Any] | None = None
         #: Units the last checkpoint recorded as in flight, to start when room frees up.
         self.ahead: list[list[tuple[int, Any]]] = []
@@ -460,8 +462,8 @@ class Execution:
             if step is None:
                 break
             if step[0] in self.suspects:
-                # It was in flight when a worker died: it runs alone, so a step that kills its
-                # worker is the only one charged, and an innocent one is cleared.
+                # Its next lost worker would fail the run: it runs alone, so a step that kills its
+                # worker is the only one charged, and an innocent one completes.
                 if self.in_flight or units:
                     self.peeked = step
                 else:

@@ -497,8 +497,11 @@ def requeue_expired(*, session: Session, job: Job, limit: int = 100, dead: Seque
         .where(t.c.id == due.c.id)
         .values(
             lease_owner=None,
-            lease_expires_at=func.now() + _seconds(s.redispatch_after_s),
-            fencing_token=t.c.fencing_token + 1,
+            # Sent again now; looked at once more if no worker claimed it by then (a worker that took
+            # the message may die before its claim).
+            lease_expires_at=func.now() + _seconds(s.unclaimed_recheck_s),
+            # A run no worker held has nobody to fence off: only a takeback from a holder bumps the token.
+            fencing_token=case((t.c.lease_owner.is_(None), t.c.fencing_token), else_=t.c.fencing_token + 1),
             last_updated_at=func.now(),
             **_count_losses(t),
         )
@@ -526,13 +529,14 @@ def redispatch_unclaimed(*, session: Session, job: Job) -> int:
     return result.rowcount
 
 
-def redispatch_soon(*, session: Session, job: Job, run_ids: list[uuid.UUID]) -> None:
-    """Make taken-back runs due again at the next sweep: their message could not be sent."""
+def redispatch_in(*, session: Session, job: Job, run_ids: list[uuid.UUID], seconds: float = 0) -> None:
+    """Make taken-back runs no worker has claimed due again in ``seconds``: at the next sweep when their
+    message could not be sent, ``redispatch_after_s`` later when it is still queued behind a backlog."""
     t = job.runs
     session.execute(
         update(t)
         .where(t.c.id.in_(run_ids), t.c.lease_owner.is_(None), t.c.status.in_(ACTIVE_STATUSES))
-        .values(lease_expires_at=func.now())
+        .values(lease_expires_at=func.now() + _seconds(seconds))
     )
 
 

@@ -165,6 +165,11 @@ class Settings(BaseSettings):
     sweep_interval_s: float = Field(1.0, gt=0)
     #: A run enqueued (or re-enqueued) but not claimed for this long is enqueued again.
     redispatch_after_s: float = Field(300.0, gt=0)
+    #: A run the sweeper sent again (its worker died) and no worker claimed this long after is looked
+    #: at again: a message no longer in the queue was taken by a worker that died before claiming it,
+    #: and it is sent once more; one still queued behind a backlog is next looked at after
+    #: ``redispatch_after_s``.
+    unclaimed_recheck_s: float = Field(15.0, gt=0)
     #: A run whose workers died this many times with the same step in flight ends ``failed``.
     max_losses_per_step: int = Field(3, ge=1)
     #: LLM calls (steps) in flight at once in one worker process, across every run it holds.

@@ -225,11 +225,20 @@ class Fleet:
         return seconds
 
     def wait_finished(self, timeout_s: float = 120) -> list[dict[str, Any]]:
+        ended = ("completed", "failed", "cancelled")
+
         def done() -> list[dict[str, Any]] | None:
             rows = self.rows()
-            return rows if all(r["status"] in ("completed", "failed", "cancelled") for r in rows) else None
+            return rows if all(r["status"] in ended for r in rows) else None
 
-        return wait_for(done, timeout_s=timeout_s, interval_s=0.2, what="every run to end")
+        try:
+            return wait_for(done, timeout_s=timeout_s, interval_s=0.2, what="every run to end")
+        except BaseException:
+            stuck = [{k: r[k] for k in ("id", "status", "completed_steps", "lease_owner", "lease_expires_at",
+                                        "fencing_token", "error_message", "last_updated_at") if k in r}
+                     for r in self.rows() if r["status"] not in ended]
+            print(f"runs that did not end ({len(stuck)}):", *stuck, sep="\n  ")
+            raise
 
     def check(self, timeout_s: float = 120) -> Figures:
         """Wait for every run to end, then assert the promises; the figures measured."""

@@ -306,23 +306,33 @@ def test_a_run_handed_back_is_not_charged_a_loss():
     assert run_row(run_id)["step_losses"] == {}
 
 
-def test_suspect_steps_run_alone_after_a_loss():
-    """Steps in flight when a worker died run one at a time, so a poison one is the only one charged again."""
-    run_id = create_texts(8)
+def test_steps_lost_once_run_as_usual_and_those_one_loss_from_failing_the_run_run_alone():
+    """A step in flight when a worker died runs as usual after (a kill from elsewhere does not slow the
+    run to a step at a time); one whose next loss would fail the run runs alone, so that a poison one
+    is the only one charged."""
+    run_id = create_texts(10)
     record(claim(run_id, "w/0"), [], 0, in_flight=(0, 1, 2, 3))
     expire_lease(run_id, owner="w/0")
     sweep_job(job=JOB, send=ignore_sends)
-    gauge, alone = Concurrency(), []
+    record(claim(run_id, "w/1"), [], 0, in_flight=(0, 1, 2, 3, 4, 5))
+    expire_lease(run_id, owner="w/1")
+    sweep_job(job=JOB, send=ignore_sends)
+    assert run_row(run_id)["step_losses"] == {"0": 2, "1": 2, "2": 2, "3": 2, "4": 1, "5": 1}
+    spans: dict[int, tuple[float, float]] = {}
 
     def step(ctx, index, item):
-        with gauge:
-            if index <= 3:
-                alone.append(gauge.live == 1)
-            time.sleep(0.05)
+        started = time.monotonic()
+        time.sleep(0.1)
+        spans[index] = (started, time.monotonic())
         return StepOutcome({"echoed": item})
 
+    def alone(index: int) -> bool:
+        start, end = spans[index]
+        return not any(s < end and start < e for i, (s, e) in spans.items() if i != index)
+
     assert run(run_id, job=dataclasses.replace(JOB, execute_step=step)).status == "completed"
-    assert alone == [True, True, True, True]
+    # Two losses each, the next would be their third (max_losses_per_step): alone. Lost once: together.
+    assert {i: alone(i) for i in range(6)} == {0: True, 1: True, 2: True, 3: True, 4: False, 5: False}
 
 
 def test_cancelling_a_queued_run_ends_it_at_once():

@@ -163,12 +163,21 @@ def test_a_run_no_worker_claimed_is_sent_again_only_when_its_message_is_gone(red
         app.send_task(name, kwargs=kwargs)
 
     overdue()
+    def due_in() -> float:
+        with session_scope() as session:
+            return float(session.execute(text("SELECT EXTRACT(EPOCH FROM lease_expires_at - now()) FROM echo_runs "
+                                              "WHERE id = :id"), {"id": run_id}).scalar_one())
+
+    s = get_settings()
     sweep_job(job=JOB, send=send, waiting=still_waiting)
     assert queue.llen("celery") == 1  # behind a backlog, still on its way: not sent twice
+    assert due_in() == pytest.approx(s.redispatch_after_s, abs=5)  # nor looked for again soon
     queue.delete("celery")  # the broker lost it (restarted empty)
     overdue()
     sweep_job(job=JOB, send=send, waiting=still_waiting)
     assert queue.llen("celery") == 1 and str(run_id) in queue.lindex("celery", 0).decode()
+    # Sent: looked at again soon, in case the worker that takes it dies before its claim.
+    assert due_in() == pytest.approx(s.unclaimed_recheck_s, abs=5)
     queue.delete("celery")
 
 

@@ -289,6 +289,34 @@ def test_beat_alone_takes_back_a_run_whose_worker_died(engine_env, tmp_path):
         beat.stop()
 
 
+def test_a_run_whose_resent_message_a_dying_worker_took_is_sent_again_within_seconds(workers, fake_llm, redis_url):
+    """In a crash storm the worker that takes a re-enqueued run's message may die before it claims the
+    run: the message is then out of the queue, in Redis' hands for its visibility timeout (a day). The
+    run is sent again ``unclaimed_recheck_s`` (15 s) after, not ``redispatch_after_s`` (5 min)."""
+    import redis
+    from helpers import expire_lease
+
+    s = get_settings()
+    fake_llm.configure(latency_ms=20)
+    a = workers("a")
+    (pool,) = a.children()
+    os.kill(pool, signal.SIGSTOP)  # a's main process takes the message; its pool never claims the run
+    run_id = create_audit(4)
+    expire_lease(run_id)  # its worker died: a's sweeper takes it back and re-enqueues it
+    queue = redis.Redis.from_url(redis_url)
+    wait_for(lambda: "Re-enqueued run whose worker dead-worker/1" in a.log_text() and queue.llen("celery") == 0,
+             timeout_s=30, what="worker a to take back the run and take its message")
+    a.signal_group(signal.SIGKILL)
+    a.proc.wait()
+    assert run_row(run_id)["lease_owner"] is None, "worker a claimed the run: the test proves nothing"
+    killed = time.monotonic()
+    b = workers("b")
+    row = wait_for(lambda: finished(run_id), timeout_s=s.unclaimed_recheck_s + 30, what="the run to finish")
+    assert row["status"] == "completed" and time.monotonic() - killed < s.redispatch_after_s / 5
+    assert f"Re-enqueued run that no worker claimed, at query 1 run_id={run_id}" in b.log_text()
+    assert row["fencing_token"] == 2  # one takeback from the dead worker, one claim: the resend fenced nobody
+
+
 def test_a_warm_shutdown_hands_the_run_over_without_waiting_for_it_or_paying_twice(workers, fake_llm):
     a, queries, run_id = run_on_worker_a(workers, fake_llm, 60, latency_ms=100)
     wait_for(lambda: progressed(run_id, 6), timeout_s=30, what="6 checkpointed queries")
@@ -320,7 +348,7 @@ def test_a_step_that_keeps_killing_its_worker_fails_the_run_after_three_losses(w
     row = wait_for(lambda: finished(run_id), timeout_s=30, what="the run to be given up")
     assert row["status"] == "failed" and "worker lost 3 times at query 3" in row["error_message"]
     assert poison in row["error_message"] and fake_llm.stats()["prompts"][poison] == 3
-    # Steps in flight beside it at the first death were charged once, then cleared running alone.
+    # Steps in flight beside it at the first death were charged once, and completed at the next try.
     assert row["step_losses"]["2"] == 3 and all(n == 1 for i, n in row["step_losses"].items() if i != "2")
     assert 2 not in results(run_id)
 
