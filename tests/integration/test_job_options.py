@@ -154,15 +154,19 @@ def test_a_failed_group_records_each_of_its_steps_under_the_record_policy():
     assert {r["error"] for r in results(run_id, job=ECHO).values()} == {"the model mixed the reviews up"}
 
 
-def test_steps_in_flight_when_a_worker_died_never_share_a_call():
+@pytest.mark.parametrize("deaths", [1, 2])
+def test_steps_one_loss_from_failing_the_run_never_share_a_call(deaths):
+    """Steps in flight at a worker's death share calls as before; once their next loss would fail the run
+    (``max_losses_per_step``, 3) each goes alone, so a poison one is the only one charged."""
     from echoruns import claim, expire_lease, record
 
     from dataengine.recovery import sweep_job
 
     run_id = texts("a", "b", "c", "d", "e", "f")
-    record(claim(run_id, "w/0"), [], 0, in_flight=(1, 2))
-    expire_lease(run_id, owner="w/0")
-    sweep_job(job=ECHO, send=lambda name, kwargs: None)  # the lost worker is charged for steps 1 and 2
+    for death in range(deaths):
+        record(claim(run_id, f"w/{death}"), [], 0, in_flight=(1, 2))
+        expire_lease(run_id, owner=f"w/{death}")
+        sweep_job(job=ECHO, send=lambda name, kwargs: None)  # the lost worker is charged for steps 1 and 2
     calls: list[list[int]] = []
     assert run(run_id, grouping(calls)).status == "completed"
-    assert [1] in calls and [2] in calls and all(len(c) == 1 for c in calls if 1 in c or 2 in c)
+    assert sorted(calls) == ([[0, 1, 2], [3, 4, 5]] if deaths == 1 else [[0], [1], [2], [3, 4, 5]])

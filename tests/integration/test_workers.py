@@ -348,8 +348,8 @@ def test_a_step_that_keeps_killing_its_worker_fails_the_run_after_three_losses(w
     row = wait_for(lambda: finished(run_id), timeout_s=30, what="the run to be given up")
     assert row["status"] == "failed" and "worker lost 3 times at query 3" in row["error_message"]
     assert poison in row["error_message"] and fake_llm.stats()["prompts"][poison] == 3
-    # Steps in flight beside it at the first death were charged once, and completed at the next try.
-    assert row["step_losses"]["2"] == 3 and all(n == 1 for i, n in row["step_losses"].items() if i != "2")
+    # Steps in flight beside it were charged too, but never up to the limit: the poison step alone ends the run.
+    assert row["step_losses"]["2"] == 3 and all(n < 3 for i, n in row["step_losses"].items() if i != "2")
     assert 2 not in results(run_id)
 
 
