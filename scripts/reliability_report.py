@@ -62,7 +62,11 @@ SCENARIOS = {
     7: ("Two beats and three workers sweeping at once",
         "Each run whose worker died is taken back once, sent once, and executed once."),
     8: ("Random SIGKILLs for a minute (20 runs, 3 workers)",
-        "Every run completes; nothing recorded is asked again; at most one more call per step per kill."),
+        "Every run completes; nothing recorded is asked again; at most one more call per step per kill. A run "
+        "re-enqueued whose message a worker took and was killed before its claim is sent again after "
+        "`DATAENGINE_UNCLAIMED_RECHECK_S` (15 s); it used to wait `DATAENGINE_REDISPATCH_AFTER_S` (300 s), "
+        "which is how this scenario once timed out (the case alone: `tests/integration/test_workers.py::"
+        "test_a_run_whose_resent_message_a_dying_worker_took_is_sent_again_within_seconds`)."),
     9: ("The LLM provider down for 2 minutes (connection refused)",
         "Runs wait with backoff (at most `DATAENGINE_RETRY_BACKOFF_MAX_S`, 60 s, between tries) and complete; "
         "a run fails for a transient cause only after `DATAENGINE_TRANSIENT_RETRY_WINDOW_S` (900 s) without "
