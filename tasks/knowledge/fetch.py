@@ -27,6 +27,10 @@ HTML_TYPES = ("text/html", "application/xhtml+xml")
 #: Elements whose text is not the page's content.
 NOT_CONTENT = "script, style, noscript, template, svg, canvas, iframe, nav, header, footer, form, aside"
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+#: NAT64 prefixes (RFC 6052's well-known one and RFC 8215's local-use one): the low 32 bits are an IPv4 address.
+_NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+#: IPv4-compatible addresses (``::a.b.c.d``, deprecated but still parsed and routed by some stacks).
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
 
 
 class FetchError(Exception):
@@ -79,10 +83,25 @@ def resolve(host: str, port: int) -> list[IPAddress]:
 
 def is_public(ip: IPAddress) -> bool:
     """Whether ``ip`` is a public unicast address: not loopback, private, link-local (cloud metadata's
-    169.254.169.254), shared (100.64/10), multicast, reserved or unspecified."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    169.254.169.254), shared (100.64/10), multicast, reserved, unspecified or site-local, and not an IPv6
+    address carrying an IPv4 address (mapped, compatible, NAT64, 6to4, Teredo) that is any of these."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return is_public(ip.ipv4_mapped)  # the kernel connects to the IPv4 address itself
+        if ip.is_site_local or not all(is_public(v4) for v4 in _embedded_ipv4(ip)):
+            return False
     return ip.is_global and not ip.is_multicast
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses a gateway or tunnel would carry traffic for ``ip`` to."""
+    low32 = ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF)
+    embedded = [low32] if ip in _IPV4_COMPATIBLE or any(ip in net for net in _NAT64) else []
+    if ip.sixtofour is not None:
+        embedded.append(ip.sixtofour)
+    if ip.teredo is not None:
+        embedded.extend(ip.teredo)  # the Teredo server and the client behind it
+    return embedded
 
 
 def _checked(url: str, *, allow_private: bool) -> tuple[str, str | None]:

@@ -9,6 +9,7 @@ This machine's PostgreSQL has no pgvector, so these tests cover the ``real[]`` f
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import uuid
@@ -331,6 +332,23 @@ def test_a_redirect_to_a_private_address_is_refused(site, monkeypatch):
     with pytest.raises(fetch.TooManyRedirects):
         fetch.fetch(site.url("/redirect-local"), etag=None, last_modified=None, limits=_limits(max_redirects=0),
                     allow_private=False)
+
+
+@pytest.mark.parametrize("address", [
+    "::127.0.0.1", "::10.0.0.1",  # IPv4-compatible
+    "64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe", "64:ff9b:1::a00:1",  # NAT64, the well-known and the local prefix
+    "2002:7f00:1::", "2002:a9fe:a9fe::",  # 6to4
+    "2001:0:4136:e378:8000:63bf:f5f7:f7f7",  # Teredo, client 10.8.8.8
+    "fec0::1",  # site-local
+])
+def test_ipv6_forms_of_private_addresses_are_refused(address):
+    with pytest.raises(fetch.URLRefused, match="not a public address"):
+        fetch.fetch(f"http://[{address}]/", etag=None, last_modified=None, limits=_limits(), allow_private=False)
+
+
+@pytest.mark.parametrize("address", ["2606:4700:4700::1111", "64:ff9b::808:808", "::ffff:8.8.8.8", "8.8.8.8"])
+def test_public_addresses_stay_public_in_their_ipv6_forms(address):
+    assert fetch.is_public(ipaddress.ip_address(address))
 
 
 def test_a_refused_source_is_recorded_as_failed_when_private_addresses_are_not_allowed(knowledge, site, monkeypatch):
