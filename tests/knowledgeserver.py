@@ -1,6 +1,7 @@
 """A local HTTP server for Knowledge Refresh tests, on 127.0.0.1: a page that changes, one that does
-not, one answering 304 to a conditional GET, a 404, a slow one, an oversized one, an image, and a
-redirect to a private (cloud metadata) address. It counts the requests per path."""
+not, one answering 304 to a conditional GET, a 404, a slow one, an oversized one, an image, a
+redirect to a private (cloud metadata) address, and servers that trickle their answer or say
+nothing. It counts the requests per path."""
 
 from __future__ import annotations
 
@@ -22,6 +23,10 @@ def page(title: str, paragraphs: list[str]) -> str:
     return (f"<html><head><title>{title}</title><script>var tracking = 'not content';</script></head>"
             f"<body><nav>Home | Floor plans | Contact</nav><main><h1>{title}</h1>{body}</main>"
             f"<footer>Copyright footer</footer></body></html>")
+
+
+#: The pause between two bytes of a trickled answer.
+TRICKLE_INTERVAL_S = 0.05
 
 
 class KnowledgeSite:
@@ -48,7 +53,8 @@ class KnowledgeSite:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # A short poll: shutdown() waits for it, and every test with a site stops one.
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     def url(self, path: str) -> str:
         """The full URL of ``path`` on this server."""
@@ -82,7 +88,30 @@ class KnowledgeSite:
             return self._send(h, 302, b"", "text/plain", {"Location": "http://169.254.169.254/latest/meta-data/"})
         if path == "/redirect-local":
             return self._send(h, 301, b"", "text/plain", {"Location": "/unchanged"})
+        if path in ("/trickle-head", "/trickle-body", "/silent"):
+            return self._trickle(h, path)
         self._send(h, 404, b"not found", "text/plain")
+
+    @staticmethod
+    def _trickle(h: BaseHTTPRequestHandler, path: str) -> None:
+        """A whole answer a byte at a time (``/trickle-head``), its head at once and its body a byte at a time
+        (``/trickle-body``), or nothing until the client goes away (``/silent``)."""
+        body = b"<p>" + b"late " * 20 + b"</p>"
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: %d\r\n\r\n" % len(body)
+        h.connection.settimeout(30)
+        try:
+            if path == "/silent":
+                h.rfile.read(1)  # returns when the client closes the connection
+                return
+            answer = head + body
+            if path == "/trickle-body":
+                h.wfile.write(head)
+                answer = body
+            for i in range(len(answer)):
+                h.wfile.write(answer[i:i + 1])
+                time.sleep(TRICKLE_INTERVAL_S)
+        except OSError:
+            pass  # the client gave up: what the tests expect it to do
 
     @staticmethod
     def _send(h: BaseHTTPRequestHandler, status: int, body: bytes, ctype: str, headers: dict[str, str] | None = None

@@ -20,7 +20,7 @@ class KnowledgeLimits(JobSettings):
     connect_timeout_s: float = Field(5.0, gt=0)
     #: The longest wait for the next bytes of an answer.
     read_timeout_s: float = Field(15.0, gt=0)
-    #: The whole fetch, redirects included: a server that trickles bytes cannot hold a step for ever.
+    #: The whole fetch (connecting, headers, body, every redirect): a server that trickles bytes cannot hold a step.
     fetch_timeout_s: float = Field(60.0, gt=0)
     #: The largest answer read (after decompression); a larger one fails the source as too large.
     max_bytes: int = Field(5_000_000, ge=1)

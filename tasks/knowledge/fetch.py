@@ -4,6 +4,7 @@ The URLs are user input, so every hop (the first and each redirect, followed her
 checked after DNS resolution: only http and https, and only public addresses unless
 ``DATAENGINE_KNOWLEDGE_ALLOW_PRIVATE_URLS`` is on. The connection goes to the address that was
 checked (the host name kept for the Host header and TLS), so a second DNS answer cannot swap it.
+The servers are untrusted too: the whole fetch ends by its time limit (``wire.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 import httpx
 from selectolax.lexbor import LexborHTMLParser
 
+from tasks.knowledge import wire
 from tasks.knowledge.config import KnowledgeLimits
 
 USER_AGENT = "dataengine-knowledge-refresh/1"
@@ -141,8 +143,8 @@ def fetch(url: str, *, etag: str | None, last_modified: str | None, limits: Know
                             write=limits.read_timeout_s, pool=limits.connect_timeout_s)
     deadline = time.monotonic() + limits.fetch_timeout_s
     conditional = {"If-None-Match": etag, "If-Modified-Since": last_modified}
-    # trust_env=False: no proxy from the environment sits between the check and the connection.
-    with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False, verify=_tls()) as client:
+    # The client keeps no proxy from the environment: nothing sits between the check and the connection.
+    with wire.deadline_client(deadline=deadline, timeout=timeout, verify=_tls()) as client:
         for _ in range(limits.max_redirects + 1):
             target, host = _checked(url, allow_private=allow_private)
             headers = {"User-Agent": USER_AGENT, "Accept": "text/html, application/xhtml+xml, text/*;q=0.8"}
@@ -156,15 +158,18 @@ def fetch(url: str, *, etag: str | None, last_modified: str | None, limits: Know
                     if response.status_code in REDIRECTS and response.headers.get("location"):
                         url = urljoin(url, response.headers["location"])
                         continue
-                    return _read(response, url=url, limits=limits, deadline=deadline)
+                    return _read(response, url=url, limits=limits)
             except httpx.TimeoutException as exc:
+                if time.monotonic() >= deadline:
+                    raise FetchTimedOut(f"{url}: not fetched within {limits.fetch_timeout_s:g} s, the limit for a "
+                                        "whole fetch with its redirects") from None
                 raise FetchTimedOut(f"{url}: no answer in time ({type(exc).__name__})") from None
             except httpx.TransportError as exc:
                 raise FetchError(f"{url}: {type(exc).__name__}: {exc}") from None
     raise TooManyRedirects(f"{url}: more than {limits.max_redirects} redirects")
 
 
-def _read(response: httpx.Response, *, url: str, limits: KnowledgeLimits, deadline: float) -> Fetched:
+def _read(response: httpx.Response, *, url: str, limits: KnowledgeLimits) -> Fetched:
     etag, last_modified = response.headers.get("etag"), response.headers.get("last-modified")
     if response.status_code == 304:
         return Fetched(None, None, etag, last_modified, url)
@@ -183,8 +188,6 @@ def _read(response: httpx.Response, *, url: str, limits: KnowledgeLimits, deadli
         body += piece
         if len(body) > limits.max_bytes:
             raise TooLarge(f"{url}: more than {limits.max_bytes} bytes")
-        if time.monotonic() > deadline:
-            raise FetchTimedOut(f"{url}: not read within {limits.fetch_timeout_s:g}s")
     decoded = bytes(body).decode(response.encoding or "utf-8", errors="replace")
     if mime in HTML_TYPES:
         title, text = html_text(decoded)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
+import time
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -349,6 +350,16 @@ def test_ipv6_forms_of_private_addresses_are_refused(address):
 @pytest.mark.parametrize("address", ["2606:4700:4700::1111", "64:ff9b::808:808", "::ffff:8.8.8.8", "8.8.8.8"])
 def test_public_addresses_stay_public_in_their_ipv6_forms(address):
     assert fetch.is_public(ipaddress.ip_address(address))
+
+
+@pytest.mark.parametrize("path", ["/trickle-head", "/trickle-body", "/silent"])
+def test_a_server_that_trickles_its_answer_or_says_nothing_is_cut_off_at_the_whole_fetch_limit(site, path):
+    # Each byte comes sooner than the read timeout: only the whole fetch's limit can end it.
+    limits = _limits(read_timeout_s=3.0, fetch_timeout_s=1.0)
+    started = time.monotonic()
+    with pytest.raises(fetch.FetchTimedOut, match="not fetched within 1 s"):
+        fetch.fetch(site.url(path), etag=None, last_modified=None, limits=limits, allow_private=True)
+    assert time.monotonic() - started < limits.fetch_timeout_s + 0.5
 
 
 def test_a_refused_source_is_recorded_as_failed_when_private_addresses_are_not_allowed(knowledge, site, monkeypatch):
