@@ -1,7 +1,7 @@
 """A local HTTP server for Knowledge Refresh tests, on 127.0.0.1: a page that changes, one that does
 not, one answering 304 to a conditional GET, a 404, a slow one, an oversized one, an image, a
-redirect to a private (cloud metadata) address, and servers that trickle their answer or say
-nothing. It counts the requests per path."""
+redirect to a private (cloud metadata) address, compressed pages, a gzip bomb, and servers that
+trickle their answer or say nothing. It counts the requests per path."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ import hashlib
 import threading
 import time
 import uuid
+import zlib
 from collections import Counter
+from collections.abc import Callable
+from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -25,8 +28,28 @@ def page(title: str, paragraphs: list[str]) -> str:
             f"<footer>Copyright footer</footer></body></html>")
 
 
+def _deflate(wbits: int) -> Callable[[bytes], bytes]:
+    return lambda data: zlib.compress(data, wbits=wbits)
+
+
+#: Path → (Content-Encoding, how /unchanged's page is compressed for it); "br" is one the refresh does not ask for.
+COMPRESSED = {"/gzip": ("gzip", _deflate(zlib.MAX_WBITS | 16)), "/deflate": ("deflate", _deflate(zlib.MAX_WBITS)),
+              "/raw-deflate": ("deflate", _deflate(-zlib.MAX_WBITS)), "/brotli": ("br", _deflate(zlib.MAX_WBITS)),
+              "/corrupt-gzip": ("gzip", lambda data: b"not gzip at all")}
 #: The pause between two bytes of a trickled answer.
 TRICKLE_INTERVAL_S = 0.05
+
+
+@cache
+def gzip_bomb(inflated_mib: int) -> bytes:
+    """A gzip body of ``inflated_mib`` MiB of zeros, about a thousandth of that on the wire. Built from one
+    MiB compressed and flushed to a byte boundary with the window reset, so every next MiB is the same bytes
+    (compressing a GiB would take seconds); the trailer (CRC and size) is left off: no reader gets that far."""
+    block = bytes(1 << 20)
+    gz = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+    first = gz.compress(block) + gz.flush(zlib.Z_FULL_FLUSH)
+    again = gz.compress(block) + gz.flush(zlib.Z_FULL_FLUSH)
+    return first + again * (inflated_mib - 1)
 
 
 class KnowledgeSite:
@@ -35,6 +58,8 @@ class KnowledgeSite:
     def __init__(self, *, slow_s: float = 2.0, huge_bytes: int = 300_000) -> None:
         self.slow_s, self.huge_bytes = slow_s, huge_bytes
         self.hits: Counter[str] = Counter()
+        #: The Accept-Encoding of the last request per path.
+        self.accept_encoding: dict[str, str | None] = {}
         self.not_modified: Counter[str] = Counter()
         self.pages: dict[str, str] = {
             "/changing": page("Amenities", [PARAGRAPH * 6, "Pets: two per apartment, no weight limit."]),
@@ -49,6 +74,7 @@ class KnowledgeSite:
 
             def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
                 site.hits[self.path] += 1
+                site.accept_encoding[self.path] = self.headers.get("Accept-Encoding")
                 site.handle(self)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -88,6 +114,12 @@ class KnowledgeSite:
             return self._send(h, 302, b"", "text/plain", {"Location": "http://169.254.169.254/latest/meta-data/"})
         if path == "/redirect-local":
             return self._send(h, 301, b"", "text/plain", {"Location": "/unchanged"})
+        if path in COMPRESSED:
+            encoding, compress = COMPRESSED[path]
+            return self._send(h, 200, compress(self.pages["/unchanged"].encode()), "text/html",
+                              {"Content-Encoding": encoding})
+        if path == "/gzip-bomb":
+            return self._send(h, 200, gzip_bomb(1024), "text/html", {"Content-Encoding": "gzip"})
         if path in ("/trickle-head", "/trickle-body", "/silent"):
             return self._trickle(h, path)
         self._send(h, 404, b"not found", "text/plain")
@@ -122,7 +154,10 @@ class KnowledgeSite:
         for k, v in (headers or {}).items():
             h.send_header(k, v)
         h.end_headers()
-        h.wfile.write(body)
+        try:
+            h.wfile.write(body)
+        except OSError:
+            pass  # the client stopped reading (a body over the size cap)
 
     def __enter__(self) -> KnowledgeSite:
         self.thread.start()

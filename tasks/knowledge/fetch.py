@@ -4,7 +4,8 @@ The URLs are user input, so every hop (the first and each redirect, followed her
 checked after DNS resolution: only http and https, and only public addresses unless
 ``DATAENGINE_KNOWLEDGE_ALLOW_PRIVATE_URLS`` is on. The connection goes to the address that was
 checked (the host name kept for the Host header and TLS), so a second DNS answer cannot swap it.
-The servers are untrusted too: the whole fetch ends by its time limit (``wire.py``).
+The servers are untrusted too: the whole fetch ends by its time limit and a compressed body is
+inflated no further than the size cap (``wire.py``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import ipaddress
 import socket
 import ssl
 import time
+import zlib
 from dataclasses import dataclass
 from functools import cache
 from urllib.parse import urljoin, urlsplit, urlunsplit
@@ -53,6 +55,10 @@ class TooLarge(FetchError):
 
 class NotText(FetchError):
     """The answer is neither HTML nor text."""
+
+
+class NotDecodable(FetchError):
+    """The answer is compressed in a way the refresh does not read, or its compressed body is corrupt."""
 
 
 class FetchTimedOut(FetchError):
@@ -147,7 +153,8 @@ def fetch(url: str, *, etag: str | None, last_modified: str | None, limits: Know
     with wire.deadline_client(deadline=deadline, timeout=timeout, verify=_tls()) as client:
         for _ in range(limits.max_redirects + 1):
             target, host = _checked(url, allow_private=allow_private)
-            headers = {"User-Agent": USER_AGENT, "Accept": "text/html, application/xhtml+xml, text/*;q=0.8"}
+            headers = {"User-Agent": USER_AGENT, "Accept": "text/html, application/xhtml+xml, text/*;q=0.8",
+                       "Accept-Encoding": wire.ACCEPT_ENCODING}
             headers |= {k: v for k, v in conditional.items() if v}
             extensions = {}
             if host is not None:
@@ -183,12 +190,19 @@ def _read(response: httpx.Response, *, url: str, limits: KnowledgeLimits) -> Fet
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limits.max_bytes:
         raise TooLarge(f"{url}: {declared} bytes, the limit is {limits.max_bytes}")
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    if not wire.decodable(encoding):
+        raise NotDecodable(f"{url}: content encoding {encoding} is not one the refresh reads "
+                           f"(it asks for {wire.ACCEPT_ENCODING})")
     body = bytearray()
-    for piece in response.iter_bytes():
-        body += piece
-        if len(body) > limits.max_bytes:
-            raise TooLarge(f"{url}: more than {limits.max_bytes} bytes")
-    decoded = bytes(body).decode(response.encoding or "utf-8", errors="replace")
+    try:
+        for piece in wire.inflated(response.iter_raw(), encoding):
+            body += piece
+            if len(body) > limits.max_bytes:
+                raise TooLarge(f"{url}: more than {limits.max_bytes} bytes")
+    except zlib.error as exc:
+        raise NotDecodable(f"{url}: the {encoding} body is corrupt ({exc})") from None
+    decoded = body.decode(response.encoding or "utf-8", errors="replace")
     if mime in HTML_TYPES:
         title, text = html_text(decoded)
     else:

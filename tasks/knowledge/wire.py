@@ -1,18 +1,31 @@
-"""How a fetch's bytes come off the wire: every socket operation held to the fetch's deadline.
+"""How a fetch's bytes come off the wire: every socket operation held to the fetch's deadline, and
+compressed bodies inflated a bounded piece at a time.
 
-httpx's timeouts are per operation (a read timeout restarts with every byte, so a server that sends
-a byte a second is never cut off): the refresh uses httpcore's network backend API to shorten each
-operation's timeout to what is left of the whole fetch's.
+httpx's timeouts are per operation (a read timeout restarts with every byte), and its decoders
+inflate a whole network chunk at once (64 KiB of a gzip bomb is 64 MB): neither holds against a
+hostile server, so the refresh uses httpcore's network backend API for the first and zlib for the
+second.
 """
 
 from __future__ import annotations
 
+import itertools
 import ssl
 import time
 import typing
+import zlib
+from collections.abc import Iterable, Iterator
 
 import httpcore
 import httpx
+
+#: The encodings the refresh asks for, and the only ones it reads (no brotli or zstd: their
+#: decoders in httpx inflate without a bound, like its gzip one).
+ACCEPT_ENCODING = "gzip, deflate"
+#: The most a body grows by in one step of inflating: what a fetch may hold beyond its size cap.
+PIECE_BYTES = 65_536
+_GZIP_WBITS = zlib.MAX_WBITS | 16
+_WBITS = {"gzip": _GZIP_WBITS, "x-gzip": _GZIP_WBITS, "deflate": zlib.MAX_WBITS}
 
 
 class _Deadline:
@@ -88,3 +101,37 @@ def deadline_client(*, deadline: float, timeout: httpx.Timeout, verify: ssl.SSLC
     transport._pool = httpcore.ConnectionPool(ssl_context=verify, network_backend=_DeadlineBackend(_Deadline(deadline)))
     return httpx.Client(transport=transport, timeout=timeout, follow_redirects=False, trust_env=False)
 
+
+def decodable(encoding: str) -> bool:
+    """Whether a body in this ``Content-Encoding`` (lower case, stripped) can be read."""
+    return encoding in ("", "identity") or encoding in _WBITS
+
+
+def inflated(raw: Iterable[bytes], encoding: str) -> Iterator[bytes]:
+    """The body of ``raw`` (as it came, in the ``decodable`` ``encoding``) decoded, in pieces of at most
+    ``PIECE_BYTES``: a reader that stops at its size cap holds no more than the cap and one piece, whatever
+    the compression ratio. A corrupt body raises ``zlib.error``."""
+    if encoding not in _WBITS:
+        yield from raw  # pieces of at most httpcore's read size, 64 KiB
+        return
+    chunks, head, wbits = iter(raw), b"", _WBITS[encoding]
+    if encoding == "deflate":
+        # zlib data by the RFC, but sent raw often enough that httpx and browsers read both: the header tells.
+        for data in chunks:
+            head += data
+            if len(head) >= 2:
+                break
+        if not (len(head) >= 2 and head[0] & 0x0F == 8 and (head[0] << 8 | head[1]) % 31 == 0):
+            wbits = -zlib.MAX_WBITS
+    inflater = zlib.decompressobj(wbits)
+    for data in itertools.chain([head], chunks):
+        while True:
+            piece = inflater.decompress(data, PIECE_BYTES)
+            if piece:
+                yield piece
+            if inflater.eof:
+                return  # what follows the compressed stream is not the page (httpx ignores it too)
+            data = inflater.unconsumed_tail
+            # A full piece may leave output inside zlib with all its input taken: ask until one is not full.
+            if not data and len(piece) < PIECE_BYTES:
+                break

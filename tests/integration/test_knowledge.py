@@ -13,6 +13,7 @@ import ipaddress
 import json
 import math
 import time
+import tracemalloc
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import pytest
 from conftest import reload_settings
 from helpers import claim, expire_lease, results, run_row
-from knowledgeserver import KnowledgeSite, page
+from knowledgeserver import KnowledgeSite, gzip_bomb, page
 from sqlalchemy import select, text
 
 from dataengine.db import session_scope, statement_scope
@@ -28,7 +29,7 @@ from dataengine.errors import LeaseLost, SpecInvalid
 from dataengine.runloop import execute_run
 from dataengine.runs import _checkpoint_sql, checkpoint
 from models.knowledge import DocumentChunk, KnowledgeSource
-from tasks.knowledge import JOB, fetch, vectors
+from tasks.knowledge import JOB, fetch, vectors, wire
 from tasks.knowledge.config import KnowledgeLimits
 from tasks.knowledge.search import search_knowledge
 from tasks.knowledge.spec import start_runs
@@ -360,6 +361,36 @@ def test_a_server_that_trickles_its_answer_or_says_nothing_is_cut_off_at_the_who
     with pytest.raises(fetch.FetchTimedOut, match="not fetched within 1 s"):
         fetch.fetch(site.url(path), etag=None, last_modified=None, limits=limits, allow_private=True)
     assert time.monotonic() - started < limits.fetch_timeout_s + 0.5
+
+
+def test_compressed_pages_are_read_and_an_encoding_not_asked_for_is_refused(site):
+    # Large and repetitive: each read off the wire inflates to many pieces.
+    site.pages["/unchanged"] = page("Parking", [f"Parking space {i} is free for residents." for i in range(6_000)])
+    plain = fetch.fetch(site.url("/unchanged"), etag=None, last_modified=None, limits=_limits(), allow_private=True)
+    assert len(plain.text or "") > 3 * wire.PIECE_BYTES
+    for path in ("/gzip", "/deflate", "/raw-deflate"):
+        got = fetch.fetch(site.url(path), etag=None, last_modified=None, limits=_limits(), allow_private=True)
+        assert got.text == plain.text, path
+        assert site.accept_encoding[path] == "gzip, deflate"
+    with pytest.raises(fetch.NotDecodable, match="content encoding br is not one the refresh reads"):
+        fetch.fetch(site.url("/brotli"), etag=None, last_modified=None, limits=_limits(), allow_private=True)
+    with pytest.raises(fetch.NotDecodable, match="the gzip body is corrupt"):
+        fetch.fetch(site.url("/corrupt-gzip"), etag=None, last_modified=None, limits=_limits(), allow_private=True)
+
+
+def test_a_gzip_bomb_fails_as_too_large_holding_no_more_than_the_cap_and_a_piece(site):
+    limits = _limits(max_bytes=2_000_000)
+    assert len(gzip_bomb(1024)) < limits.max_bytes  # built before measuring; small enough to pass Content-Length
+    tracemalloc.start()
+    try:
+        with pytest.raises(fetch.TooLarge, match="more than 2000000 bytes"):
+            fetch.fetch(site.url("/gzip-bomb"), etag=None, last_modified=None, limits=limits, allow_private=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # The cap, the body's growth margin (an eighth), a piece or two and the client itself: 2.7 MB (147 MB when
+    # httpx inflated each 64 KiB read whole).
+    assert peak < limits.max_bytes + 1_000_000, f"peak {peak:,} bytes for a cap of {limits.max_bytes:,}"
 
 
 def test_a_refused_source_is_recorded_as_failed_when_private_addresses_are_not_allowed(knowledge, site, monkeypatch):
