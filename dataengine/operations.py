@@ -24,7 +24,9 @@ from dataengine.runs import retry_run
 
 #: ``--since`` units: 90s, 30m, 12h, 1d, 2w.
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_SINCE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_SINCE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.ASCII)
+#: The longest ``--since`` window: longer ones reach before any ledger row, and past what dates can count.
+MAX_SINCE = timedelta(days=36_500)
 
 #: Columns of a listed run.
 LISTED = ("id", "status", "current_query_index", "completed_steps", "total_steps", "cost_usd", "created_at",
@@ -35,8 +37,11 @@ def parse_since(value: str) -> timedelta:
     """``"1d"``, ``"12h"``, ``"30m"``, ``"90s"``, ``"2w"`` as a timedelta; ``ValueError`` saying the form otherwise."""
     match = _SINCE.match(value or "")
     if match is None:
-        raise ValueError(f"{value!r} is not a duration: write a number and a unit, as 90s, 30m, 12h, 1d or 2w")
-    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+        raise ValueError(f"{value[:40]!r} is not a duration: write a number and a unit, as 90s, 30m, 12h, 1d or 2w")
+    seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds > MAX_SINCE.total_seconds():
+        raise ValueError(f"{value[:40]!r} is longer than the longest window, {MAX_SINCE.days:,}d")
+    return timedelta(seconds=seconds)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from functools import lru_cache
 from typing import Literal, Self
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, AnyHttpUrl, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The key the stand-in LLM server accepts; refused outside development.
@@ -227,6 +227,9 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
     api_max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    #: Where clients reach the API (``https://engine.example.com``, behind a proxy): the ``status_url``
+    #: of a started run is built from it (without it, a path: never from a request's ``Host`` header).
+    public_base_url: AnyHttpUrl | None = None
     #: The most text (UTF-8 bytes, every string of it) one spec may carry, however it arrives (a task,
     #: the API, the CLI): the job's count and length limits allow more than a message should hold.
     max_spec_bytes: int = Field(16 * 1024 * 1024, ge=1024)

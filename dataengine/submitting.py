@@ -40,23 +40,32 @@ from models.events import EventType
 
 #: Longest idempotency key a producer may send (the column's width).
 MAX_IDEMPOTENCY_KEY_CHARS = 200
+#: Problems a refused spec's message lists at most (a million bad items make one short message).
+MAX_PROBLEMS_LISTED = 20
 #: Longest workspace id (the column's width).
 MAX_WORKSPACE_ID_CHARS = 100
 #: Text in a spec: stripped, and not empty (a job adds ``StringConstraints(max_length=...)``).
 SpecText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 
 
-def _scan(value: Any, nul: list[str], path: str = "") -> int:
+def _scan(value: Any, bad: list[str], path: str = "") -> int:
     """The UTF-8 bytes of every string in ``value`` (keys included); where one holds a NUL character,
-    which PostgreSQL text cannot store, its path is added to ``nul``."""
+    which PostgreSQL text cannot store, or a lone surrogate, which UTF-8 cannot, what is wrong with
+    it is added to ``bad``."""
     if isinstance(value, str):
         if "\x00" in value:
-            nul.append(path or "spec")
-        return len(value) if value.isascii() else len(value.encode(errors="replace"))
+            bad.append(f"{path or 'spec'}: text must not contain NUL (\\x00) characters")
+        if value.isascii():
+            return len(value)
+        try:
+            return len(value.encode())
+        except UnicodeEncodeError:
+            bad.append(f"{path or 'spec'}: text must be valid Unicode (it holds a lone surrogate)")
+            return len(value.encode(errors="replace"))
     if isinstance(value, dict):
-        return sum(_scan(k, nul, path) + _scan(v, nul, f"{path}.{k}".lstrip(".")) for k, v in value.items())
+        return sum(_scan(k, bad, path) + _scan(v, bad, f"{path}.{str(k)[:40]}".lstrip(".")) for k, v in value.items())
     if isinstance(value, list):
-        return sum(_scan(v, nul, f"{path}.{i}".lstrip(".")) for i, v in enumerate(value))
+        return sum(_scan(v, bad, f"{path}.{i}".lstrip(".")) for i, v in enumerate(value))
     return 0
 
 
@@ -123,12 +132,12 @@ def validate_spec(job: Job, spec: Any) -> tuple[BaseModel, SubmitOptions]:
     or ``SpecInvalid`` listing every problem on one line."""
     if not isinstance(spec, dict):
         raise SpecInvalid(details=f"spec: must be a JSON object, got {type(spec).__name__}")
-    nul: list[str] = []
-    size, limit = _scan(spec, nul), get_settings().max_spec_bytes
+    bad: list[str] = []
+    size, limit = _scan(spec, bad), get_settings().max_spec_bytes
     if size > limit:
         raise SpecInvalid(details=f"spec: {size:,} bytes of text; the limit is {limit:,} (DATAENGINE_MAX_SPEC_BYTES)")
-    if nul:
-        raise SpecInvalid(details="; ".join(f"{p}: text must not contain NUL (\\x00) characters" for p in nul))
+    if bad:
+        raise SpecInvalid(details="; ".join(bad[:MAX_PROBLEMS_LISTED]))
     fields = dict(spec)
     options = SubmitOptions(
         idempotency_key=_idempotency_key(fields.pop("idempotency_key", None)),
@@ -139,9 +148,11 @@ def validate_spec(job: Job, spec: Any) -> tuple[BaseModel, SubmitOptions]:
     try:
         return job.spec_model.model_validate(fields), options
     except ValidationError as exc:
+        errors = exc.errors()
         problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
-        )
+            f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in errors[:MAX_PROBLEMS_LISTED]
+        ) + (f"; and {len(errors) - MAX_PROBLEMS_LISTED:,} more" if len(errors) > MAX_PROBLEMS_LISTED else "")
         raise SpecInvalid(details=problems) from None
 
 

@@ -20,19 +20,27 @@ ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 30.0
 
 
+class APIBase(str):
+    """A live API's base URL (``http://127.0.0.1:PORT``), and the ``pid`` of the process serving it."""
+
+    pid: int
+
+
 @contextmanager
-def live_api(env: dict[str, str], *, log_path: Path) -> Iterator[str]:
-    """``dataengine api`` with ``env`` over this process's environment; yields its base URL, then stops it.
+def live_api(env: dict[str, str], *, log_path: Path) -> Iterator[APIBase]:
+    """``dataengine api`` with ``env`` over this process's environment; yields its base URL (with the
+    serving process's ``pid``), then stops it.
 
     ``env`` names the database, Redis and the key (``DATA_ENGINE_API_KEY``); the process dies with
     this one, and its log is ``log_path``.
     """
     port = free_port()
-    base = f"http://127.0.0.1:{port}"
+    base = APIBase(f"http://127.0.0.1:{port}")
     full_env = {**os.environ, "DATAENGINE_DIE_WITH_PARENT": "1", "DATAENGINE_LOG_LEVEL": "WARNING", **env}
     with log_path.open("wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "dataengine.cli", "api", "--port", str(port)], cwd=ROOT,
                                 env=full_env, stdout=log, stderr=subprocess.STDOUT)
+        base.pid = proc.pid
         try:
             deadline = time.monotonic() + START_TIMEOUT_S
             while True:

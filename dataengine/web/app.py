@@ -7,106 +7,23 @@ database or the broker is away, and never a stack trace.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from kombu.exceptions import OperationalError as BrokerError
-from redis.exceptions import RedisError
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from fastapi_offline import FastAPIOffline
 
-from dataengine.errors import DatabaseUnavailable, DataEngineError, InvalidRunId, RunNotFound, SpecInvalid
+from dataengine.errors import DataEngineError
 from dataengine.settings import get_settings
 from dataengine.web.health import Health, check_health, package_version
-
-log = logging.getLogger("dataengine.api")
+from dataengine.web.middleware import BodyLimit, EveryAnswerHeaders, KeyGate
+from dataengine.web.problems import handlers
 
 
 class NoKeyConfigured(DataEngineError):
     """The API refuses to start in production with no API key: set DATA_ENGINE_API_KEY, or create one
     with `dataengine api-keys create NAME`."""
-
-
-class BodyLimit:
-    """Refuse a body over ``limit`` bytes with 413: from its declared length before reading it, or
-    as soon as a body sent without one goes past the limit."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            await self._refuse(scope, receive, send)
-            return
-        seen, refused = 0, False
-
-        async def counted() -> Message:
-            nonlocal seen, refused
-            if refused:
-                return {"type": "http.disconnect"}
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:  # answer now; the app sees the client gone and its answer goes nowhere
-                refused = True
-                await self._refuse(scope, receive, send)
-                return {"type": "http.disconnect"}
-            return message
-
-        async def guarded(message: Message) -> None:
-            if not refused:
-                await send(message)
-
-        await self.app(scope, counted, guarded)
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        detail = f"the body is larger than {self.limit} bytes (DATAENGINE_API_MAX_BODY_BYTES)"
-        await JSONResponse({"detail": detail}, status_code=413, headers={"Connection": "close"})(scope, receive, send)
-
-
-def _problem(status: int, detail: Any) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=status)
-
-
-def _handlers() -> dict[Any, Callable[[Request, Any], Awaitable[JSONResponse]]]:
-    async def not_found(request: Request, exc: Exception) -> JSONResponse:
-        return _problem(404, str(exc))
-
-    async def invalid(request: Request, exc: Exception) -> JSONResponse:
-        return _problem(422, [{"loc": ["body"], "msg": str(exc), "type": "value_error"}])
-
-    async def database_down(request: Request, exc: Exception) -> JSONResponse:
-        log.warning("database unavailable: %s", type(exc).__name__)
-        return _problem(503, "the database is unavailable; try again shortly")
-
-    async def broker_down(request: Request, exc: Exception) -> JSONResponse:
-        log.warning("broker unavailable: %s", type(exc).__name__)
-        return _problem(503, "the broker (Redis) is unavailable; try again shortly")
-
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-            return await database_down(request, exc)
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return _problem(500, "internal error (logged by the API)")
-
-    return {
-        RunNotFound: not_found,
-        InvalidRunId: not_found,
-        SpecInvalid: invalid,
-        OperationalError: database_down,
-        InterfaceError: database_down,
-        DatabaseUnavailable: database_down,
-        RedisError: broker_down,
-        BrokerError: broker_down,
-        Exception: unexpected,
-    }
 
 
 @asynccontextmanager
@@ -124,12 +41,14 @@ def create_app() -> FastAPI:
     from dataengine.sentry import init_sentry
     from dataengine.web import pages, runs_api
     from dataengine.web.costs_api import add_costs
-    from dataengine.web.metrics_route import add_metrics
+    from dataengine.web.metrics_route import add_metrics, add_request_counter
 
     load_jobs()
     init_sentry("api")
-    app = FastAPI(
-        title="dataengine", version=package_version(), lifespan=_lifespan,
+    # FastAPIOffline: the /docs page's script and style come from this package, never from a CDN.
+    app = FastAPIOffline(
+        title="dataengine", version=package_version(), lifespan=_lifespan, redoc_url=None,
+        static_url="/docs/static",
         description="Start long LLM jobs, poll their progress, cancel and retry them. Every route but "
                     "/health needs `Authorization: Bearer KEY` or `X-API-Key: KEY`.",
     )
@@ -151,7 +70,11 @@ def create_app() -> FastAPI:
         found = check_health(api_key_configured=configured)
         return JSONResponse(found.model_dump(mode="json"), status_code=503 if found.status == "unhealthy" else 200)
 
-    for exc_type, handler in _handlers().items():
+    for exc_type, handler in handlers().items():
         app.add_exception_handler(exc_type, handler)
+    # The last added runs first: the key before the body's size, the headers on every answer.
     app.add_middleware(BodyLimit, limit=get_settings().api_max_body_bytes)
+    app.add_middleware(KeyGate)
+    app.add_middleware(EveryAnswerHeaders)
+    add_request_counter(app)
     return app

@@ -13,8 +13,9 @@ from functools import cache
 from typing import Any
 
 import redis
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Response
 from sqlalchemy import func, select
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dataengine.db import session_scope
 from dataengine.jobs import all_jobs
@@ -89,6 +90,11 @@ class FleetCollector:
         return found
 
 
+#: HTTP methods counted under their own name; any other is counted as ``other``: a label never takes
+#: its value from a request as it was sent (a client could make a series per request).
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 @cache
 def _requests() -> Any:
     """One counter per process, however many apps the tests create."""
@@ -97,23 +103,48 @@ def _requests() -> Any:
     return Counter("dataengine_api_requests", "HTTP requests the API answered", ["method", "route", "status"])
 
 
+class RequestCounter:
+    """Count every answer by method (known ones, else ``other``), route template (``unmatched`` when no
+    route took the request) and status."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app, self.requests = app, _requests()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500  # an exception that escapes every handler is answered 500 by Starlette
+
+        async def noted(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, noted)
+        finally:
+            method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.requests.labels(method, route, str(status)).inc()
+
+
+def add_request_counter(app: FastAPI) -> None:
+    """Count the API's requests (``dataengine_api_requests_total``), outermost, so that answers the
+    middleware gives (401 before the body, 413) are counted too."""
+    app.add_middleware(RequestCounter)
+
+
 def add_metrics(app: FastAPI) -> None:
-    """Serve ``/metrics`` and count the API's requests by route and status."""
+    """Serve ``/metrics``: this process's metrics and the fleet's."""
     from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
     from dataengine.celery_app import app as celery
 
-    requests = _requests()
     metrics()  # the engine's own families exist from the first scrape on
     fleet = CollectorRegistry()
     fleet.register(FleetCollector(celery.conf.task_default_queue))
-
-    @app.middleware("http")
-    async def count(request: Request, call_next: Any) -> Response:
-        response = await call_next(request)
-        route = request.scope.get("route")
-        requests.labels(request.method, getattr(route, "path", "unmatched"), str(response.status_code)).inc()
-        return response
 
     @app.get("/metrics", include_in_schema=False)
     def serve_metrics() -> Response:

@@ -47,6 +47,8 @@ ACTIVE_LISTED, RECENT_LISTED = 100, 25
 HISTORY_SHOWN = 200
 #: Result rows per page of a run's page, and the characters a cell shows at most.
 RESULTS_PAGE, CELL_CHARS = 50, 240
+#: The largest step index a run can have (the column is a PostgreSQL integer).
+MAX_STEP_INDEX = 2**31 - 1
 #: Fields of a step's item (as ``Job.load_steps`` reads it) that say what the step was about, by preference;
 #: an item that is a string (a query) is that string.
 STEP_TEXT_FIELDS = ("query_text", "review_text", "url", "title")
@@ -274,7 +276,7 @@ def page_runs() -> PageRuns:
 
 
 @api.get("/runs/{run_id}", response_model=RunDetail)
-def page_run(run_id: uuid.UUID, offset: int = Query(0, ge=0)) -> RunDetail:
+def page_run(run_id: uuid.UUID, offset: int = Query(0, ge=0, le=MAX_STEP_INDEX)) -> RunDetail:
     """A run and one page of its results from ``offset`` on."""
     job, row = find_run(run_id)
     with session_scope() as session:

@@ -23,8 +23,11 @@ from dataengine.estimates import Estimate
 from dataengine.inspect import find_run
 from dataengine.jobs import Job, all_jobs, get_job
 from dataengine.runs import request_cancel
+from dataengine.settings import get_settings
 from dataengine.submitting import MAX_BUDGET_USD, MAX_WORKSPACE_ID_CHARS, submit_run
+from dataengine.web.bodies import StrictJSONRoute
 from dataengine.web.keys import check_key
+from dataengine.web.middleware import KEY_ACCEPTED, key_from
 from dataengine.web.schemas import (
     EstimateView,
     EventView,
@@ -65,20 +68,22 @@ def presented_key(
     x_api_key: Annotated[str | None, Header(description="API_KEY")] = None,
 ) -> str | None:
     """The key sent as ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``."""
-    if authorization and authorization[:7].lower() == "bearer ":
-        return authorization[7:].strip()
-    return x_api_key
+    return key_from(authorization=authorization, x_api_key=x_api_key)
 
 
-def require_key(key: Annotated[str | None, Depends(presented_key)]) -> None:
-    """Every route but ``/health`` and the OpenAPI document: the same 401 for a missing or a wrong key."""
-    if not check_key(key):
-        raise HTTPException(401, "missing or invalid API key", headers={"WWW-Authenticate": "Bearer"})
+def require_key(request: Request, key: Annotated[str | None, Depends(presented_key)]) -> None:
+    """Every route but ``/health`` and the OpenAPI document: the same 401 for a missing or a wrong key.
+
+    :class:`~dataengine.web.middleware.KeyGate` has checked it already, before the body was read;
+    this is what the OpenAPI document shows, and the check for an app served without the gate."""
+    if request.scope.get("state", {}).get(KEY_ACCEPTED) or check_key(key):
+        return
+    raise HTTPException(401, "missing or invalid API key", headers={"WWW-Authenticate": "Bearer"})
 
 
 def new_router() -> APIRouter:
     """A router of ``/v1`` routes, every one behind the key."""
-    return APIRouter(prefix="/v1", dependencies=[Depends(require_key)], responses=ERRORS)
+    return APIRouter(prefix="/v1", dependencies=[Depends(require_key)], responses=ERRORS, route_class=StrictJSONRoute)
 
 
 router = new_router()
@@ -108,7 +113,10 @@ def _by_run_id(body: Any) -> str:
 
 
 def _status_url(request: Request, run_id: uuid.UUID | str) -> str:
-    return str(request.url_for("get_run", run_id=str(run_id)))
+    """Where to poll the run: under ``DATAENGINE_PUBLIC_BASE_URL``, else a path (never from the ``Host`` header)."""
+    path = request.app.url_path_for("get_run", run_id=str(run_id))
+    base = get_settings().public_base_url
+    return f"{str(base).rstrip('/')}{path}" if base is not None else f"{request.scope.get('root_path', '')}{path}"
 
 
 def _start_existing(request: Request, job: Job, run_id: uuid.UUID) -> Started:
