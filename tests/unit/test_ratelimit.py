@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import bisect
 import logging
+import math
 import random
 import socket
 import threading
+import time
 from collections.abc import Callable
 
 import fakeredis
@@ -255,7 +257,10 @@ def test_keys_are_per_model_under_the_prefix_and_expire(server, clock):
 
 def test_redis_clock_is_used_without_a_clock_hook(server):
     lim = FleetLimiter(fakeredis.FakeRedis(server=server), lambda m: ModelLimits(rpm=600, tpm=10**6), max_wait_s=0)
-    assert len(admitted_now(lim, "m")) == 9
+    started = time.monotonic()
+    admitted = len(admitted_now(lim, "m"))
+    # The burst of 9, and what the wall clock (10 a second) let in meanwhile on a busy machine.
+    assert 9 <= admitted <= 9 + math.ceil((time.monotonic() - started) * 10)
     lim.pause("m", 30)
     assert 29 < lim.paused_for("m") <= 30
 
