@@ -19,7 +19,14 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dataengine.errors import DatabaseUnavailable, DataEngineError, InvalidRunId, RunNotFound, SpecInvalid
+from dataengine.errors import (
+    DatabaseUnavailable,
+    DataEngineError,
+    IdempotencyKeyReused,
+    InvalidRunId,
+    RunNotFound,
+    SpecInvalid,
+)
 from dataengine.settings import get_settings
 from dataengine.web.health import Health, check_health, package_version
 
@@ -82,6 +89,9 @@ def _handlers() -> dict[Any, Callable[[Request, Any], Awaitable[JSONResponse]]]:
     async def invalid(request: Request, exc: Exception) -> JSONResponse:
         return _problem(422, [{"loc": ["body"], "msg": str(exc), "type": "value_error"}])
 
+    async def conflict(request: Request, exc: Exception) -> JSONResponse:
+        return _problem(409, str(exc))
+
     async def database_down(request: Request, exc: Exception) -> JSONResponse:
         log.warning("database unavailable: %s", type(exc).__name__)
         return _problem(503, "the database is unavailable; try again shortly")
@@ -100,6 +110,7 @@ def _handlers() -> dict[Any, Callable[[Request, Any], Awaitable[JSONResponse]]]:
         RunNotFound: not_found,
         InvalidRunId: not_found,
         SpecInvalid: invalid,
+        IdempotencyKeyReused: conflict,
         OperationalError: database_down,
         InterfaceError: database_down,
         DatabaseUnavailable: database_down,
