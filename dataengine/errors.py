@@ -30,6 +30,10 @@ class SpecInvalid(DataEngineError):
     """The run spec is invalid: {details}"""
 
 
+class IdempotencyKeyReused(DataEngineError):
+    """idempotency key {key!r} was used with a different spec (run {run_id}); use a new key"""
+
+
 class LeaseLost(DataEngineError):
     """Run {run_id} was taken over by another worker (fencing token {token} is stale); this worker stops."""
 

@@ -11,6 +11,7 @@ that dies holding it is found by the sweepers like any other.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -27,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from dataengine import workspaces
 from dataengine.db import statement_scope
-from dataengine.errors import SpecInvalid
+from dataengine.errors import IdempotencyKeyReused, SpecInvalid
 from dataengine.estimates import Estimate, estimate
 from dataengine.events import insert_sql
 from dataengine.jobs import STEP_KEY_COLUMNS, Job
@@ -83,7 +84,7 @@ def _idempotency_key(value: Any) -> str | None:
 class SubmitOptions:
     """What a submit may carry besides the job's own spec: the engine's fields, the same for every job."""
 
-    #: A producer's key: a second submit with the same key returns the same run.
+    #: A producer's key: a second submit with the same key and spec returns the same run (another spec: 409).
     idempotency_key: str | None = None
     #: The most the run may spend on LLM calls: it stops before the call that would cross it.
     max_cost_usd: Decimal | None = None
@@ -187,6 +188,30 @@ class Created:
     sent_at: float = 0.0
 
 
+def spec_digest(*, spec: BaseModel, options: SubmitOptions) -> str:
+    """SHA-256 (hex) of what makes a run what it is: the validated spec and the options that change the run
+    (budget, workspace), as JSON with sorted keys. Key order, whitespace, defaults spelled out or left out
+    and ``5`` against ``5.0`` dollars all give the same digest; ``dry_run`` and the key itself are not in it."""
+    normal = {
+        "spec": spec.model_dump(mode="json"),
+        "max_cost_usd": None if options.max_cost_usd is None else str(options.max_cost_usd),
+        "workspace_id": options.workspace_id,
+    }
+    digest = hashlib.sha256()
+    # Hashed a piece at a time: a spec of 10,000 queries is not held once more as one string.
+    for piece in json.JSONEncoder(sort_keys=True, separators=(",", ":")).iterencode(normal):
+        digest.update(piece.encode())
+    return digest.hexdigest()
+
+
+def _same_spec(found: Any, *, key: str, digest: str) -> Created:
+    """The run a key made before, when this submit's spec is the one it was made with; a run from before
+    digests were stored (``NULL``) is returned as it always was."""
+    if found.spec_digest is not None and found.spec_digest != digest:
+        raise IdempotencyKeyReused(key=key, run_id=found.id)
+    return Created(found.id, found.status)
+
+
 def create_run(*, session: Session | Connection, job: Job, spec: BaseModel,
                options: SubmitOptions | None = None) -> tuple[uuid.UUID, str]:
     """Create the run and its steps, once per idempotency key; returns (run id, status)."""
@@ -199,18 +224,21 @@ def _create(*, session: Session | Connection, job: Job, spec: BaseModel, options
             here: StartHere | None) -> Created:
     """Insert the run and its steps in one statement (a transaction by itself on an autocommit connection).
     ``here``: claimed by that worker, its first steps recorded as in flight (so that its loop starts
-    them without a checkpoint of its own). A run whose key exists already is returned as it is."""
-    runs, idempotency_key = job.runs, options.idempotency_key
+    them without a checkpoint of its own). A run whose key exists already is returned as it is, if it was
+    made from the same spec (``IdempotencyKeyReused`` if not)."""
+    runs, idempotency_key, digest = job.runs, options.idempotency_key, None
     if idempotency_key is not None:  # a repeated submit: found without building or sending its steps again
-        existing = session.execute(select(runs.c.id, runs.c.status).where(runs.c.idempotency_key == idempotency_key))
+        digest = spec_digest(spec=spec, options=options)
+        existing = session.execute(select(runs.c.id, runs.c.status, runs.c.spec_digest)
+                                   .where(runs.c.idempotency_key == idempotency_key))
         if (found := existing.one_or_none()) is not None:
-            return Created(found.id, found.status)
+            return _same_spec(found, key=idempotency_key, digest=digest)
     new = job.build(spec)
     s = get_settings()
     claimed = here is not None and bool(new.steps)
     values = {f"v_{name}": value for name, value in new.values.items()}
     params = {
-        **values, "id": uuid.uuid4(), "total_steps": len(new.steps), "key": idempotency_key,
+        **values, "id": uuid.uuid4(), "total_steps": len(new.steps), "key": idempotency_key, "digest": digest,
         "max_cost": options.max_cost_usd, "workspace": options.workspace_id, "steps": _steps_json(new.steps),
         "status": (RunStatus.running if claimed else RunStatus.queued).value,
         "owner": here.worker_id if claimed else None, "task_id": here.task_id if claimed else None,
@@ -221,7 +249,7 @@ def _create(*, session: Session | Connection, job: Job, spec: BaseModel, options
     }
     sent = time.monotonic()
     row = session.execute(_create_sql(job, tuple(sorted(new.values))), params).one_or_none()
-    if row is None:  # a concurrent submit with the same key won the race
+    if row is None:  # a concurrent submit with the same key won the race (committed): its digest decides
         return _create(session=session, job=job, spec=spec, options=options, here=None)
     metrics().runs_submitted.labels(job.key).inc()
     if not claimed:
@@ -250,6 +278,7 @@ def _create_sql(job: Job, value_columns: tuple[str, ...]) -> TextClause:
     claimed = "CASE WHEN CAST(:owner AS text) IS NULL THEN NULL ELSE now() END"
     engine_columns = {
         "id": ":id", "total_steps": ":total_steps", "idempotency_key": ":key",
+        "spec_digest": "CAST(:digest AS text)",
         "max_cost_usd": "CAST(:max_cost AS numeric)", "workspace_id": "CAST(:workspace AS text)", "status": "CAST(:status AS text)",
         "lease_owner": "CAST(:owner AS text)", "task_id": ":task_id", "fencing_token": ":token",
         "in_flight_steps": "CAST(:in_flight AS integer[])", "lease_expires_at": "now() + CAST(:lease AS interval)",

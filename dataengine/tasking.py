@@ -10,6 +10,7 @@ from celery.exceptions import Ignore, Reject
 
 from dataengine.errors import (
     DatabaseUnavailable,
+    IdempotencyKeyReused,
     InvalidRunId,
     RunNotFound,
     SpecInvalid,
@@ -122,9 +123,11 @@ def define_tasks(job: Job) -> None:
         return submitted.as_dict() if isinstance(submitted, Estimate) else submitted
 
     run.__doc__ = f"Execute the {job.name} run ``run_id`` (resuming it if it was interrupted)."
-    submit.__doc__ = (f"Create a {job.name} run from its JSON spec (once per ``idempotency_key``) and start it; "
-                      "with ``dry_run=True`` only its estimate is returned.")
+    submit.__doc__ = (f"Create a {job.name} run from its JSON spec (once per ``idempotency_key``: the same key "
+                      "with another spec fails) and start it; with ``dry_run=True`` only its estimate is returned.")
     run.__name__, submit.__name__ = f"{job.key}_run", f"{job.key}_submit"
     shared_task(name=job.task_name, bind=True, base=RunTask)(run)
     # Over in moments: a STARTED state would cost two more Redis round trips per submit for nothing.
-    shared_task(name=job.submit_task_name, bind=True, throws=(SpecInvalid,), track_started=False)(submit)
+    # Bad input (an invalid spec, a key reused with another spec) fails it with its message, without a traceback.
+    shared_task(name=job.submit_task_name, bind=True, throws=(SpecInvalid, IdempotencyKeyReused),
+                track_started=False)(submit)

@@ -89,8 +89,11 @@ class RunMixin:
     #: What the run found, written in the transaction that completes it.
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default="false")
-    #: A producer's key: a second submit with the same key returns the same run.
+    #: A producer's key: a second submit with the same key (and the same spec) returns the same run.
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    #: SHA-256 (hex) of the normalised spec a key's run was made from: the same key with another spec is
+    #: refused. NULL for runs made without a key, by a producer's own SQL, or before it was stored.
+    spec_digest: Mapped[str | None] = mapped_column(String(64))
 
     # Lease and fencing: owned by dataengine.runs and dataengine.recovery.
     lease_owner: Mapped[str | None] = mapped_column(String(200))

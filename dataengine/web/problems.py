@@ -18,7 +18,7 @@ from kombu.exceptions import OperationalError as BrokerError
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from dataengine.errors import DatabaseUnavailable, InvalidRunId, RunNotFound, SpecInvalid
+from dataengine.errors import DatabaseUnavailable, IdempotencyKeyReused, InvalidRunId, RunNotFound, SpecInvalid
 
 log = logging.getLogger("dataengine.api")
 
@@ -84,6 +84,9 @@ def handlers() -> dict[Any, Callable[[Request, Any], Awaitable[JSONResponse]]]:
     async def invalid(request: Request, exc: Exception) -> JSONResponse:
         return problem(422, [{"loc": ["body"], "msg": shorten(str(exc), 4 * MESSAGE_CHARS), "type": "value_error"}])
 
+    async def conflict(request: Request, exc: Exception) -> JSONResponse:
+        return problem(409, str(exc))
+
     async def validation_failed(request: Request, exc: RequestValidationError) -> JSONResponse:
         return unprocessable_list(list(exc.errors()))
 
@@ -106,6 +109,7 @@ def handlers() -> dict[Any, Callable[[Request, Any], Awaitable[JSONResponse]]]:
         RunNotFound: not_found,
         InvalidRunId: not_found,
         SpecInvalid: invalid,
+        IdempotencyKeyReused: conflict,
         OperationalError: database_down,
         InterfaceError: database_down,
         DatabaseUnavailable: database_down,

@@ -61,6 +61,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"model": Problem, "description": "The database or the broker is unavailable"},
 }
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Problem, "description": "No such run"}}
+KEY_REUSED: dict[int | str, dict[str, Any]] = {
+    409: {"model": Problem, "description": "The idempotency key was used before with a different spec"}}
 
 
 def presented_key(
@@ -164,8 +166,11 @@ def _add_submit_route(jobs_router: APIRouter, job: Job) -> None:
 
     start.__doc__ = (f"Start a {job.name} run: send `run_id` for a row you created, or the whole spec. "
                      "Answers 202 with the run's id and the URL to poll; with `\"dry_run\": true`, 200 with the "
-                     "run's estimate (steps, calls, tokens, cost) and nothing created.")
-    responses = NOT_FOUND | {200: {"model": EstimateView, "description": "A dry run's estimate: nothing was created"}}
+                     "run's estimate (steps, calls, tokens, cost) and nothing created. The same `Idempotency-Key` "
+                     "(or `idempotency_key`) with the same spec, budget and workspace answers the first run again "
+                     "(key order and whitespace do not matter); with anything else, 409 and nothing created.")
+    responses = NOT_FOUND | KEY_REUSED | {
+        200: {"model": EstimateView, "description": "A dry run's estimate: nothing was created"}}
     jobs_router.post(f"/{job.key}/runs", status_code=202, response_model=Started, responses=responses,
                 operation_id=f"start_{job.key}", summary=f"Start a {job.name} run")(start)
 

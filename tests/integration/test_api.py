@@ -89,6 +89,41 @@ def test_a_spec_starts_a_run_once_per_idempotency_key(api):
         by_field.json()["run_id"]
 
 
+def _count_runs() -> tuple[int, int]:
+    with session_scope() as session:
+        return session.execute(text("SELECT (SELECT count(*) FROM geo_runs), (SELECT count(*) FROM geo_queries)")).one()
+
+
+def _reordered(value: Any) -> Any:
+    """The same JSON with every object's keys in reverse order."""
+    return {k: _reordered(value[k]) for k in reversed(value)} if isinstance(value, dict) else value
+
+
+def test_the_same_idempotency_key_with_another_spec_is_409_and_creates_nothing(api):
+    key = {**AUTH, "Idempotency-Key": "k1"}
+    spec = {**audit_spec(2), "max_cost_usd": 5}
+    first = api.post("/v1/propertyaudit/runs", json=spec, headers=key)
+    assert first.status_code == 202, first.text
+    run_id = first.json()["run_id"]
+    # Key order, whitespace, "5.0" for 5 and a default spelled out make no other spec.
+    same = json.dumps(_reordered({**spec, "max_cost_usd": "5.0", "model": None}), indent=4)
+    again = api.post("/v1/propertyaudit/runs", content=same, headers={**key, "Content-Type": "application/json"})
+    assert again.status_code == 202 and again.json()["run_id"] == run_id, again.text
+    other = {**audit_spec(3, name="Elm Court"), "max_cost_usd": 2}
+    for body in (other, {**spec, "max_cost_usd": 6}, {**spec, "queries": spec["queries"][:1]}):
+        refused = api.post("/v1/propertyaudit/runs", json=body, headers=key)
+        assert refused.status_code == 409, refused.text
+        assert refused.json() == {"detail": f"idempotency key 'k1' was used with a different spec (run {run_id}); "
+                                            "use a new key"}
+    assert _count_runs() == (1, 2) and run_row(run_id)["max_cost_usd"] == 5
+    by_field = api.post("/v1/reviewflow/runs", json=review_spec(2, key="k2"), headers=AUTH)
+    assert by_field.status_code == 202
+    assert api.post("/v1/reviewflow/runs", json=review_spec(3, key="k2"), headers=AUTH).status_code == 409
+    with session_scope() as session:  # a run made before digests were stored keeps the old answer
+        session.execute(text("UPDATE geo_runs SET spec_digest = NULL"))
+    assert api.post("/v1/propertyaudit/runs", json=other, headers=key).json()["run_id"] == run_id
+
+
 def test_a_run_the_web_app_created_itself_is_started_by_id_and_an_unknown_one_is_404(api):
     run_id = create_audit(2)
     answer = api.post("/v1/propertyaudit/runs", json={"run_id": str(run_id)}, headers=AUTH)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import tracemalloc
 import uuid
+from typing import Any
 
 import pytest
 from conftest import wait_for
@@ -118,3 +120,40 @@ def test_a_spec_of_10000_queries_is_accepted_and_written_without_holding_it_many
     assert peak < 6 * size, f"peak {peak:,} bytes for a spec of {size:,}"
     with session_scope() as session:
         assert session.scalar(text("SELECT count(*) FROM geo_queries WHERE run_id = :r"), {"r": run_id}) == 10_000
+
+
+def _waiting_on_a_lock() -> int:
+    from dataengine.db import session_scope
+
+    with session_scope() as session:  # a transaction of its own each time: pg_stat_activity is a snapshot per transaction
+        return session.scalar(text("SELECT count(*) FROM pg_stat_activity"
+                                   " WHERE wait_event_type = 'Lock' AND datname = current_database()"))
+
+
+def test_two_submits_racing_with_one_key_and_two_specs_make_one_run_and_refuse_the_other(db_url):
+    """The unique index decides: the second insert waits for the first one's commit, does nothing, and
+    the first one's digest refuses its spec (it read no row before, so only the insert can tell)."""
+    from dataengine.db import session_scope
+    from dataengine.errors import IdempotencyKeyReused
+    from dataengine.submitting import create_run, submit_run, validate_spec
+    from tasks.propertyaudit import JOB
+
+    sent: list[Any] = []
+    outcome: dict[str, Any] = {}
+
+    def second() -> None:
+        try:
+            outcome["run"] = submit_run(job=JOB, spec=audit_spec(3, name="Elm Court", key="race"),
+                                        send=lambda name, kwargs: sent.append(kwargs))
+        except IdempotencyKeyReused as exc:
+            outcome["error"] = str(exc)
+
+    validated, options = validate_spec(JOB, audit_spec(2, key="race"))
+    with session_scope() as session:  # the first insert, not yet committed while the second one is sent
+        first, _ = create_run(session=session, job=JOB, spec=validated, options=options)
+        racer = threading.Thread(target=second)
+        racer.start()
+        wait_for(_waiting_on_a_lock, timeout_s=10, what="the second insert to wait for the first one's commit")
+    racer.join(timeout=10)
+    assert outcome == {"error": f"idempotency key 'race' was used with a different spec (run {first}); use a new key"}
+    assert runs_in_db() == 1 and sent == [] and run_row(first)["total_steps"] == 2

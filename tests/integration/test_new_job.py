@@ -35,8 +35,12 @@ def test_a_new_job_gets_its_tasks_cli_and_workers_from_its_job_alone(workers, ec
     row = wait_for(lambda: _finished(run_id), timeout_s=30, what="the Echo run to finish")
     assert row["status"] == "completed" and row["summary"] == {"chunks": 3}
     assert [r["echoed"] for _, r in sorted(results(run_id).items())] == ["A B", "C"]
-    again = app.send_task("echo.submit", kwargs={"texts": ["other"], "idempotency_key": "k1"}).get(timeout=30)
+    again = app.send_task("echo.submit", kwargs={"idempotency_key": "k1", "texts": ["a b", "c"]}).get(timeout=30)
     assert again == str(run_id)  # the engine's idempotency, not the job's
+    other = app.send_task("echo.submit", kwargs={"texts": ["other"], "idempotency_key": "k1"})
+    other.get(timeout=30, propagate=False)
+    assert other.state == "FAILURE" and str(other.result) == (
+        f"idempotency key 'k1' was used with a different spec (run {run_id}); use a new key")
     refused = app.send_task("echo.submit", kwargs={"texts": []})
     refused.get(timeout=30, propagate=False)
     assert refused.state == "FAILURE" and "texts: List should have at least 1 item" in str(refused.result)

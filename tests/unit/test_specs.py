@@ -10,7 +10,7 @@ from helpers import audit_spec
 from dataengine.errors import InvalidRunId, SpecInvalid
 from dataengine.runs import parse_run_id
 from dataengine.settings import PLACEHOLDER_API_KEY, Settings
-from dataengine.submitting import validate_spec
+from dataengine.submitting import spec_digest, validate_spec
 from tasks.propertyaudit import JOB
 
 
@@ -20,6 +20,21 @@ def test_a_valid_spec_is_normalised():
     assert spec.property.name == "Cedar Flats" and spec.model == "gpt-4o" and len(spec.queries) == 2
     assert options.idempotency_key == "order-7" and options.workspace_id == "acme" and not options.dry_run
     assert options.max_cost_usd == Decimal("2.5")
+
+
+def _digest(**change: object) -> str:
+    spec, options = validate_spec(JOB, {**audit_spec(2, key="k"), "max_cost_usd": 5, **change})
+    return spec_digest(spec=spec, options=options)
+
+
+def test_the_spec_digest_is_of_the_normalised_spec_and_the_options_that_change_the_run():
+    same = _digest()
+    assert len(same) == 64 and int(same, 16) >= 0
+    spelled = {"aliases": ["Cedar Flats Austin "], "city": " Austin", "name": "Cedar Flats", "website": None}
+    assert _digest(property=spelled, model=None, max_cost_usd="5.000", dry_run=True, idempotency_key="k2") == same
+    others = [_digest(max_cost_usd=6), _digest(max_cost_usd=None), _digest(workspace_id="acme"), _digest(model="gpt-4o"),
+              _digest(queries=["best apartments in austin q 1", "best apartments in austin q 0"])]
+    assert len({same, *others}) == 6
 
 
 @pytest.mark.parametrize(
