@@ -63,12 +63,20 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["REDIS_URL"] = _redis_db_url(base, _redis_db)
 
 
+#: Fixtures that start processes of their own (workers, a browser, a pooler, a live API): a test
+#: that uses one is ``slow``, left out of the quick tier (``scripts/test.sh --quick``).
+PROCESS_FIXTURES = frozenset({"workers", "browser", "pgbouncer", "live"})
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Everything under tests/faults is the fault-injection suite (``-m faults``), and runs first,
-    the longest first (by the time limit each was given): see :func:`pytest_xdist_make_scheduler`."""
+    the longest first (by the time limit each was given): see :func:`pytest_xdist_make_scheduler`.
+    It, and every test that starts processes, is ``slow``."""
     for item in items:
         if "faults" in item.path.parts:
             item.add_marker(pytest.mark.faults)
+        if "faults" in item.path.parts or PROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
     def budget(item: pytest.Item) -> float:
         marker = item.get_closest_marker("timeout")
