@@ -153,7 +153,8 @@ def watch(run_id: str) -> None:
 
 @cli.command()
 def cancel(run_id: str) -> None:
-    """Ask a run to stop between steps (a run no worker holds is cancelled at once)."""
+    """Ask a run to stop: within 2 s, the results of its steps in flight dropped (a run no worker holds is
+    cancelled at once)."""
     _jobs()
     from dataengine.db import session_scope
     from dataengine.inspect import find_run

@@ -6,7 +6,8 @@ they finish, each batch in one transaction that also records the steps about to 
 after them, so a worker that dies is charged to the steps it may have had in flight; being
 fenced, that write also proves the lease is still this worker's before any step starts (steps
 recorded ahead start within a heartbeat interval of such a proof). The process's heartbeat
-(``dataengine.heartbeats``) keeps the lease alive and notices cancellation or a takeover.
+(``dataengine.heartbeats``) keeps the lease alive and notices cancellation or a takeover; a cancelled
+run abandons its steps in flight, as it does a step past ``step_timeout_s``, and ends without them.
 Database outages are waited out (``db_retry_limit_s``): every write is fenced and idempotent,
 so retrying is safe.
 """
@@ -333,7 +334,8 @@ class Execution:
             if self.pending:
                 deadlines.append(self.pending_since + GATHER_S)
             soonest = min(deadlines, default=0) - time.monotonic()
-            timeout = max(min(self.s.heartbeat_interval_s, soonest), 0.01)
+            # Cancelled: take what has finished and abandon the rest now, not after the slowest step.
+            timeout = 0 if self.cancelled else max(min(self.s.heartbeat_interval_s, soonest), 0.01)
             finished, _ = wait(self.in_flight, timeout=timeout, return_when=FIRST_COMPLETED)
             self._advance(self._collect(finished), steps, context)
 
@@ -352,14 +354,23 @@ class Execution:
             else:
                 for step in running.steps:
                     self._step_failed(step, exc, results)
-        now = time.monotonic()
-        for future, running in list(self.in_flight.items()):
-            if now >= running.deadline:
-                # A thread cannot be stopped: it is left to end on its own (the SDK's timeout ends it).
-                del self.in_flight[future]
+        for running in self._abandon():
+            if not self.cancelled:  # a cancelled run drops its abandoned steps: they failed at nothing
                 for step in running.steps:
                     self._step_failed(step, StepTimedOut(timeout_s=self.s.step_timeout_s), results)
         return results
+
+    def _abandon(self) -> list[_Running]:
+        """Stop waiting for the steps in flight past their deadline, or for all of them once the run is
+        cancelled. A thread cannot be stopped: it ends on its own (the SDK's or the fetch's timeout), and
+        its result is dropped, never checkpointed (only this loop checkpoints, and only what it still
+        awaits; after the run ends its fenced writes match no row). The step budget counts the thread
+        until it ends, as it is busy until then."""
+        now = time.monotonic()
+        dropped = [f for f, r in self.in_flight.items() if self.cancelled or now >= r.deadline]
+        for future in dropped:
+            future.cancel()  # one still queued behind other runs' steps never starts
+        return [self.in_flight.pop(future) for future in dropped]
 
     def _transient(self, exc: BaseException) -> bool:
         return llm.is_transient(exc) or isinstance(exc, self.job.transient_errors) or bool(getattr(exc, "retryable", False))

@@ -409,7 +409,8 @@ def hold_paused(*, session: Session, job: Job, still_paused: Callable[[str | Non
 
 
 def request_cancel(*, session: Session, job: Job, run_id: uuid.UUID) -> str:
-    """Ask a run to stop between steps; a run no worker holds is cancelled at once. Returns its status."""
+    """Ask a run to stop: a run no worker holds is cancelled at once, a running one within a second or two
+    (its loop abandons the steps in flight and drops their results). Returns its status."""
     t = job.runs
     row = session.execute(
         update(t).where(t.c.id == run_id).values(cancel_requested=True).returning(t.c.status, t.c.lease_owner)

@@ -276,7 +276,8 @@ CONFLICT: dict[int | str, dict[str, Any]] = {409: {"model": Problem, "descriptio
 @router.post("/runs/{run_id}/cancel", status_code=202, response_model=RunState, responses=NOT_FOUND | CONFLICT,
              summary="Cancel a run")
 def cancel_run(run_id: uuid.UUID) -> RunState:
-    """Stop the run between steps (one no worker holds is cancelled at once)."""
+    """Stop the run: cancelled at once if no worker holds it, else within 2 s, the results of the steps
+    in flight dropped (a finished step may still be recorded)."""
     job, row = find_run(run_id)
     if row["status"] in FINAL_STATUSES:
         raise HTTPException(409, f"run is already {row['status']}")

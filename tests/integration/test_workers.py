@@ -378,3 +378,59 @@ def test_a_running_run_of_any_job_is_cancelled_between_steps(workers, fake_llm, 
     asked = sum(kind.asked(fake_llm, p) > 0 for p in prompts)
     assert asked <= row["completed_steps"] + get_settings().step_concurrency * kind.group  # nothing started after
     assert a.proc.poll() is None and "Run cancelled" in a.log_text()
+
+
+#: How soon a cancel must take effect, whatever the steps in flight wait on (issue 22).
+CANCEL_WITHIN_S = 2.0
+
+
+def test_a_cancel_does_not_wait_for_hung_steps_and_never_records_them(workers, fake_llm):
+    """A run whose LLM calls hang is cancelled within ``CANCEL_WITHIN_S`` of the request; the hung steps are
+    abandoned, their late results never written, and the worker runs another run on the same step threads
+    (as many as the run keeps in flight: a thread or a count lost to the abandoned steps would stall it)."""
+    from dataengine.db import session_scope
+    from dataengine.events import history
+    from dataengine.runs import request_cancel
+    from tasks.propertyaudit import JOB
+
+    spec = audit_spec(6)
+    hung = spec["queries"][2:4]
+    fake_llm.configure(hang_substrings=hung)
+    a = workers("a", env={"DATAENGINE_CALLS_IN_FLIGHT": os.environ["DATAENGINE_STEP_CONCURRENCY"]})
+    run_id = create(spec)
+    enqueue(run_id)
+    wait_for(lambda: progressed(run_id, 4) and all(q in fake_llm.stats()["prompts"] for q in hung), timeout_s=10,
+             what="4 steps recorded and 2 hung")
+    requested = time.monotonic()
+    with session_scope() as session:
+        assert request_cancel(session=session, job=JOB, run_id=run_id) == "running"
+    row = wait_for(lambda: finished(run_id), timeout_s=CANCEL_WITHIN_S, what="the cancel to take effect")
+    assert time.monotonic() - requested < CANCEL_WITHIN_S
+    assert row["status"] == "cancelled" and row["lease_owner"] is None and row["in_flight_steps"] == []
+    assert sorted(results(run_id)) == [0, 1, 4, 5] and row["completed_steps"] == 4
+    with session_scope() as session:
+        ended = history(session, run_id)[-1]
+    assert (ended["event"], ended["detail"]) == ("cancelled", "cancelled by request")
+
+    # The hung calls still hold two of the worker's step threads: another run goes on with the others.
+    other = create(audit_spec(6, tag="s"))
+    enqueue(other)
+    row = wait_for(lambda: finished(other), timeout_s=10, what="another run to finish on worker a")
+    assert row["status"] == "completed" and sorted(results(other)) == list(range(6))
+
+    fake_llm.configure(hang_substrings=[])  # the abandoned steps get their answers and end now
+    wait_for(lambda: journaled(run_id, {2, 3}) == 4, timeout_s=10, what="the abandoned steps' late answers")
+    assert sorted(results(run_id)) == [0, 1, 4, 5] and run_row(run_id)["completed_steps"] == 4
+    assert a.proc.poll() is None
+
+
+def journaled(run_id: uuid.UUID, steps: set[int]) -> int:
+    """How many LLM answers the journal holds for ``steps`` of the run."""
+    from sqlalchemy import func, select
+
+    from dataengine.db import session_scope
+    from models.journal import LLMResponse
+
+    t = LLMResponse.__table__
+    with session_scope() as session:
+        return session.scalar(select(func.count()).where(t.c.run_id == run_id, t.c.step_index.in_(steps)))

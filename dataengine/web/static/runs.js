@@ -331,7 +331,7 @@ function runPage(runId) {
       const state = await call(`/runs/${runId}/${action}`, "POST");
       if (action === "retry") message.textContent = "queued again: it resumes from its checkpoint";
       else if (state.status === "cancelled") message.textContent = "cancelled";
-      else message.textContent = "cancel requested: the run stops after the steps in flight";
+      else message.textContent = "cancel requested: the run stops within seconds";
       actedOn = state.status;
     } catch (error) {
       if (!(error instanceof LoggedOut)) message.textContent = `${action} failed: ${error.message}`;
