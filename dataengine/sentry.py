@@ -25,6 +25,7 @@ def secrets_of(s: Settings) -> list[str]:
     found = [v.get_secret_value() for v in (s.openai_api_key, s.api_key, s.flower_basic_auth, s.sentry_dsn)
              if v is not None]
     found += s.encryption_key.get_secret_value().split(",") if s.encryption_key is not None else []
+    found += s.session_secret.get_secret_value().split(",") if s.session_secret is not None else []
     for url in (s.database_url, s.redis_url, *found):
         password = urlsplit(url).password if "://" in url else None
         if password:

@@ -22,6 +22,10 @@ PLACEHOLDER_API_KEY = "sk-local-stand-in"
 #: The placeholder password of .env.example, and the shortest API key production accepts.
 PLACEHOLDER_SECRET = "change-me"  # noqa: S105  the placeholder production refuses (Settings._check_production_secrets)
 MIN_PRODUCTION_API_KEY_CHARS = 16
+#: The shortest session secret production accepts (``openssl rand -hex 32`` makes 64 characters).
+MIN_PRODUCTION_SESSION_SECRET_CHARS = 32
+#: How to make a secret for ``DATAENGINE_SESSION_SECRET``.
+MAKE_SESSION_SECRET = "openssl rand -hex 32"  # noqa: S105  a command that makes one, not a secret
 #: How to make a key for ``DATAENGINE_ENCRYPTION_KEY``.
 MAKE_FERNET_KEY = "python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
 
@@ -235,6 +239,15 @@ class Settings(BaseSettings):
     max_spec_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     #: One API key, as the web apps of the seeds configure it; ``dataengine api-keys`` adds named ones.
     api_key: SecretStr | None = Field(None, validation_alias=_env("DATA_ENGINE_API_KEY"))
+    #: Secrets that sign the runs page's session cookies (``dataengine.web.sessions``), separated by commas:
+    #: the first signs, every one verifies. To rotate, put a new one first and drop the old one after the
+    #: session TTL (12 h). Every API process must share them, so there is no per-process default: unset,
+    #: the runs page's login is refused (the /v1 API works as before).
+    session_secret: SecretStr | None = None
+    #: Where browsers and web apps reach this API (``https://engine.example.com``), which a proxy in front
+    #: of it may hide from it; unset, each request's own scheme and host (the runs page: ``Secure`` cookies
+    #: when its scheme is https, and its origin may post the login form).
+    public_base_url: AnyHttpUrl | None = None
 
     # Flower (flowerconfig.py): basic auth as ``user:password`` (several separated by commas), as
     # Flower's own FLOWER_BASIC_AUTH; without one Flower refuses to start unless it is started for
@@ -279,7 +292,7 @@ class Settings(BaseSettings):
         return value.strip()
 
     @field_validator("api_key", "flower_basic_auth", "step_concurrency", "llm_rpm", "llm_tpm", "daily_budget_usd",
-                     mode="before")
+                     "public_base_url", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -299,6 +312,19 @@ class Settings(BaseSettings):
                                  f"base64-encoded bytes); make one with {MAKE_FERNET_KEY}")
         return ",".join(keys)
 
+    @field_validator("session_secret", mode="before")
+    @classmethod
+    def _session_secrets(cls, value: object) -> object:
+        """Comma-separated secrets, none of them blank (``NEW,,OLD`` is a typo, not a rotation); blank is unset."""
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if not isinstance(raw, str) or not raw.strip():
+            return None if isinstance(raw, str) else value
+        secrets = [part.strip() for part in raw.split(",")]
+        for n, secret in enumerate(secrets, 1):
+            if not secret:
+                raise ValueError(f"DATAENGINE_SESSION_SECRET: secret {n} of {len(secrets)} is empty")
+        return ",".join(secrets)
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.heartbeat_interval_s >= self.lease_s:
@@ -314,7 +340,7 @@ class Settings(BaseSettings):
         return self
 
     def _check_production_secrets(self) -> None:
-        """No placeholder from .env.example, and no API key short enough to guess, in production."""
+        """No placeholder from .env.example, and no API key or session secret short enough to guess, in production."""
         if self.api_key is not None:
             key = self.api_key.get_secret_value()
             if key == PLACEHOLDER_SECRET or len(key) < MIN_PRODUCTION_API_KEY_CHARS:
@@ -325,6 +351,12 @@ class Settings(BaseSettings):
             if any(pair.partition(":")[2].strip() == PLACEHOLDER_SECRET for pair in pairs):
                 raise ValueError(f"FLOWER_BASIC_AUTH has the placeholder password {PLACEHOLDER_SECRET!r}; "
                                  "set a real one in production")
+        if self.session_secret is not None:
+            parts = self.session_secret.get_secret_value().split(",")
+            if any(part == PLACEHOLDER_SECRET or len(part) < MIN_PRODUCTION_SESSION_SECRET_CHARS for part in parts):
+                raise ValueError(f"DATAENGINE_SESSION_SECRET has a placeholder or a secret shorter than "
+                                 f"{MIN_PRODUCTION_SESSION_SECRET_CHARS} characters; in production use random ones "
+                                 f"({MAKE_SESSION_SECRET})")
 
     @property
     def sqlalchemy_url(self) -> str:

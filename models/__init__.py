@@ -1,6 +1,6 @@
 """SQLAlchemy 2.x models. The schema itself is owned by the Alembic migrations in ``alembic/``."""
 
-from models.apikeys import ApiKey
+from models.apikeys import ApiKey, WebSession
 from models.base import Base, RunMixin, RunStatus, StepMixin, StepResultMixin
 from models.costs import LLMCost
 from models.events import EventType, RunEvent
@@ -20,5 +20,5 @@ from models.workspaces import Workspace
 __all__ = [
     "ApiKey", "Base", "DocumentChunk", "EventType", "GeoQuery", "GeoQueryResult", "GeoRun", "KnowledgeRefreshResult", "KnowledgeRefreshRun",
     "KnowledgeRefreshSource", "KnowledgeSource", "LLMCost", "LLMResponse", "Review", "ReviewAnalysisRow", "ReviewFlowRun", "RunEvent", "RunMixin",
-    "RunStatus", "StepMixin", "StepResultMixin", "WorkerHeartbeat", "Workspace",
+    "RunStatus", "StepMixin", "StepResultMixin", "WebSession", "WorkerHeartbeat", "Workspace",
 ]

@@ -21,6 +21,8 @@ from dataengine.settings import get_settings
 from models.apikeys import KEY_NAME_CHARS, ApiKey
 
 KEY_PREFIX = "de_"
+#: How ``key_ref`` names ``DATA_ENGINE_API_KEY`` (a named key's ref is its row id).
+ENV_REF = "env"
 #: Characters of a key kept in the clear, to tell keys apart in a listing.
 SHOWN_CHARS = 8
 
@@ -67,7 +69,8 @@ def list_keys() -> list[KeyInfo]:
 
 
 def revoke_key(name: str) -> bool:
-    """Revoke the named key (from the next request on); whether there was such an active key."""
+    """Revoke the named key (from the next request on, its runs-page sessions too); whether there was such an
+    active key."""
     with session_scope() as session:
         revoked = session.execute(
             update(ApiKey).where(ApiKey.name == name, ApiKey.revoked_at.is_(None)).values(revoked_at=func.now())
@@ -83,19 +86,30 @@ def keys_configured() -> bool:
         return session.scalar(select(ApiKey.id).where(ApiKey.revoked_at.is_(None)).limit(1)) is not None
 
 
-def check_key(presented: str | None) -> bool:
-    """Whether ``presented`` is the configured key or an active named key (marking it used)."""
-    if not presented:
-        return False
-    presented_hash = digest(presented)
+def configured_key_hash() -> str | None:
+    """SHA-256 of ``DATA_ENGINE_API_KEY``, if it is set."""
     configured = get_settings().api_key
-    if configured is not None and hmac.compare_digest(presented_hash, digest(configured.get_secret_value())):
-        return True
+    return digest(configured.get_secret_value()) if configured is not None else None
+
+
+def key_ref(presented: str | None) -> str | None:
+    """Which accepted key ``presented`` is: ENV_REF for the configured one, an active named key's row id
+    (marking it used), or None."""
+    if not presented:
+        return None
+    presented_hash, configured = digest(presented), configured_key_hash()
+    if configured is not None and hmac.compare_digest(presented_hash, configured):
+        return ENV_REF
     with session_scope() as session:
-        found = session.scalar(
+        found = session.execute(
             update(ApiKey)
             .where(ApiKey.key_hash == presented_hash, ApiKey.revoked_at.is_(None))
             .values(last_used_at=func.now())
-            .returning(ApiKey.key_hash)
-        )
-    return found is not None and hmac.compare_digest(found, presented_hash)
+            .returning(ApiKey.id, ApiKey.key_hash)
+        ).first()
+    return str(found.id) if found is not None and hmac.compare_digest(found.key_hash, presented_hash) else None
+
+
+def check_key(presented: str | None) -> bool:
+    """Whether ``presented`` is the configured key or an active named key (marking it used)."""
+    return key_ref(presented) is not None

@@ -20,7 +20,7 @@ from functools import cache
 from pathlib import Path
 from string import Template
 from typing import Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -34,8 +34,17 @@ from dataengine.events import history
 from dataengine.inspect import find_run
 from dataengine.jobs import Job, all_jobs
 from dataengine.web import runs_api
+from dataengine.web.login import LoginCrossSite, LoginFormTooLarge, check_same_origin, cookie_secure, read_form
 from dataengine.web.schemas import EventView, RunState, RunView
-from dataengine.web.sessions import COOKIE, SESSION_TTL_S, key_ref, require_session, session_token, session_valid
+from dataengine.web.sessions import (
+    COOKIE,
+    SESSION_TTL_S,
+    SessionSecretMissing,
+    log_in,
+    log_out,
+    require_session,
+    session_valid,
+)
 from models.base import ACTIVE_STATUSES, FINAL_STATUSES
 
 HERE = Path(__file__).parent
@@ -55,12 +64,14 @@ STEP_TEXT_FIELDS = ("query_text", "review_text", "url", "title")
 #: Columns every result table has that say nothing about the step's outcome.
 ENGINE_COLUMNS = frozenset({"run_id", "query_index", "fencing_token", "created_at", "prompt_tokens",
                             "completion_tokens", "cost_usd", "latency_ms"})
-#: Sent with every page: nothing but this origin's own files runs, loads or frames the page.
+#: Sent with every page: nothing but this origin's own files runs, loads or frames the page. No referrer
+#: leaves for another site; within this one it is sent, because under ``no-referrer`` a browser posts the
+#: login form with ``Origin: null``, which the login's same-origin check must refuse.
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
                                "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 
@@ -101,37 +112,51 @@ def _to_login(request: Request) -> RedirectResponse:
 pages = APIRouter(include_in_schema=False)
 
 
+def _login_page(*, next_path: str = "/runs", error: str = "", status_code: int = 200) -> HTMLResponse:
+    return _page("login.html", title="Log in", body_attrs='class="login"', signed_in=False, status_code=status_code,
+                 error=error, error_class="error" if error else "hidden", next=next_path)
+
+
 @pages.get("/runs/login")
 def login_form(request: Request, next_path: str = Query("/runs", alias="next")) -> Response:
     """The login form (or the runs page, for a live session)."""
     if session_valid(request):
         return RedirectResponse(_next_path(next_path), status_code=303)
-    return _page("login.html", title="Log in", body_attrs='class="login"', signed_in=False, error="",
-                 error_class="hidden", next=_next_path(next_path))
+    return _login_page(next_path=_next_path(next_path))
 
 
 @pages.post("/runs/login")
 async def login(request: Request) -> Response:
-    """Check the pasted key; on success set the session cookie and go to the runs page."""
-    form = parse_qs((await request.body()).decode("utf-8", "replace"))
-    key, next_path = form.get("key", [""])[0].strip(), _next_path(form.get("next", ["/runs"])[0])
-    found = await run_in_threadpool(key_ref, key) if key else None
-    if found is None:
-        return _page("login.html", title="Log in", body_attrs='class="login"', signed_in=False, status_code=401,
-                     error="That API key is not valid (or it was revoked).", error_class="error",
-                     next=next_path)
-    ref, key_hash = found
+    """Check the pasted key; on success open a session, set its cookie and go to the runs page."""
+    try:
+        check_same_origin(request)
+        form = await read_form(request)
+    except LoginCrossSite as exc:
+        return _login_page(error=str(exc), status_code=403)
+    except LoginFormTooLarge as exc:  # the rest of the body stays unread: the connection cannot be reused
+        response = _login_page(error=str(exc), status_code=413)
+        response.headers["Connection"] = "close"
+        return response
+    key, next_path = form.get("key", "").strip(), _next_path(form.get("next", "/runs"))
+    try:
+        token = await run_in_threadpool(log_in, key) if key else None
+    except SessionSecretMissing as exc:
+        return _login_page(next_path=next_path, error=str(exc), status_code=503)
+    if token is None:
+        return _login_page(next_path=next_path, error="That API key is not valid (or it was revoked).",
+                           status_code=401)
     response = RedirectResponse(next_path, status_code=303)
-    response.set_cookie(COOKIE, session_token(ref=ref, key_hash=key_hash), max_age=SESSION_TTL_S, path="/",
-                        httponly=True, samesite="strict", secure=request.url.scheme == "https")
+    response.set_cookie(COOKIE, token, max_age=SESSION_TTL_S, path="/", httponly=True, samesite="strict",
+                        secure=cookie_secure(request))
     return response
 
 
 @pages.post("/runs/logout")
 def logout(request: Request) -> Response:
-    """Forget the session cookie and go back to the login form."""
+    """End the session on the server (a copy of the cookie dies too), forget the cookie, back to the login form."""
+    log_out(request)
     response = RedirectResponse("/runs/login", status_code=303)
-    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict", secure=request.url.scheme == "https")
+    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict", secure=cookie_secure(request))
     return response
 
 

@@ -2,6 +2,9 @@
 ``dataengine api`` process, a real Celery worker and the stand-in LLM answering slowly, so a run
 works for several seconds while the page watches it, and is cancelled from its page. Then the
 session: no page and no JSON without it, a wrong key sets no cookie, a revoked key's cookie dies.
+The session's defences (a cookie only the server's secret signs, logout and revocation on the server,
+same-origin logins, a small login form, the Secure flag) are checked over HTTP, most of them in this
+process, the login form's memory against a live API.
 
 Without chromium (or the playwright package) the browser tests skip, saying what to install; under
 ``CI=true`` they fail. Set ``DATAENGINE_UPDATE_SCREENSHOT=1`` to refresh ``docs/runs-page.png``.
@@ -9,6 +12,9 @@ Without chromium (or the playwright package) the browser tests skip, saying what
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import os
 import re
 import shutil
@@ -19,16 +25,22 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import wait_for
+from conftest import reload_settings, wait_for
+from fastapi.testclient import TestClient
 from helpers import audit_spec, review_spec, run_row
-from liveapi import ROOT, live_api
+from liveapi import ROOT, live_api, live_api_process
+from sqlalchemy import select
 
+from dataengine.db import session_scope
 from dataengine.web.keys import create_key, digest, revoke_key
-from dataengine.web.sessions import COOKIE, PAGE_HEADER, SESSION_TTL_S, session_token
+from dataengine.web.sessions import COOKIE, PAGE_HEADER, SESSION_TTL_S
+from models.apikeys import ApiKey
 
 pytestmark = pytest.mark.timeout(60)
 KEY = "runs-page-key-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {KEY}"}
+#: The session secret every API of these tests shares (DATAENGINE_SESSION_SECRET).
+SECRET = "runs-page-session-secret-0123456789abcdef"
 CHROMIUM = "/usr/bin/chromium"
 INSTALL_HINT = "install Debian's chromium (apt-get install chromium; scripts/test.sh does it when run as root)"
 SCREENSHOT = ROOT / "docs" / "runs-page.png"
@@ -59,8 +71,26 @@ def browser() -> Iterator[Any]:
 @pytest.fixture
 def api(engine_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
     """``dataengine api`` on the test's database and Redis, with KEY as its configured key."""
-    with live_api({**engine_env, "DATA_ENGINE_API_KEY": KEY}, log_path=tmp_path / "api.log") as base:
+    with live_api(_env(engine_env), log_path=tmp_path / "api.log") as base:
         yield base
+
+
+def _env(engine_env: dict[str, str]) -> dict[str, str]:
+    return {**engine_env, "DATA_ENGINE_API_KEY": KEY, "DATAENGINE_SESSION_SECRET": SECRET}
+
+
+@pytest.fixture
+def page(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    """The API in this process with KEY and SECRET (its origin is http://testserver): the session's checks
+    without a process to start."""
+    from dataengine.web.app import create_app
+
+    monkeypatch.setenv("DATA_ENGINE_API_KEY", KEY)
+    monkeypatch.setenv("DATAENGINE_SESSION_SECRET", SECRET)
+    reload_settings()
+    with TestClient(create_app(), follow_redirects=False) as client:
+        yield client
+    reload_settings()
 
 
 def start(api: str, path: str, body: dict[str, Any]) -> str:
@@ -166,8 +196,10 @@ def test_without_a_session_there_is_no_page_and_no_json(api):
         assert httpx.get(f"{api}{path}").status_code == 401
     cancel = httpx.post(f"{api}/runs/api/runs/3f0c5e36-8d7b-4a6e-9c43-0ad5a7d1b2c4/cancel", headers={PAGE_HEADER: "1"})
     assert cancel.status_code == 401 and cancel.json() == {"detail": "log in at /runs/login"}
-    forged = session_token(ref="env", key_hash=digest("not the key"))
-    for cookie in (forged, "garbage", "v1.env.99999999999.x", f"v1.env.{'²' * 10}.{'A' * 43}"):
+    from dataengine.web.sessions import sign
+
+    forged = sign(secret=b"not the secret", ref="env", sid="0" * 32, expires=int(time.time()) + 60)
+    for cookie in (forged, "garbage", "v1.env.99999999999.x", f"v2.env.{'0' * 32}.{'²' * 10}.{'A' * 43}"):
         answer = httpx.get(f"{api}/runs/api/runs", headers={"Cookie": f"{COOKIE}={cookie}".encode()})
         assert answer.status_code == 401, cookie
     login = httpx.get(f"{api}/runs/login")
@@ -190,6 +222,8 @@ def test_a_wrong_key_on_the_form_shows_an_error_and_sets_no_cookie(api, browser)
 
 
 def test_a_session_names_its_key_never_holds_it_and_dies_with_it(api, engine_env, tmp_path):
+    from dataengine.web.sessions import sign
+
     key = create_key("operator")
     client = httpx.Client(base_url=api)
     answer = client.post("/runs/login", data={"key": key, "next": "https://evil.example/"})
@@ -206,13 +240,14 @@ def test_a_session_names_its_key_never_holds_it_and_dies_with_it(api, engine_env
 
     tampered = value[:-2] + ("AA" if not value.endswith("AA") else "BB")
     assert httpx.get(f"{api}/runs/api/runs", headers={"Cookie": f"{COOKIE}={tampered}"}).status_code == 401
-    expired = session_token(ref="env", key_hash=digest(KEY), now_s=time.time() - SESSION_TTL_S - 1)
+    _, ref, sid, _, _ = value.split(".")
+    expired = sign(secret=SECRET.encode(), ref=ref, sid=sid, expires=int(time.time()) - 1)
     assert httpx.get(f"{api}/runs/api/runs", headers={"Cookie": f"{COOKIE}={expired}"}).status_code == 401
     over_https = httpx.post(f"{api}/runs/login", data={"key": KEY}, headers={"X-Forwarded-Proto": "https"})
     assert "Secure" in over_https.headers["set-cookie"]  # uvicorn trusts the loopback proxy's header
 
-    with live_api({**engine_env, "DATA_ENGINE_API_KEY": KEY}, log_path=tmp_path / "api-2.log") as second:
-        # Another API process takes the session: its MAC key is the key's hash, in the database they share.
+    with live_api(_env(engine_env), log_path=tmp_path / "api-2.log") as second:
+        # Another API process takes the session: they share the session secret and the database.
         on_second = {"Cookie": f"{COOKIE}={value}"}
         assert httpx.get(f"{second}/runs/api/runs", headers=on_second).status_code == 200
         assert revoke_key("operator")
@@ -222,3 +257,140 @@ def test_a_session_names_its_key_never_holds_it_and_dies_with_it(api, engine_env
     logout = client.post("/runs/logout")
     assert logout.status_code == 303 and f'{COOKIE}=""' in logout.headers["set-cookie"]
     client.close()
+
+
+# The session's defences ---------------------------------------------------------------------------
+
+
+def log_in(client: TestClient, key: str = KEY, url: str = "/runs/login", **headers: str) -> httpx.Response:
+    """POST the login form (the client keeps no cookie: each test says which cookie it sends)."""
+    answer = client.post(url, data={"key": key}, headers=headers)
+    client.cookies.clear()
+    return answer
+
+
+def cookie_of(answer: httpx.Response) -> str:
+    found = re.search(rf"{COOKIE}=([^;]+)", answer.headers.get("set-cookie", ""))
+    assert found, (answer.status_code, answer.text)
+    return found[1]
+
+
+def runs_json(client: TestClient, cookie: str) -> int:
+    """The status of the page's JSON with ``cookie`` as the session."""
+    return client.get("/runs/api/runs", headers={"Cookie": f"{COOKIE}={cookie}"}).status_code
+
+
+def test_only_the_servers_secret_signs_a_session_and_the_server_caps_its_expiry(page):
+    key = create_key("reader")
+    with session_scope() as session:  # what anyone who reads the database has
+        key_id, key_hash = session.execute(select(ApiKey.id, ApiKey.key_hash)).one()
+    far = 999_999_999_999  # in the year 33658
+    mac = hmac.new(bytes.fromhex(key_hash), f"dataengine runs session|{key_id}|{far}".encode(), hashlib.sha256)
+    forged = f"v1.{key_id}.{far}.{base64.urlsafe_b64encode(mac.digest()).rstrip(b'=').decode()}"
+    assert runs_json(page, forged) == 401  # the first cookies' MAC key was the stored hash
+
+    from dataengine.web.sessions import sign
+
+    cookie = cookie_of(log_in(page, key))
+    assert runs_json(page, cookie) == 200
+    _, ref, sid, expires, _ = cookie.split(".")
+    assert runs_json(page, sign(secret=bytes.fromhex(key_hash), ref=ref, sid=sid, expires=int(expires))) == 401
+    for beyond in (far, int(time.time()) + SESSION_TTL_S + 3600):  # the server's own MAC, past the TTL
+        assert runs_json(page, sign(secret=SECRET.encode(), ref=ref, sid=sid, expires=beyond)) == 401
+    assert sign(secret=SECRET.encode(), ref=ref, sid=sid, expires=int(expires)) == cookie
+
+
+def test_logout_ends_the_session_for_every_copy_of_its_cookie(page):
+    copy = cookie_of(log_in(page))
+    assert runs_json(page, copy) == 200
+    out = page.post("/runs/logout", headers={"Cookie": f"{COOKIE}={copy}"})
+    assert out.status_code == 303 and f'{COOKIE}=""' in out.headers["set-cookie"]
+    assert runs_json(page, copy) == 401
+    assert page.get("/runs", headers={"Cookie": f"{COOKIE}={copy}"}).status_code == 303
+    assert runs_json(page, cookie_of(log_in(page))) == 200
+
+
+def test_two_logins_in_the_same_second_get_different_sessions(page):
+    def expiry(cookie: str) -> str:
+        return re.findall(r"\.([0-9]{10,12})\.", cookie)[-1]
+
+    for _ in range(5):  # two logins that straddle a second prove nothing: again
+        first, second = cookie_of(log_in(page)), cookie_of(log_in(page))
+        if expiry(first) == expiry(second):
+            break
+    assert expiry(first) == expiry(second) and first != second
+    page.post("/runs/logout", headers={"Cookie": f"{COOKIE}={first}"})
+    assert runs_json(page, first) == 401 and runs_json(page, second) == 200
+
+
+def test_revoked_keys_replaced_keys_and_retired_secrets_end_their_sessions(page, monkeypatch):
+    named, env = cookie_of(log_in(page, create_key("operator"))), cookie_of(log_in(page))
+    assert runs_json(page, named) == runs_json(page, env) == 200
+    assert revoke_key("operator")
+    assert runs_json(page, named) == 401 and runs_json(page, env) == 200
+    new = "a-new-session-secret-0123456789abcdef"
+    monkeypatch.setenv("DATAENGINE_SESSION_SECRET", f"{new},{SECRET}")  # rotating: the new one signs
+    reload_settings()
+    fresh = cookie_of(log_in(page))
+    assert runs_json(page, env) == runs_json(page, fresh) == 200
+    monkeypatch.setenv("DATAENGINE_SESSION_SECRET", new)  # the old one retired: its cookies with it
+    reload_settings()
+    assert runs_json(page, env) == 401 and runs_json(page, fresh) == 200
+    monkeypatch.setenv("DATA_ENGINE_API_KEY", "a-replaced-key-0123456789abcdef")
+    reload_settings()
+    assert runs_json(page, fresh) == 401
+
+
+def test_a_login_posted_by_another_site_is_refused_and_sets_no_cookie(page):
+    for headers in ({"Origin": "https://evil.example"}, {"Origin": "null"}, {"Origin": "http://testserver:8080"},
+                    {"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"}):
+        answer = log_in(page, **headers)
+        assert answer.status_code == 403 and "set-cookie" not in answer.headers, headers
+        assert "sent by a page of another site" in answer.text
+    for headers in ({"Origin": "http://testserver"}, {"Origin": "HTTP://TestServer:80"},
+                    {"Sec-Fetch-Site": "same-origin"}, {}):  # its own page, or not a browser
+        assert log_in(page, **headers).status_code == 303, headers
+
+
+def test_the_secure_flag_and_the_login_origin_follow_the_public_base_url(page, monkeypatch):
+    assert "Secure" not in log_in(page).headers["set-cookie"]  # plain HTTP, nothing configured
+    assert "Secure" in log_in(page, url="https://testserver/runs/login").headers["set-cookie"]
+    monkeypatch.setenv("DATAENGINE_PUBLIC_BASE_URL", "https://engine.example.com")  # a TLS proxy in front
+    reload_settings()
+    behind = log_in(page, Origin="https://engine.example.com")
+    assert behind.status_code == 303 and "Secure" in behind.headers["set-cookie"]
+    assert "Secure" in page.post("/runs/logout").headers["set-cookie"]
+    monkeypatch.setenv("DATAENGINE_PUBLIC_BASE_URL", "http://engine.internal")
+    reload_settings()
+    assert "Secure" not in log_in(page, url="https://testserver/runs/login").headers["set-cookie"]
+
+
+def test_without_a_session_secret_no_one_logs_in(page, monkeypatch):
+    monkeypatch.delenv("DATAENGINE_SESSION_SECRET")
+    reload_settings()
+    answer = log_in(page)
+    assert answer.status_code == 503 and "set-cookie" not in answer.headers
+    assert "DATAENGINE_SESSION_SECRET is not set" in answer.text and "openssl rand -hex 32" in answer.text
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of process ``pid``, in MB."""
+    found = re.search(r"^VmRSS:\s+([0-9]+) kB", Path(f"/proc/{pid}/status").read_text(), re.M)
+    assert found
+    return int(found[1]) / 1024
+
+
+def test_a_huge_login_form_is_413_at_once_and_costs_the_api_no_memory(engine_env, tmp_path):
+    form = b"a=1&" * (8 * 1024 * 1024)  # 32 MiB: as much as the API reads for a run's spec
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    with live_api_process(_env(engine_env), log_path=tmp_path / "api.log") as (base, proc):
+        assert httpx.post(f"{base}/runs/login", data={"key": "de_warm-up"}).status_code == 401
+        before, started = rss_mb(proc.pid), time.monotonic()
+        declared = httpx.post(f"{base}/runs/login", content=form, headers=headers, timeout=10)
+        chunks = (form[i:i + 65536] for i in range(0, len(form), 65536))  # no length: counted as it comes
+        streamed = httpx.post(f"{base}/runs/login", content=chunks, headers=headers, timeout=10)
+        took_s, grew_mb = time.monotonic() - started, rss_mb(proc.pid) - before
+        assert declared.status_code == streamed.status_code == 413, (declared.text, streamed.text)
+        assert "larger than 4096 bytes" in streamed.text
+        assert took_s < 3 and grew_mb < 20, (took_s, grew_mb)
+        assert httpx.post(f"{base}/runs/login", data={"key": KEY}).status_code == 303

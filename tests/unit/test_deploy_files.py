@@ -83,7 +83,8 @@ def test_engine_environment_names_are_settings_the_code_reads():
 
 def test_secrets_are_required_from_the_environment_never_written_in():
     text = (ROOT / "docker-compose.yml").read_text()
-    for secret in ("POSTGRES_PASSWORD", "OPENAI_API_KEY", "FLOWER_BASIC_AUTH", "DATA_ENGINE_API_KEY"):
+    for secret in ("POSTGRES_PASSWORD", "OPENAI_API_KEY", "FLOWER_BASIC_AUTH", "DATA_ENGINE_API_KEY",
+                   "DATAENGINE_SESSION_SECRET"):
         assert re.search(rf"\$\{{{secret}:\?", text), f"{secret} must be ${{{secret}:?...}}"
     assert SERVICES["flower"]["ports"] == ["127.0.0.1:5555:5555"]
 

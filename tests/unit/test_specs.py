@@ -95,6 +95,23 @@ def test_production_refuses_placeholder_secrets_and_bad_timings():
     assert Settings(database_url="postgres://u@h/db").sqlalchemy_url == "postgresql+psycopg://u@h/db"
 
 
+def test_session_secrets_are_a_list_none_blank_and_long_random_ones_in_production():
+    assert Settings(session_secret=" new , old ").session_secret.get_secret_value() == "new,old"
+    assert Settings(session_secret=" ").session_secret is None
+    with pytest.raises(ValueError, match="DATAENGINE_SESSION_SECRET: secret 2 of 3 is empty") as refused:
+        Settings(session_secret="first-secret,,third-secret")
+    assert "first-secret" not in str(refused.value)
+    good = "s" * 32
+    for weak in ("change-me", f"{good},short"):
+        with pytest.raises(ValueError, match="DATAENGINE_SESSION_SECRET has a placeholder or a secret shorter than 32"):
+            Settings(environment="production", openai_api_key="sk-real", session_secret=weak)
+    assert Settings(environment="production", openai_api_key="sk-real", session_secret=f"{good},{'o' * 40}")
+    assert Settings(public_base_url="").public_base_url is None
+    assert Settings(public_base_url="https://engine.example.com").public_base_url.scheme == "https"
+    with pytest.raises(ValueError, match="public_base_url"):
+        Settings(public_base_url="engine.example.com")
+
+
 def test_a_rediss_url_verifies_the_servers_certificate_unless_it_says_otherwise():
     assert Settings(redis_url="rediss://:pw@cache:6380/0").redis_url == "rediss://:pw@cache:6380/0?ssl_cert_reqs=required"
     kept = "rediss://cache:6380/0?ssl_cert_reqs=none&ssl_ca_certs=/ca.pem"
