@@ -231,9 +231,6 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
     api_max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
-    #: Where clients reach the API (``https://engine.example.com``, behind a proxy): the ``status_url``
-    #: of a started run is built from it (without it, a path: never from a request's ``Host`` header).
-    public_base_url: AnyHttpUrl | None = None
     #: The most text (UTF-8 bytes, every string of it) one spec may carry, however it arrives (a task,
     #: the API, the CLI): the job's count and length limits allow more than a message should hold.
     max_spec_bytes: int = Field(16 * 1024 * 1024, ge=1024)
@@ -245,8 +242,10 @@ class Settings(BaseSettings):
     #: the runs page's login is refused (the /v1 API works as before).
     session_secret: SecretStr | None = None
     #: Where browsers and web apps reach this API (``https://engine.example.com``), which a proxy in front
-    #: of it may hide from it; unset, each request's own scheme and host (the runs page: ``Secure`` cookies
-    #: when its scheme is https, and its origin may post the login form).
+    #: of it may hide from it: a started run's ``status_url`` is built from it, the runs page's cookies are
+    #: ``Secure`` when it is https, and its origin may post the login form. Unset: ``status_url`` is a
+    #: path (never built from a request's ``Host`` header), and the runs page goes by each request's own
+    #: scheme and host.
     public_base_url: AnyHttpUrl | None = None
 
     # Flower (flowerconfig.py): basic auth as ``user:password`` (several separated by commas), as

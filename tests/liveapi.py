@@ -34,13 +34,6 @@ def live_api(env: dict[str, str], *, log_path: Path) -> Iterator[APIBase]:
     ``env`` names the database, Redis and the key (``DATA_ENGINE_API_KEY``); the process dies with
     this one, and its log is ``log_path``.
     """
-    with live_api_process(env, log_path=log_path) as (base, _):
-        yield base
-
-
-@contextmanager
-def live_api_process(env: dict[str, str], *, log_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """As ``live_api``, yielding the process too (to read its memory from ``/proc``)."""
     port = free_port()
     base = APIBase(f"http://127.0.0.1:{port}")
     full_env = {**os.environ, "DATAENGINE_DIE_WITH_PARENT": "1", "DATAENGINE_LOG_LEVEL": "WARNING", **env}
@@ -58,7 +51,7 @@ def live_api_process(env: dict[str, str], *, log_path: Path) -> Iterator[tuple[s
                     if proc.poll() is not None or time.monotonic() > deadline:
                         pytest.fail(f"dataengine api did not start: {log_path}")
                     time.sleep(0.1)
-            yield base, proc
+            yield base
         finally:
             proc.terminate()
             try:
@@ -66,3 +59,11 @@ def live_api_process(env: dict[str, str], *, log_path: Path) -> Iterator[tuple[s
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+
+
+def rss_bytes(pid: int) -> int:
+    """The resident memory of process ``pid`` now (a live API's, say)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")

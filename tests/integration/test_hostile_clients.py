@@ -22,20 +22,12 @@ from conftest import API_AUTH as AUTH
 from conftest import API_KEY, reload_settings
 from fastapi.testclient import TestClient
 from helpers import audit_spec
-from liveapi import APIBase, live_api
+from liveapi import APIBase, live_api, rss_bytes
 
 from dataengine.web.app import create_app
 
 pytestmark = pytest.mark.timeout(90)
 MIB = 1024 * 1024
-
-
-def rss_bytes(pid: int) -> int:
-    """The resident memory of process ``pid`` now."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for {pid}")
 
 
 def problem_text(answer: httpx.Response) -> str:

@@ -28,7 +28,7 @@ import pytest
 from conftest import reload_settings, wait_for
 from fastapi.testclient import TestClient
 from helpers import audit_spec, review_spec, run_row
-from liveapi import ROOT, live_api, live_api_process
+from liveapi import ROOT, live_api, rss_bytes
 from sqlalchemy import select
 
 from dataengine.db import session_scope
@@ -373,23 +373,19 @@ def test_without_a_session_secret_no_one_logs_in(page, monkeypatch):
     assert "DATAENGINE_SESSION_SECRET is not set" in answer.text and "openssl rand -hex 32" in answer.text
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of process ``pid``, in MB."""
-    found = re.search(r"^VmRSS:\s+([0-9]+) kB", Path(f"/proc/{pid}/status").read_text(), re.M)
-    assert found
-    return int(found[1]) / 1024
+MB = 1024 * 1024
 
 
 def test_a_huge_login_form_is_413_at_once_and_costs_the_api_no_memory(engine_env, tmp_path):
     form = b"a=1&" * (8 * 1024 * 1024)  # 32 MiB: as much as the API reads for a run's spec
     headers = {"Content-Type": "application/x-www-form-urlencoded"}
-    with live_api_process(_env(engine_env), log_path=tmp_path / "api.log") as (base, proc):
+    with live_api(_env(engine_env), log_path=tmp_path / "api.log") as base:
         assert httpx.post(f"{base}/runs/login", data={"key": "de_warm-up"}).status_code == 401
-        before, started = rss_mb(proc.pid), time.monotonic()
+        before, started = rss_bytes(base.pid) / MB, time.monotonic()
         declared = httpx.post(f"{base}/runs/login", content=form, headers=headers, timeout=10)
         chunks = (form[i:i + 65536] for i in range(0, len(form), 65536))  # no length: counted as it comes
         streamed = httpx.post(f"{base}/runs/login", content=chunks, headers=headers, timeout=10)
-        took_s, grew_mb = time.monotonic() - started, rss_mb(proc.pid) - before
+        took_s, grew_mb = time.monotonic() - started, rss_bytes(base.pid) / MB - before
         assert declared.status_code == streamed.status_code == 413, (declared.text, streamed.text)
         assert "larger than 4096 bytes" in streamed.text
         assert took_s < 3 and grew_mb < 20, (took_s, grew_mb)
