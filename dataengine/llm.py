@@ -32,7 +32,7 @@ from dataengine import journal, ledger, workspaces
 from dataengine.budgets import call_cost
 from dataengine.errors import ProviderKeyRejected
 from dataengine.logs import current_run
-from dataengine.metrics import metrics
+from dataengine.metrics import metrics, model_label
 from dataengine.ratelimit import FleetLimiter, ModelLimits, estimate_tokens, limiter_from
 from dataengine.settings import get_settings
 
@@ -164,6 +164,8 @@ def reset_client() -> None:
     workspaces.forget()
 
 
+#: Unpriced models warned about once each, up to this many (a spec may name any model).
+UNPRICED_WARNED = 100
 _unpriced_seen: set[str] = set()
 
 
@@ -175,16 +177,16 @@ def _usage(model: str, response: Any, started: float) -> Usage:
     details = getattr(u, "prompt_tokens_details", None) if u else None
     cached = (getattr(details, "cached_tokens", 0) or 0) if details else 0
     cost = call_cost(model, prompt, completion, cached)
-    if cost is None and model not in _unpriced_seen:
+    if cost is None and model not in _unpriced_seen and len(_unpriced_seen) < UNPRICED_WARNED:
         _unpriced_seen.add(model)
         log.warning("model %r has no price (DATAENGINE_MODEL_PRICES_PER_MTOK): its calls count $0 in costs and are "
                     "flagged as unpriced", model)
-    m = metrics()
-    m.llm_tokens.labels(model, "prompt").inc(prompt)
-    m.llm_tokens.labels(model, "completion").inc(completion)
-    m.llm_cost_usd.labels(model).inc(float(cost or 0))
+    m, label = metrics(), model_label(model)
+    m.llm_tokens.labels(label, "prompt").inc(prompt)
+    m.llm_tokens.labels(label, "completion").inc(completion)
+    m.llm_cost_usd.labels(label).inc(float(cost or 0))
     if cost is None:
-        m.llm_calls.labels(model, "unpriced").inc()
+        m.llm_calls.labels(label, "unpriced").inc()
     run = current_run() or {}
     ledger.add(ledger.Spend(run.get("kind") or "", model, run.get("property") or "", run.get("workspace_id") or "",
                             prompt, cached, completion, cost or Decimal(0), cost is not None))
@@ -215,30 +217,30 @@ def retry_after_s(exc: openai.APIStatusError) -> float:
 def _within_limits(model: str, tokens: int, send: Callable[[], R]) -> R:
     """``send()`` once the fleet's limits allow it (a workspace's own, for a run of a workspace), tried
     again after a transient failure."""
-    s, limits, m = get_settings(), limiter(), metrics()
+    s, limits, m, label = get_settings(), limiter(), metrics(), model_label(model)
     limited_as = workspaces.limit_name(model, (current_run() or {}).get("workspace_id"))
     for attempt in range(s.openai_max_retries + 1):
         if attempt:
-            m.llm_retries.labels(model).inc()
+            m.llm_retries.labels(label).inc()
         reservation = limits.acquire(limited_as, tokens)
         try:
             response = send()
         except openai.RateLimitError as exc:
-            m.llm_calls.labels(model, "rate_limited").inc()
+            m.llm_calls.labels(label, "rate_limited").inc()
             limits.settle(reservation, 0)  # refused: it used no tokens
             wait = retry_after_s(exc)
             limits.pause(limited_as, wait)
             log.warning("%s answered 429: the fleet pauses %s for %.1fs", model, limited_as, wait)
             failure: Exception = exc
         except _TRANSIENT as exc:
-            m.llm_calls.labels(model, "error").inc()
+            m.llm_calls.labels(label, "error").inc()
             failure = exc
             time.sleep(min(0.5 * 2**attempt, 8.0) * random.uniform(0.75, 1.0))  # the SDK's own backoff  # noqa: S311  jitter/ordering, not a secret
         except Exception:
-            m.llm_calls.labels(model, "error").inc()
+            m.llm_calls.labels(label, "error").inc()
             raise
         else:
-            m.llm_calls.labels(model, "ok").inc()
+            m.llm_calls.labels(label, "ok").inc()
             used = getattr(response, "usage", None)
             limits.settle(reservation, getattr(used, "total_tokens", None) or tokens)
             return response
@@ -284,7 +286,7 @@ def _journaled(kind: str, model: str, request: Any, ask: Callable[[], tuple[R, U
     if step in run.get("replay", ()):
         found = journal.recorded(run["run_id"], step, fp)
         if found is not None:
-            metrics().llm_calls.labels(model, "reused").inc()
+            metrics().llm_calls.labels(model_label(model), "reused").inc()
             log.info("reused the recorded answer of a %s call of step %d: not asked again", kind, step + 1)
             if run.get("budget") is not None:  # paid before this claim, after the row's last checkpoint
                 run["budget"].after_call(Decimal(0), model=model, cost=found.cost_usd)

@@ -64,7 +64,8 @@ class Metrics:
                                       ["kind"], multiprocess_mode="livesum")
         self.llm_calls = Counter("dataengine_llm_calls", "LLM calls by model and outcome (ok, rate_limited, "
                                  "error; reused: a recorded answer a resumed step did not ask again; "
-                                 "unpriced: a model without a price, counted $0)", ["model", "outcome"])
+                                 "unpriced: a model without a price, counted $0); a model neither priced nor a default is 'other'",
+                                 ["model", "outcome"])
         self.budget_stops = Counter("dataengine_budget_stops", "Runs a budget stopped (run: its max_cost_usd, "
                                     "ended failed) or paused (daily: a daily budget spent)", ["kind", "budget"])
         self.llm_retries = Counter("dataengine_llm_retries", "LLM calls tried again after a transient failure",
@@ -73,6 +74,17 @@ class Metrics:
                                   "completion)", ["model", "type"])
         self.llm_cost_usd = Counter("dataengine_llm_cost_usd", "LLM spend in US dollars at the configured prices",
                                     ["model"])
+
+
+def model_label(model: str) -> str:
+    """A model as a metrics label: a model with a configured price, or one of the engine's default
+    models, by its name; any other ``other``. A spec may name any model, and a label must not take
+    every value a client sends (each would be a series kept for ever)."""
+    from dataengine.settings import get_settings
+
+    s = get_settings()
+    known = model in s.model_prices_per_mtok or model in (s.openai_model, s.openai_eval_model, s.openai_embedding_model)
+    return model if known else "other"
 
 
 @cache

@@ -19,11 +19,13 @@ from typing import Any
 import httpx
 import pytest
 from conftest import API_AUTH as AUTH
-from conftest import API_KEY, reload_settings
+from conftest import API_KEY, reload_settings, wait_for
 from fastapi.testclient import TestClient
 from helpers import audit_spec
 from liveapi import APIBase, live_api, rss_bytes
+from sqlalchemy import text
 
+from dataengine.db import session_scope
 from dataengine.web.app import create_app
 
 pytestmark = pytest.mark.timeout(90)
@@ -139,6 +141,28 @@ def test_metrics_label_only_known_methods_and_route_templates(api):
     assert not any("XXXX" in line for line in series), "a raw method became a label"
     assert not any("/no/such/path" in line for line in series), "a raw path became a label"
     assert len(page) < 200_000
+
+
+def test_a_model_a_spec_names_is_a_metrics_label_only_when_priced_or_a_default(db_url, fake_llm):
+    from prometheus_client import REGISTRY, generate_latest
+
+    from dataengine import llm
+
+    for i in range(5):
+        llm.chat(messages=[{"role": "user", "content": "best apartments"}], model=f"made-up-model-{i}")
+    llm.chat(messages=[{"role": "user", "content": "best apartments"}], model="gpt-4o-mini")
+    page = generate_latest(REGISTRY).decode()
+    assert "made-up-model" not in page
+    assert 'dataengine_llm_calls_total{model="other",outcome="ok"}' in page
+    assert 'dataengine_llm_calls_total{model="gpt-4o-mini",outcome="ok"}' in page
+    # The ledger (a database, not a label) keeps every model's name: its writer is done before the test ends.
+    wait_for(lambda: ledger_calls() == 6, timeout_s=10, what="the six calls in the cost ledger")
+
+
+def ledger_calls() -> int:
+    with session_scope() as session:
+        return session.scalar(text("SELECT coalesce(sum(calls), 0) FROM llm_costs WHERE model LIKE 'made-up-model-%' "
+                                   "OR model = 'gpt-4o-mini'"))
 
 
 # Input that fails validation -------------------------------------------------------------------------
