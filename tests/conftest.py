@@ -346,6 +346,8 @@ def echo(db_url: str) -> Any:
 #: The HTTP API's key in the tests' ``api`` client, and the header that presents it.
 API_KEY = "test-key-0123456789abcdef"
 API_AUTH = {"Authorization": f"Bearer {API_KEY}"}
+#: The secret that signs the runs page's sessions in the tests' ``api`` client.
+API_SESSION_SECRET = "test-session-secret-0123456789abcdef"
 
 
 @pytest.fixture
@@ -356,6 +358,7 @@ def api(engine_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator
     from dataengine.web.app import create_app
 
     monkeypatch.setenv("DATA_ENGINE_API_KEY", API_KEY)
+    monkeypatch.setenv("DATAENGINE_SESSION_SECRET", API_SESSION_SECRET)
     reload_settings()
     with TestClient(create_app(), raise_server_exceptions=False) as client:
         yield client

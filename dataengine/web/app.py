@@ -7,6 +7,7 @@ database or the broker is away, and never a stack trace.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -15,10 +16,12 @@ from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 
 from dataengine.errors import DataEngineError
-from dataengine.settings import get_settings
+from dataengine.settings import MAKE_SESSION_SECRET, get_settings
 from dataengine.web.health import Health, check_health, package_version
 from dataengine.web.middleware import BodyLimit, EveryAnswerHeaders, KeyGate
 from dataengine.web.problems import handlers
+
+log = logging.getLogger("dataengine.api")
 
 
 class NoKeyConfigured(DataEngineError):
@@ -28,10 +31,19 @@ class NoKeyConfigured(DataEngineError):
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Refuse to start in production without a key; say what is missing otherwise (logged once the
+    server has set up its logging, so that it is a JSON line like the rest when logs are JSON)."""
     from dataengine.web.keys import keys_configured
 
-    if get_settings().environment == "production" and not keys_configured():
-        raise NoKeyConfigured()
+    s = get_settings()
+    if not keys_configured():
+        if s.environment == "production":
+            raise NoKeyConfigured()
+        log.warning("no API key is configured: every request under /v1 gets 401 (set DATA_ENGINE_API_KEY, "
+                    "or run: dataengine api-keys create NAME)")
+    if s.session_secret is None:
+        log.warning("DATAENGINE_SESSION_SECRET is not set: the runs page's login answers 503 (set it, the same "
+                    "in every API process: %s)", MAKE_SESSION_SECRET)
     yield
 
 

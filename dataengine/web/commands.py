@@ -20,7 +20,7 @@ def api(
     import uvicorn
 
     from dataengine.logs import api_log_config
-    from dataengine.settings import MAKE_SESSION_SECRET, get_settings
+    from dataengine.settings import get_settings
     from dataengine.web.app import NoKeyConfigured, create_app
     from dataengine.web.keys import keys_configured
 
@@ -31,12 +31,6 @@ def api(
         set_pdeathsig("SIGKILL")
     if s.environment == "production" and not keys_configured():
         raise fail(str(NoKeyConfigured()))
-    if not keys_configured():
-        console.print("[yellow]no API key is configured: every request but /health gets 401[/yellow] "
-                      "(set DATA_ENGINE_API_KEY, or run: dataengine api-keys create NAME)", highlight=False)
-    if s.session_secret is None:
-        console.print("[yellow]no DATAENGINE_SESSION_SECRET: the runs page's login answers 503[/yellow] "
-                      f"(set it, the same in every API process: {MAKE_SESSION_SECRET})", highlight=False)
     uvicorn.run(create_app(), host=host or s.api_host, port=port or s.api_port, log_level=s.log_level.lower(),
                 log_config=api_log_config(s.log_level), proxy_headers=True, server_header=False)
 

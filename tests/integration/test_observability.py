@@ -227,6 +227,7 @@ def test_errors_reach_sentry_tagged_with_their_run_and_without_a_secret(workers,
     assert secret.encode() not in everything and b"sk-live-sentinel" not in everything
 
 
+@pytest.mark.slow  # a live API process
 def test_the_api_writes_json_lines_too(engine_env, tmp_path):
     from liveapi import live_api
 

@@ -188,6 +188,7 @@ def test_the_page_follows_runs_live_and_cancels_one(api, workers, fake_llm, brow
     context.close()
 
 
+@pytest.mark.slow  # a live API process
 def test_without_a_session_there_is_no_page_and_no_json(api):
     for path in ("/runs", "/runs/3f0c5e36-8d7b-4a6e-9c43-0ad5a7d1b2c4"):
         answer = httpx.get(f"{api}{path}")
@@ -207,6 +208,7 @@ def test_without_a_session_there_is_no_page_and_no_json(api):
     assert "script-src 'self'" in login.headers["content-security-policy"]
 
 
+@pytest.mark.slow  # a live API process
 def test_a_wrong_key_on_the_form_shows_an_error_and_sets_no_cookie(api, browser):
     context = browser.new_context()
     page = context.new_page()
@@ -221,6 +223,7 @@ def test_a_wrong_key_on_the_form_shows_an_error_and_sets_no_cookie(api, browser)
     assert refused.status_code == 401 and "set-cookie" not in refused.headers
 
 
+@pytest.mark.slow  # a live API process
 def test_a_session_names_its_key_never_holds_it_and_dies_with_it(api, engine_env, tmp_path):
     from dataengine.web.sessions import sign
 
@@ -376,6 +379,7 @@ def test_without_a_session_secret_no_one_logs_in(page, monkeypatch):
 MB = 1024 * 1024
 
 
+@pytest.mark.slow  # a live API process
 def test_a_huge_login_form_is_413_at_once_and_costs_the_api_no_memory(engine_env, tmp_path):
     form = b"a=1&" * (8 * 1024 * 1024)  # 32 MiB: as much as the API reads for a run's spec
     headers = {"Content-Type": "application/x-www-form-urlencoded"}
