@@ -224,7 +224,7 @@ def test_the_sweepers_scan_is_an_index_scan_on_100000_active_runs():
             SELECT gen_random_uuid(), 'p' || i,
                    CASE WHEN i % 10 = 0 THEN 'completed' WHEN i % 10 = 1 THEN 'queued' ELSE 'running' END,
                    CASE WHEN i % 10 > 1 THEN 'w/' || i END,
-                   CASE WHEN i % 10 > 1 THEN now() + interval '3 s' END,
+                   CASE WHEN i % 10 > 1 THEN now() + interval '1 hour' END,  -- alive however slow the test
                    now() - interval '1 minute'
             FROM generate_series(1, 110000) AS i
         """))
