@@ -1,19 +1,83 @@
 """dataengine: durable Celery runs for long LLM jobs, checkpointed in PostgreSQL.
 
-``celery -A dataengine worker`` finds the Celery app here. It is built on first access, not on
-import: importing ``dataengine.errors`` or a job module reads no settings and starts nothing.
+What a job author imports is here, and only here (``__all__``); every other module of the package
+is the engine's own and may change. A job is its tables, its spec, its step and its summary::
+
+    from dataengine import Job, NewRun, RunMixin, StepMixin, StepOutcome, StepResultMixin, llm, register
+
+``celery -A dataengine worker`` finds the Celery ``app`` here too. Nothing is imported until it is
+first used: importing ``dataengine`` (or a job module) reads no settings and starts nothing.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["app"]
+if TYPE_CHECKING:  # what the names are, for type checkers and readers; at run time they load on first use
+    from dataengine import llm
+    from dataengine.celery_app import app
+    from dataengine.db import session_scope
+    from dataengine.errors import DataEngineError, RunFatal, SpecInvalid
+    from dataengine.fakellm import FakeLLMServer
+    from dataengine.jobs import Job, NewRun, PlannedCall, StepOutcome, get_job, register
+    from dataengine.llm import Usage
+    from dataengine.settings import JobSettings, get_settings
+    from dataengine.submitting import SpecText, create_run
+    from dataengine.workspaces import default_model
+    from models.base import Base, RunMixin, StepMixin, StepResultMixin, new_base
+
+#: Each public name, and the module it comes from.
+_PUBLIC = {
+    # Defining and registering a job
+    "Job": "dataengine.jobs",
+    "register": "dataengine.jobs",
+    "get_job": "dataengine.jobs",
+    "NewRun": "dataengine.jobs",
+    "StepOutcome": "dataengine.jobs",
+    "PlannedCall": "dataengine.jobs",
+    "SpecText": "dataengine.submitting",
+    "create_run": "dataengine.submitting",
+    "JobSettings": "dataengine.settings",
+    # Its tables
+    "RunMixin": "models.base",
+    "StepMixin": "models.base",
+    "StepResultMixin": "models.base",
+    "Base": "models.base",
+    "new_base": "models.base",
+    "session_scope": "dataengine.db",
+    # The only door to the LLM provider: llm.chat, llm.parse, llm.embed
+    "llm": None,
+    "Usage": "dataengine.llm",
+    "default_model": "dataengine.workspaces",
+    # Errors a job raises or maps
+    "DataEngineError": "dataengine.errors",
+    "SpecInvalid": "dataengine.errors",
+    "RunFatal": "dataengine.errors",
+    # Testing a job: the OpenAI-compatible stand-in server (``dataengine fake-llm``)
+    "FakeLLMServer": "dataengine.fakellm",
+    # The engine's settings, and the Celery app (``celery -A dataengine``)
+    "get_settings": "dataengine.settings",
+    "app": "dataengine.celery_app",
+}
+
+__all__ = [
+    "Base", "DataEngineError", "FakeLLMServer", "Job", "JobSettings", "NewRun", "PlannedCall", "RunFatal", "RunMixin",
+    "SpecInvalid", "SpecText", "StepMixin", "StepOutcome", "StepResultMixin", "Usage", "app", "create_run", "default_model",
+    "get_job", "get_settings", "llm", "new_base", "register", "session_scope",
+]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("app", "celery"):  # the names Celery's ``-A dataengine`` looks for
-        from dataengine.celery_app import app
+    if name == "celery":  # the other name Celery's ``-A dataengine`` looks for
+        name = "app"
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'dataengine' has no attribute {name!r}")
+    module = _PUBLIC[name]
+    value = import_module(f"dataengine.{name}") if module is None else getattr(import_module(module), name)
+    globals()[name] = value
+    return value
 
-        return app
-    raise AttributeError(f"module 'dataengine' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return __all__

@@ -189,17 +189,19 @@ def plain_answer(prompt: str) -> str:
     return "\n".join(lines)
 
 
-#: Structured-output handlers by JSON schema name: ``(prompt, schema) -> instance``. A job that
-#: wants meaningful stand-in answers ships a ``standin`` module beside it that adds its own; any
-#: other schema gets a valid example instance.
-STRUCTURED_HANDLERS: dict[str, Callable[[str, dict[str, Any]], Any]] = {}
+#: A structured answer of the stand-in: ``(prompt, schema) -> instance``.
+Answer = Callable[[str, dict[str, Any]], Any]
 
 
-def load_standins() -> None:
-    """Import the ``<job module>.standin`` modules of the configured jobs (they fill ``STRUCTURED_HANDLERS``)."""
+def load_standins() -> dict[str, Answer]:
+    """The stand-in answers the configured jobs declare, by JSON schema name: a job that wants
+    meaningful answers (not just a valid example of the schema) ships a ``standin`` module beside it
+    whose ``ANSWERS`` maps its schemas' names to functions."""
+    answers: dict[str, Answer] = {}
     for module in get_settings().job_modules:
         if importlib.util.find_spec(f"{module}.standin") is not None:
-            importlib.import_module(f"{module}.standin")
+            answers |= getattr(importlib.import_module(f"{module}.standin"), "ANSWERS", {})
+    return answers
 
 # Strings pydantic would otherwise reject for the format it put in the schema.
 _STRING_FORMATS = {"date-time": "2024-01-01T00:00:00Z", "date": "2024-01-01", "uri": "https://www.example.example"}
@@ -241,10 +243,10 @@ def example_from_schema(schema: dict[str, Any], root: dict[str, Any] | None = No
     return None
 
 
-def _structured(prompt: str, response_format: dict[str, Any]) -> str:
+def _structured(prompt: str, response_format: dict[str, Any], answers: dict[str, Answer]) -> str:
     spec = response_format.get("json_schema") or {}
     schema = spec.get("schema") or {}
-    handler = STRUCTURED_HANDLERS.get(spec.get("name", ""))
+    handler = answers.get(spec.get("name", ""))
     return json.dumps(handler(prompt, schema) if handler else example_from_schema(schema))
 
 
@@ -304,7 +306,7 @@ async def _admitted(state: _State, prompts: list[str], tokens: int, texts: list[
 
 def create_app(config: FakeConfig | None = None) -> FastAPI:
     """The stand-in server as an ASGI app, its state on ``app.state.fake``."""
-    load_standins()
+    answers = load_standins()
     app = FastAPI(title="dataengine fake LLM")
     state = app.state.fake = _State(config or FakeConfig())
     authed = [Depends(_require_key)]
@@ -335,7 +337,7 @@ def create_app(config: FakeConfig | None = None) -> FastAPI:
         if kind == "text":
             content = plain_answer(prompt)
         elif kind == "json_schema":
-            content = _structured(prompt, body.response_format or {})
+            content = _structured(prompt, body.response_format or {}, answers)
         else:
             raise _APIError(400, f"Unsupported response_format type {kind!r}.", "invalid_request_error")
         state.answer([prompt])

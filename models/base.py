@@ -46,6 +46,16 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
+def new_base() -> type[DeclarativeBase]:
+    """A declarative base with a metadata of its own (and the same constraint names), for tables the
+    engine's migrations do not own: a test's own job, created with ``create_all``."""
+
+    class OwnBase(DeclarativeBase):
+        metadata = MetaData(naming_convention=NAMING)
+
+    return OwnBase
+
+
 class RunStatus(enum.StrEnum):
     """A run's life: queued -> running -> completed | failed | cancelled."""
 

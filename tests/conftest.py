@@ -337,9 +337,12 @@ def workers(engine_env: dict[str, str], db_route: dict[str, str], tmp_path: Path
 @pytest.fixture
 def echo(db_url: str) -> Any:
     """The engine tests' own job (``tests/enginejob.py``), its tables created in this test's database."""
-    from enginejob import ECHO, create_tables
+    from enginejob import ECHO, Base
+    from sqlalchemy import create_engine
 
-    create_tables(db_url)
+    engine = create_engine(db_url)
+    Base.metadata.create_all(engine)
+    engine.dispose()
     return ECHO
 
 

@@ -3,6 +3,6 @@ naming this module (and ``tests/`` on ``PYTHONPATH``)."""
 
 from enginejob import ECHO
 
-from dataengine.jobs import register
+from dataengine import register
 
 JOB = register(ECHO)

@@ -1,65 +1,39 @@
-"""Echo: a tiny job of the engine tests' own, with its own tables, so that engine tests depend
-on no real job's schema. Its step echoes the step's text upper-cased; texts steer failures:
-``fail:...`` fails for good, ``later:...`` fails for now (a job-specific transient error),
-``hang`` never returns in time. Its result table has columns with a string and a JSON server
-default that the step leaves out, and each step writes ``echo_chunks`` rows of its own.
-
-The tables are created with ``create_all`` on the test's database (never outside tests).
-"""
+"""Echo, the engine tests' job, from the public API alone: a step upper-cases its text and writes a chunk row per
+word; ``fail:...`` fails for good, ``later:...`` for now, ``hang`` takes ``HANG_S``; results have server defaults."""
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
 
 from pydantic import BaseModel, Field
-from sqlalchemy import Integer, MetaData, String, Text, func, insert, select, text
+from sqlalchemy import Column, Integer, String, Table, Text, Uuid, func, insert, select, text
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from dataengine.jobs import Job, NewRun, StepOutcome
-from models.base import NAMING, RunMixin, StepMixin, StepResultMixin
+from dataengine import Job, NewRun, RunMixin, StepMixin, StepOutcome, StepResultMixin, new_base
 
-HANG_S = 3.0
-
-
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING)
+HANG_S, Base = 3.0, new_base()
+CHUNKS = Table("echo_chunks", Base.metadata, Column("run_id", Uuid, primary_key=True), Column("chunk", Text),
+               Column("query_index", Integer, primary_key=True), Column("n", Integer, primary_key=True))
 
 
 class EchoRun(RunMixin, Base):
     __tablename__ = "echo_runs"
-
-    label: Mapped[str] = mapped_column(String(100), nullable=False)
+    label: Mapped[str] = mapped_column(String(100))
 
 
 class EchoStep(StepMixin, Base):
-    __tablename__ = "echo_steps"
-    __run_table__ = "echo_runs"
-
-    text: Mapped[str] = mapped_column(Text, nullable=False)
+    __tablename__, __run_table__ = "echo_steps", "echo_runs"
+    text: Mapped[str] = mapped_column(Text)
 
 
 class EchoResult(StepResultMixin, Base):
-    __tablename__ = "echo_results"
-    __run_table__ = "echo_runs"
-
+    __tablename__, __run_table__ = "echo_results", "echo_runs"
     echoed: Mapped[str | None] = mapped_column(Text)
-    label: Mapped[str] = mapped_column(String(20), nullable=False, server_default="pending")
-    meta: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, server_default=text("""'{"source": "echo"}'"""))
     error: Mapped[str | None] = mapped_column(Text)
-
-
-class EchoChunk(Base):
-    """The job's own rows, written by ``record_step_rows`` inside the fenced checkpoint."""
-
-    __tablename__ = "echo_chunks"
-
-    run_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
-    query_index: Mapped[int] = mapped_column(Integer, primary_key=True)
-    n: Mapped[int] = mapped_column(Integer, primary_key=True)
-    chunk: Mapped[str] = mapped_column(Text, nullable=False)
+    label: Mapped[str] = mapped_column(String(20), server_default="pending")
+    meta: Mapped[dict[str, object]] = mapped_column(JSONB, server_default=text("""'{"source": "echo"}'"""))
 
 
 class EchoSpec(BaseModel):
@@ -68,52 +42,24 @@ class EchoSpec(BaseModel):
 
 
 class EchoUnavailable(Exception):
-    """The echo service is away for now (a transient error of this job's own)."""
+    """The echo service is away for now."""
 
 
-def echo_step(label: str, index: int, item: str) -> StepOutcome:
-    if item.startswith("fail:"):
-        raise ValueError(item.removeprefix("fail:"))
-    if item.startswith("later:"):
-        raise EchoUnavailable(item.removeprefix("later:"))
-    if item == "hang":
-        time.sleep(HANG_S)
+def echo(label: str, index: int, item: str) -> StepOutcome:
+    if item.startswith(("fail:", "later:")):
+        raise (ValueError if item.startswith("fail:") else EchoUnavailable)(item.partition(":")[2])
+    time.sleep(HANG_S if item == "hang" else 0)
     return StepOutcome({"echoed": item.upper()}, rows=item.upper().split())
 
 
 def write_chunks(session: Session, run_id: uuid.UUID, done: list[tuple[int, StepOutcome]]) -> None:
-    rows = [
-        {"run_id": run_id, "query_index": index, "n": n, "chunk": word}
-        for index, outcome in done
-        for n, word in enumerate(outcome.rows)
-    ]
+    rows = [{"run_id": run_id, "query_index": i, "n": n, "chunk": w} for i, o in done for n, w in enumerate(o.rows)]
     if rows:
-        session.execute(insert(EchoChunk.__table__), rows)
+        session.execute(insert(CHUNKS), rows)
 
 
-ECHO = Job(
-    name="Echo",
-    key="echo",
-    step_noun="text",
-    step_plural="texts",
-    run_model=EchoRun,
-    step_model=EchoStep,
-    result_model=EchoResult,
-    spec_model=EchoSpec,
+ECHO = Job(name="Echo", key="echo", step_noun="text", step_plural="texts", run_model=EchoRun, step_model=EchoStep,
+    result_model=EchoResult, spec_model=EchoSpec, prepare=lambda row: row.label, execute_step=echo,
     build=lambda spec: NewRun(values={"label": spec.label}, steps=[{"text": t} for t in spec.texts]),
-    prepare=lambda row: row.label,
-    execute_step=echo_step,
-    summarize=lambda session, run_id: {"chunks": session.scalar(
-        select(func.count()).select_from(EchoChunk.__table__).where(EchoChunk.run_id == run_id))},
-    transient_errors=(EchoUnavailable,),
-    record_step_rows=write_chunks,
-)
-
-
-def create_tables(url: str) -> None:
-    """The Echo tables in the test's database."""
-    from sqlalchemy import create_engine
-
-    engine = create_engine(url)
-    Base.metadata.create_all(engine)
-    engine.dispose()
+    summarize=lambda s, run_id: {"chunks": s.scalar(select(func.count()).where(CHUNKS.c.run_id == run_id))},
+    transient_errors=(EchoUnavailable,), record_step_rows=write_chunks)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from dataengine.jobs import Job, register
+from dataengine import Job, register
 from models.knowledge import KnowledgeRefreshResult, KnowledgeRefreshRun, KnowledgeRefreshSource
 from tasks.knowledge.spec import KnowledgeRunSpec, RefreshRequest, build, start_runs
 from tasks.knowledge.step import (

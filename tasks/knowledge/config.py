@@ -9,7 +9,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from dataengine.settings import JobSettings
+from dataengine import JobSettings
 
 
 class KnowledgeLimits(JobSettings):

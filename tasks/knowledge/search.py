@@ -7,8 +7,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from dataengine import llm
-from dataengine.db import session_scope
+from dataengine import llm, session_scope
 from models.knowledge import DocumentChunk, KnowledgeSource
 from tasks.knowledge import vectors
 

@@ -17,10 +17,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from dataengine.db import session_scope
-from dataengine.errors import SpecInvalid
-from dataengine.jobs import NewRun
-from dataengine.submitting import SpecText
+from dataengine import NewRun, SpecInvalid, SpecText, session_scope
 from models.base import ACTIVE_STATUSES
 from models.knowledge import PROPERTY_ID_CHARS, URL_CHARS, KnowledgeRefreshRun, KnowledgeSource
 from tasks.knowledge.config import KnowledgeLimits
@@ -136,8 +133,7 @@ def register_sources(session: Session, *, property_id: str, sources: list[Source
 
 def start_refresh(session: Session, *, property_id: str) -> tuple[uuid.UUID, bool] | None:
     """The property's queued or running refresh, or a new one over all its sources (``None``: it has none)."""
-    from dataengine.jobs import get_job
-    from dataengine.submitting import create_run
+    from dataengine import create_run, get_job
 
     session.execute(LOCK_PROPERTY, {"key": f"knowledge.refresh:{property_id}"})
     r = KnowledgeRefreshRun.__table__

@@ -17,12 +17,7 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from dataengine import llm
-from dataengine.db import session_scope
-from dataengine.jobs import PlannedCall, StepOutcome
-from dataengine.llm import Usage
-from dataengine.settings import get_settings
-from dataengine.workspaces import default_model
+from dataengine import PlannedCall, StepOutcome, Usage, default_model, get_settings, llm, session_scope
 from models.knowledge import KnowledgeRefreshSource, KnowledgeSource
 from tasks.knowledge import vectors
 from tasks.knowledge.chunking import digest, split

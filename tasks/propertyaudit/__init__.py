@@ -6,7 +6,7 @@ engine does the rest, including the tasks ``propertyaudit.run`` and ``propertyau
 
 from __future__ import annotations
 
-from dataengine.jobs import Job, register
+from dataengine import Job, register
 from models.propertyaudit import GeoQuery, GeoQueryResult, GeoRun
 from tasks.propertyaudit.spec import AuditSpec, build
 from tasks.propertyaudit.step import audit_query, plan_query, prepare

@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from dataengine.fakellm import STRUCTURED_HANDLERS
 from tasks.propertyaudit.prompts import ANSWER_CLOSE, ANSWER_OPEN
 
 
@@ -35,4 +34,5 @@ def evaluate_query(prompt: str, schema: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-STRUCTURED_HANDLERS["QueryEvaluation"] = evaluate_query
+#: The stand-in server's answers, by schema name (``dataengine.fakellm.load_standins``).
+ANSWERS = {"QueryEvaluation": evaluate_query}

@@ -5,9 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from dataengine import llm
-from dataengine.jobs import PlannedCall, StepOutcome
-from dataengine.workspaces import default_model
+from dataengine import PlannedCall, StepOutcome, default_model, llm
 from tasks.propertyaudit.prompts import QueryEvaluation, answer_messages, evaluation_messages
 
 

@@ -8,7 +8,7 @@ the model cannot analyse is recorded with its error and the run goes on.
 
 from __future__ import annotations
 
-from dataengine.jobs import Job, register
+from dataengine import Job, register
 from models.reviewflow import Review, ReviewAnalysisRow, ReviewFlowRun
 from tasks.reviewflow.spec import ReviewFlowSpec, build
 from tasks.reviewflow.step import (

@@ -7,9 +7,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from dataengine.jobs import NewRun
-from dataengine.settings import JobSettings, get_settings
-from dataengine.submitting import SpecText
+from dataengine import JobSettings, NewRun, SpecText, get_settings
 
 
 class ReviewLimits(JobSettings):

@@ -10,8 +10,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from dataengine.fakellm import STRUCTURED_HANDLERS
-
 POSITIVE = ("great", "love", "excellent", "friendly", "clean", "quiet", "helpful", "recommend", "amazing",
             "spacious", "excelente", "limpio", "amable", "tranquilo")
 NEGATIVE = ("dirty", "broken", "rude", "noisy", "loud", "terrible", "leak", "mold", "roach", "pest", "unsafe",
@@ -71,5 +69,5 @@ def analyze_group(prompt: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"analyses": [{"number": n, **analyze_review(text, schema)} for n, text in blocks]}
 
 
-STRUCTURED_HANDLERS["ReviewAnalysis"] = analyze_review
-STRUCTURED_HANDLERS["ReviewGroupAnalysis"] = analyze_group
+#: The stand-in server's answers, by schema name (``dataengine.fakellm.load_standins``).
+ANSWERS = {"ReviewAnalysis": analyze_review, "ReviewGroupAnalysis": analyze_group}

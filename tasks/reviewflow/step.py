@@ -5,9 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from dataengine import llm
-from dataengine.jobs import PlannedCall, StepOutcome
-from dataengine.workspaces import default_model
+from dataengine import PlannedCall, StepOutcome, default_model, llm
 from tasks.reviewflow.prompts import ReviewAnalysis, ReviewGroupAnalysis, analysis_messages, group_messages
 
 #: Attempts at one review before its failure is recorded (the second asks again after an invalid answer).

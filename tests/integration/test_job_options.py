@@ -9,7 +9,7 @@ import time
 import uuid
 
 import pytest
-from enginejob import ECHO, HANG_S, EchoChunk
+from enginejob import CHUNKS, ECHO, HANG_S
 from helpers import create, results, run_row
 from sqlalchemy import func, select
 
@@ -31,7 +31,7 @@ def run(run_id: uuid.UUID, job=ECHO):
 
 def chunks(run_id: uuid.UUID) -> int:
     with session_scope() as session:
-        return session.scalar(select(func.count()).select_from(EchoChunk.__table__).where(EchoChunk.run_id == run_id))
+        return session.scalar(select(func.count()).select_from(CHUNKS).where(CHUNKS.c.run_id == run_id))
 
 
 def test_result_columns_a_step_leaves_out_take_their_server_defaults():
@@ -63,7 +63,7 @@ def test_the_jobs_own_rows_and_the_results_commit_together_or_not_at_all():
     recorded = set(results(run_id, job=ECHO))
     assert 1 not in recorded  # the batch with step 1 left neither results nor chunks
     with session_scope() as session:
-        indexes = set(session.scalars(select(EchoChunk.query_index).where(EchoChunk.run_id == run_id)))
+        indexes = set(session.scalars(select(CHUNKS.c.query_index).where(CHUNKS.c.run_id == run_id)))
     assert indexes == recorded
 
 
