@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataengine.broker import BROKER_CONNECT_TIMEOUT_S, BROKER_SOCKET_TIMEOUT_S, RESULT_RETRY_MAX_SLEEP_MS
 from dataengine.redis_keys import REDBEAT_KEY_PREFIX
-from dataengine.schedules import parse_schedule
-from dataengine.settings import get_settings
+from dataengine.settings import get_settings, job_module_names
 
 _s = get_settings()
 
@@ -56,7 +55,7 @@ result_expires = 7 * 24 * 3600
 worker_send_task_events = True
 task_send_sent_event = _s.task_sent_events
 
-include = list(_s.job_modules)  # each registers its job and its tasks
+include = job_module_names()  # each registers its job and its tasks
 
 # One beat at a time across the fleet (celery-redbeat holds a lock in Redis); a broker outage
 # pauses the schedule instead of ending beat and the sweeper in it (dataengine.beat).
@@ -66,10 +65,5 @@ redbeat_key_prefix = REDBEAT_KEY_PREFIX
 redbeat_redis_options = {"socket_timeout": BROKER_SOCKET_TIMEOUT_S, "socket_connect_timeout": BROKER_CONNECT_TIMEOUT_S}
 redbeat_lock_timeout = 60
 beat_max_loop_interval = 5
+# The jobs' own schedules (``Job.schedules``) are added by beat's scheduler when it starts.
 beat_schedule: dict = {}
-if _s.knowledge_refresh_schedule and "tasks.knowledge" in _s.job_modules:
-    # redbeat's lock: two beats running by accident still fire each tick once.
-    beat_schedule["knowledge-refresh"] = {
-        "task": "knowledge.refresh",  # no arguments: every property that has sources
-        "schedule": parse_schedule(_s.knowledge_refresh_schedule),
-    }

@@ -16,12 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what the names are, for type checkers and readers; at run time they load on first use
     from dataengine import llm
-    from dataengine.celery_app import app
+    from dataengine.celery_app import app, enqueue
+    from dataengine.cliout import console, fail
     from dataengine.db import session_scope
     from dataengine.errors import DataEngineError, RunFatal, SpecInvalid
     from dataengine.fakellm import FakeLLMServer
-    from dataengine.jobs import Job, NewRun, PlannedCall, StepOutcome, get_job, register
+    from dataengine.jobs import Job, JobDemo, NewRun, PlannedCall, StepOutcome, get_job, register
     from dataengine.llm import Usage
+    from dataengine.schedules import parse_schedule
     from dataengine.settings import JobSettings, get_settings
     from dataengine.submitting import SpecText, create_run
     from dataengine.workspaces import default_model
@@ -36,9 +38,11 @@ _PUBLIC = {
     "NewRun": "dataengine.jobs",
     "StepOutcome": "dataengine.jobs",
     "PlannedCall": "dataengine.jobs",
+    "JobDemo": "dataengine.jobs",
     "SpecText": "dataengine.submitting",
     "create_run": "dataengine.submitting",
     "JobSettings": "dataengine.settings",
+    "parse_schedule": "dataengine.schedules",
     # Its tables
     "RunMixin": "models.base",
     "StepMixin": "models.base",
@@ -56,15 +60,20 @@ _PUBLIC = {
     "RunFatal": "dataengine.errors",
     # Testing a job: the OpenAI-compatible stand-in server (``dataengine fake-llm``)
     "FakeLLMServer": "dataengine.fakellm",
+    # A job's own commands (``Job.cli``): print, fail, send a run's task
+    "console": "dataengine.cliout",
+    "fail": "dataengine.cliout",
+    "enqueue": "dataengine.celery_app",
     # The engine's settings, and the Celery app (``celery -A dataengine``)
     "get_settings": "dataengine.settings",
     "app": "dataengine.celery_app",
 }
 
 __all__ = [
-    "Base", "DataEngineError", "FakeLLMServer", "Job", "JobSettings", "NewRun", "PlannedCall", "RunFatal", "RunMixin",
-    "SpecInvalid", "SpecText", "StepMixin", "StepOutcome", "StepResultMixin", "Usage", "app", "create_run", "default_model",
-    "get_job", "get_settings", "llm", "new_base", "register", "session_scope",
+    "Base", "DataEngineError", "FakeLLMServer", "Job", "JobDemo", "JobSettings", "NewRun", "PlannedCall", "RunFatal", "RunMixin",
+    "SpecInvalid", "SpecText", "StepMixin", "StepOutcome", "StepResultMixin", "Usage", "app", "console", "create_run",
+    "default_model", "enqueue", "fail", "get_job", "get_settings", "llm", "new_base", "parse_schedule", "register",
+    "session_scope",
 ]
 
 

@@ -29,6 +29,17 @@ OUTAGE_ERRORS = (RedisConnectionError, RedisTimeoutError, LockError, Operational
 RETRY_S = 1.0
 
 
+def job_schedules() -> dict[str, dict[str, Any]]:
+    """Beat entries of the registered jobs' schedules (``Job.schedules``): each sends the job's task
+    without arguments."""
+    from dataengine.jobs import load_jobs
+    from dataengine.schedules import parse_schedule
+
+    return {name: {"task": job.task_name, "schedule": parse_schedule(when)}
+            for job in load_jobs() if job.schedules is not None
+            for name, when in job.schedules().items() if when}
+
+
 class Scheduler(RedBeatScheduler):
     """redbeat's scheduler; a broker outage pauses the schedule instead of ending beat."""
 
@@ -36,7 +47,9 @@ class Scheduler(RedBeatScheduler):
     _standing_by = False
 
     def setup_schedule(self) -> None:
-        """Store the static entries now, or once Redis answers if it does not at start-up."""
+        """Store the static entries and the jobs' schedules now, or once Redis answers if it does not at
+        start-up (redbeat's lock: two beats running by accident still fire each tick once)."""
+        self.app.conf.beat_schedule.update(job_schedules())
         try:
             super().setup_schedule()
         except OUTAGE_ERRORS as exc:

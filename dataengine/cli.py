@@ -1,10 +1,11 @@
-"""The ``dataengine`` command line: migrate, submit, status, watch, cancel, sweep, rejected, fake-llm, demo, knowledge,
-api, api-keys, workspaces, runs, events, retry."""
+"""The ``dataengine`` command line: migrate, submit, status, watch, cancel, sweep, rejected, fake-llm, demo,
+api, api-keys, workspaces, runs, events, retry, costs; and each job's own commands under its key."""
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -50,7 +51,7 @@ def migrate() -> None:
 
 @cli.command()
 def submit(
-    job: Annotated[str, typer.Argument(help="The job's name: propertyaudit, ...")],
+    job: Annotated[str, typer.Argument(help="The job's key (dataengine runs --help lists them)")],
     spec_file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="The run spec as JSON")],
     watch_run: Annotated[bool, typer.Option("--watch", help="Show the progress bar until the run ends")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and estimate only: steps, calls, tokens, "
@@ -227,16 +228,16 @@ def fake_llm(
 
 @cli.command()
 def demo(
-    job: Annotated[str, typer.Argument(help="propertyaudit or reviewflow")] = "propertyaudit",
+    job: Annotated[str | None, typer.Argument(help="A job with a demo (default: the first job's)")] = None,
     steps: Annotated[int, typer.Option("--steps", "--queries", min=4, max=500,
                                        help="How many steps (queries, reviews) the demo run has")] = 30,
     latency_ms: Annotated[float, typer.Option(help="Stand-in LLM latency per call")] = 300.0,
 ) -> None:
-    """Run a PropertyAudit (or a ReviewFlow) end to end, SIGKILL its worker half-way, and show it resume."""
-    from dataengine.demo import KINDS, run_demo
+    """Run a job's demo end to end, SIGKILL its worker half-way, and show it resume."""
+    from dataengine.demo import demos, run_demo
 
-    if job not in KINDS:
-        raise fail(f"no demo for {job!r}; known: {', '.join(KINDS)}")
+    if job is not None and job not in demos():
+        raise fail(f"no demo for {job!r}; known: {', '.join(sorted(demos()))}")
     raise typer.Exit(code=run_demo(console=console, job_key=job, steps=steps, latency_ms=latency_ms))
 
 
@@ -245,85 +246,33 @@ cli.add_typer(keys_cli, name="api-keys")
 cli.add_typer(workspaces_cli, name="workspaces")
 register_operations(cli)
 
-knowledge_cli = typer.Typer(no_args_is_help=True, help="Knowledge Refresh: refresh, sources, search.")
-sources_cli = typer.Typer(no_args_is_help=True, help="A property's knowledge sources.")
-knowledge_cli.add_typer(sources_cli, name="sources")
-cli.add_typer(knowledge_cli, name="knowledge")
-PropertyOption = Annotated[str, typer.Option("--property", help="The producer's property id")]
+_job_commands_added = False
 
 
-@knowledge_cli.command("refresh")
-def knowledge_refresh(
-    property_id: Annotated[str | None, typer.Option("--property", help="Only this property (default: every one)")] = None,
-) -> None:
-    """Start a refresh of one property's sources, or of every property that has sources; prints the run ids."""
-    _jobs()
-    from dataengine.celery_app import enqueue
-    from dataengine.jobs import get_job
-
-    job = get_job("knowledge")
+def command_line(argv: list[str] | None = None) -> typer.Typer:
+    """The command line, with each job's own commands (``Job.cli``) under its key, unless ``argv``
+    names an engine command (those do not wait for every job to be imported)."""
+    global _job_commands_added
+    ours = {c.name for c in cli.registered_commands} | {g.name for g in cli.registered_groups}
+    if _job_commands_added or (argv and argv[0] in ours):
+        return cli
     try:
-        started = job.start_runs(**({"property_id": property_id} if property_id else {}))
-    except DataEngineError as exc:
-        raise fail(str(exc)) from None
-    for run_id, created in started:
-        if created:
-            enqueue(job.task_name, {"run_id": str(run_id)})
-        print(run_id, "started" if created else "already queued or running")
-
-
-@sources_cli.command("add")
-def knowledge_sources_add(
-    property_id: PropertyOption,
-    url: Annotated[str | None, typer.Option(help="A page to fetch on every refresh")] = None,
-    text: Annotated[str | None, typer.Option(help="A text (with --title; the same title again replaces it)")] = None,
-    title: Annotated[str | None, typer.Option(help="The text's title")] = None,
-) -> None:
-    """Register a source for a property (the next refresh reads it)."""
-    _jobs()
-    from tasks.knowledge.spec import add_sources
-
-    source = {k: v for k, v in {"url": url, "text": text, "title": title}.items() if v is not None}
-    try:
-        add_sources(property_id=property_id, sources=[source])
-    except DataEngineError as exc:
-        raise fail(str(exc)) from None
-    console.print(f"registered for {property_id}: {url or title}", highlight=False)
-
-
-@sources_cli.command("list")
-def knowledge_sources_list(
-    property_id: Annotated[str | None, typer.Option("--property", help="Only this property")] = None,
-) -> None:
-    """The registered sources, one a line (tab-separated): property, source, chunks, last fetch, last error."""
-    _jobs()
-    from tasks.knowledge.search import list_sources
-
-    for s in list_sources(property_id=property_id):
-        fetched = f"{s['last_fetched_at']:%Y-%m-%d %H:%M}" if s["last_fetched_at"] else "never fetched"
-        source = s["url"] or f"text: {s['title']}"
-        print("\t".join([s["property_id"], source, f"{s['chunks']} chunks", fetched, s["last_error"] or ""]).rstrip())
-
-
-@knowledge_cli.command("search")
-def knowledge_search(
-    question: Annotated[str, typer.Argument(help="What to look for")],
-    property_id: PropertyOption,
-    limit: Annotated[int, typer.Option(min=1, max=100, help="How many chunks")] = 5,
-) -> None:
-    """The property's chunks closest to the question, with their source and cosine similarity."""
-    _jobs()
-    from tasks.knowledge.search import search_knowledge
-
-    for rank, hit in enumerate(search_knowledge(property_id=property_id, question=question, limit=limit), 1):
-        console.print(f"[bold]{rank}.[/bold] {hit.score:.3f}  {hit.url or hit.title} #{hit.position}", highlight=False)
-        console.print(f"   {' '.join(hit.content.split())[:300]}", highlight=False)
+        jobs = _jobs()
+    except Exception as exc:  # noqa: BLE001 (a job that cannot be imported: the engine's commands still work)
+        console.print(f"[yellow]the jobs' own commands are unavailable: {type(exc).__name__}: {exc}[/yellow]",
+                      highlight=False)
+        return cli
+    for job in jobs:
+        if job.cli is not None:
+            cli.add_typer(job.cli, name=job.key)
+    _job_commands_added = True
+    return cli
 
 
 def main() -> None:
     """Entry point of the ``dataengine`` script."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    cli()
+    command_line(sys.argv[1:])()
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ SUPABASE_TRANSACTION_POOLER_PORT = 6543
 
 #: A pooled connection idle for longer than this is pinged before use (SQLAlchemy's pre-ping, but
 #: not on every checkout: on the checkpoint path the ping was a fifth of each transaction's round trips,
-#: measured by bench/knowledge_refresh.py). A connection used moments ago that has since died fails its
+#: measured by a benchmark of unchanged sources). A connection used moments ago that has since died fails its
 #: first statement instead, which invalidates the pool; the run loop retries that transaction.
 PING_AFTER_IDLE_S = 1.0
 _USED_AT = "dataengine_used_at"

@@ -1,5 +1,5 @@
-"""``dataengine demo [JOB]``: a PropertyAudit (or a ReviewFlow) end to end on real local processes,
-its worker SIGKILLed half-way.
+"""``dataengine demo [JOB]``: a run of a job that declares a demo (``Job.demo``, a ``JobDemo``) end to
+end on real local processes, its worker SIGKILLed half-way.
 
 Everything runs on this machine: the LLM is the project's stand-in server (``dataengine.fakellm``)
 in this process; worker and beat are real ``celery`` subprocesses on the user's PostgreSQL and Redis.
@@ -7,14 +7,11 @@ in this process; worker and beat are real ``celery`` subprocesses on the user's 
 
 from __future__ import annotations
 
-import itertools
-import random
 import signal
 import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,38 +26,14 @@ from dataengine.celery_app import enqueue
 from dataengine.db import session_scope
 from dataengine.fakellm import FakeConfig, FakeLLMServer
 from dataengine.inspect import find_run, watch
-from dataengine.jobs import Job, get_job, load_jobs
+from dataengine.jobs import Job, JobDemo, get_job, load_jobs
 from dataengine.migrations import migrate
 from dataengine.procs import CeleryProcess, start_beat, start_worker
 from dataengine.runs import finish_run
 from dataengine.settings import get_settings
 from dataengine.submitting import submit_run
 from models.base import RunStatus
-from tasks.reviewflow.step import GROUP_SIZE
 
-PROPERTY = {"name": "The Monarch at Riverside", "city": "Austin", "aliases": ["Monarch at Riverside"],
-            "website": "https://www.the-monarch-at-riverside.example"}
-TEMPLATES = (
-    "best apartments near {place} Austin with {amenity}",
-    "apartments with {amenity} near {place} in Austin TX",
-    "top rated apartment communities close to {place}, Austin, that have {amenity}",
-    "where to rent near {place} in Austin if I want {amenity}",
-    "affordable Austin apartments near {place} with {amenity}",
-)
-PLACES = ("downtown", "South Congress", "the Domain", "Zilker Park", "Mueller", "Hyde Park", "the UT campus",
-          "Lady Bird Lake", "East Cesar Chavez", "Riverside Drive")
-AMENITIES = ("a pool", "a gym", "a dog park", "in-unit laundry", "covered parking", "a rooftop deck",
-             "EV charging", "a coworking space", "short-term leases", "utilities included")
-REVIEWS = (
-    ("Love the rooftop pool and the staff at the front office are always friendly.", 5),
-    ("There is a leak under the kitchen sink and mold on the wall; nobody came to fix it.", 1),
-    ("The neighbours are loud every night and the hallway is dirty.", 2),
-    ("El departamento es muy limpio y el personal es amable.", 5),
-    ("Parking is fine but the rent went up again this year.", 3),
-    ("The gym is great, quiet and clean, I recommend it.", 4),
-    ("My heater is broken, no heat for three days in this cold.", 1),
-    ("Spacious units with a great view of the lake.", 5),
-)
 LOG_DIR = Path(".dataengine") / "demo"
 READY_TIMEOUT_S = 30.0
 RUN_TIMEOUT_S = 120.0
@@ -74,77 +47,6 @@ class DemoError(Exception):
         # Read now: stopping the process afterwards appends its shutdown noise to the log.
         self.log_path = log.log_path if log else None
         self.log_tail = "\n".join(log.log_text().splitlines()[-25:]) if log else ""
-
-
-def demo_queries(n: int) -> list[str]:
-    """``n`` distinct search-style queries about Austin apartments, the same on every demo."""
-    combos = list(itertools.product(TEMPLATES, PLACES, AMENITIES))
-    random.Random(7).shuffle(combos)  # neighbouring queries differ in every part  # noqa: S311  jitter/ordering, not a secret
-    return [t.format(place=p, amenity=a) for t, p, a in combos[:n]]
-
-
-def demo_reviews(n: int) -> list[tuple[str, int]]:
-    """``n`` distinct resident reviews with their ratings, the same on every demo."""
-    return [(f"{text} (unit {101 + i})", rating) for i, (text, rating) in
-            ((i, REVIEWS[i % len(REVIEWS)]) for i in range(n))]
-
-
-@dataclass(frozen=True)
-class DemoKind:
-    """What the demo runs for one job: its LLM inputs, the spec they make, and how its result reads."""
-
-    key: str
-    inputs: Callable[[int], list[str]]
-    spec: Callable[[list[str]], dict[str, Any]]
-    result_rows: Callable[[dict[str, Any]], list[tuple[str, str]]]
-    #: (the stand-in's answered prompts, an input) -> how many answered calls carried it.
-    asked: Callable[[dict[str, int], str], int] = lambda answered, text: answered.get(text, 0)
-    #: Steps that share one LLM call: each call is given that much more latency, so the run lasts
-    #: long enough to be killed half-way.
-    per_call: int = 1
-
-
-def _asked_within(answered: dict[str, int], text: str) -> int:
-    # Short reviews share calls: a review counts in every answered prompt that holds it.
-    return sum(n for prompt, n in answered.items() if text in prompt)
-
-
-def _audit_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
-    return [
-        ("Visibility score", f"{summary['visibility_score']:.0%} "
-                             f"({summary['mentions']} of {summary['queries_answered']} answers mention it)"),
-        ("Mean rank", "—" if summary["mean_rank"] is None else f"{summary['mean_rank']:g} when mentioned"),
-        ("Top competitors", ", ".join(f"{c['name']} ({c['mentions']})" for c in summary["top_competitors"])),
-    ]
-
-
-def _review_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
-    return [
-        ("Sentiment", ", ".join(f"{label} {n}" for label, n in summary["sentiment"].items())),
-        ("Top topics", ", ".join(f"{t['topic']} ({t['reviews']})" for t in summary["top_topics"])),
-        ("Urgent, need a reply", f"{summary['urgent_needing_reply']}: "
-                                 + "; ".join(u["excerpt"][:50] for u in summary["urgent"][:3])),
-        ("Rating vs sentiment", f"{summary['average_rating']} stars on average, sentiment "
-                                f"{summary['average_sentiment']:+.2f}"),
-    ]
-
-
-KINDS = {
-    "propertyaudit": DemoKind(
-        "propertyaudit", demo_queries, lambda queries: {"property": PROPERTY, "queries": queries}, _audit_rows,
-    ),
-    "reviewflow": DemoKind(
-        "reviewflow",
-        lambda n: [text for text, _ in demo_reviews(n)],
-        lambda texts: {
-            "property": {"name": PROPERTY["name"], "city": PROPERTY["city"]},
-            "reviews": [{"text": t, "rating": r} for t, (_, r) in zip(texts, demo_reviews(len(texts)), strict=True)],
-        },
-        _review_rows,
-        _asked_within,
-        per_call=GROUP_SIZE,
-    ),
-}
 
 
 def _redacted(url: str) -> str:
@@ -238,12 +140,12 @@ class Demo:
                            error="the demo stopped before the run finished")
 
 
-def summary_table(job: Job, kind: DemoKind, row: dict[str, Any], recovered_after: float | None) -> Table:
+def summary_table(job: Job, kind: JobDemo, row: dict[str, Any], recovered_after: float | None) -> Table:
     """What the run found, what it cost, and how long it took."""
     table = Table(title=f"{job.name} result", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("Property", f"{PROPERTY['name']} ({PROPERTY['city']})")
+    table.add_row(*kind.subject)
     for name, value in kind.result_rows(row["summary"]):
         table.add_row(name, value)
     table.add_row("Tokens", f"{row['prompt_tokens']:,} in + {row['completion_tokens']:,} out")
@@ -255,7 +157,7 @@ def summary_table(job: Job, kind: DemoKind, row: dict[str, Any], recovered_after
     return table
 
 
-def report_paid_twice(console: Console, demo: Demo, kind: DemoKind, answered: dict[str, int]) -> bool:
+def report_paid_twice(console: Console, demo: Demo, kind: JobDemo, answered: dict[str, int]) -> bool:
     """Print which steps the stand-in answered more than once; True unless a checkpointed one was."""
     c, plural = demo.checkpointed, demo.job.step_plural
     again = [i for i, q in enumerate(demo.inputs) if kind.asked(answered, q) > 1]
@@ -285,10 +187,17 @@ def report_paid_twice(console: Console, demo: Demo, kind: DemoKind, answered: di
     return True
 
 
-def run_demo(*, console: Console, job_key: str = "propertyaudit", steps: int = 30, latency_ms: float = 300.0) -> int:
-    """Run the demo end to end; returns the exit code (0 if the run completed and nothing was paid twice)."""
-    load_jobs()
-    job, kind = get_job(job_key), KINDS[job_key]
+def demos() -> dict[str, JobDemo]:
+    """The registered jobs' demos by job key, the default one first."""
+    found = {job.key: job.demo for job in load_jobs() if job.demo is not None}
+    return dict(sorted(found.items(), key=lambda kv: not kv[1].default))
+
+
+def run_demo(*, console: Console, job_key: str | None = None, steps: int = 30, latency_ms: float = 300.0) -> int:
+    """Run the demo of ``job_key`` (the default one: None) end to end; returns the exit code (0 if the run
+    completed and nothing was paid twice)."""
+    job_key = job_key or next(iter(demos()))
+    job, kind = get_job(job_key), demos()[job_key]
     console.rule(f"[bold]dataengine demo {job_key}")
     console.print(f"A {job.name} of {steps} {job.step_plural} runs on a real Celery worker; half-way through, the "
                   "worker is SIGKILLed and a second worker resumes the run from its last checkpoint.")
@@ -327,7 +236,7 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _run(console: Console, demo: Demo, kind: DemoKind) -> dict[str, Any]:
+def _run(console: Console, demo: Demo, kind: JobDemo) -> dict[str, Any]:
     for old in LOG_DIR.glob("*.log"):  # so every log there is this demo's
         old.unlink()
     first = demo.start("demo-1")
@@ -341,14 +250,14 @@ def _run(console: Console, demo: Demo, kind: DemoKind) -> dict[str, Any]:
     spec = {**kind.spec(demo.inputs), "idempotency_key": f"demo-{uuid.uuid4()}"}
     demo.run_id = submit_run(job=demo.job, spec=spec, send=enqueue)
     console.print(f"• submitted {demo.job.name} {demo.run_id}: {len(demo.inputs)} {demo.job.step_plural} for "
-                  f"{PROPERTY['name']!r}, e.g. {demo.inputs[0]!r}")
+                  f"{kind.subject[1]}, e.g. {demo.inputs[0]!r}")
     try:
         return watch(demo.run_id, console=console, on_update=demo.on_update, timeout_s=RUN_TIMEOUT_S)
     except TimeoutError:
         raise DemoError(f"the run did not finish in {RUN_TIMEOUT_S:g}s", log=demo.worker()) from None
 
 
-def _report(console: Console, demo: Demo, kind: DemoKind, row: dict[str, Any], answered: dict[str, int]) -> int:
+def _report(console: Console, demo: Demo, kind: JobDemo, row: dict[str, Any], answered: dict[str, int]) -> int:
     if row["status"] != "completed":
         raise DemoError(f"the run ended {row['status']}: {row['error_message']} (worker logs in {LOG_DIR}/)")
     console.print(summary_table(demo.job, kind, row, demo.recovered_after))

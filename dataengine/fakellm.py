@@ -33,7 +33,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dataengine.fakelimits import ProviderLimits
-from dataengine.settings import get_settings
+from dataengine.settings import job_module_names
 
 #: Fictional apartment communities the plain answers recommend.
 ROSTER: tuple[str, ...] = (
@@ -198,7 +198,7 @@ def load_standins() -> dict[str, Answer]:
     meaningful answers (not just a valid example of the schema) ships a ``standin`` module beside it
     whose ``ANSWERS`` maps its schemas' names to functions."""
     answers: dict[str, Answer] = {}
-    for module in get_settings().job_modules:
+    for module in job_module_names():
         if importlib.util.find_spec(f"{module}.standin") is not None:
             answers |= getattr(importlib.import_module(f"{module}.standin"), "ANSWERS", {})
     return answers

@@ -1,6 +1,6 @@
 """What the engine needs to know about a kind of run, and the registry of kinds.
 
-A job module (``tasks/propertyaudit``) is its tables, its spec, its step and its summary: it
+A job module (a package under ``tasks/``) is its tables, its spec, its step and its summary: it
 builds one ``Job`` and registers it. Everything else is the engine's, driven by the ``Job``:
 creating runs idempotently (``dataengine.submitting``), reading steps in pages, the two Celery
 tasks ``<key>.run`` and ``<key>.submit`` (``dataengine.tasking``), the sweeper and the CLI.
@@ -19,7 +19,7 @@ from sqlalchemy import Table, func, select
 from sqlalchemy.orm import Session
 
 from dataengine.llm import Usage
-from dataengine.settings import get_settings
+from dataengine.settings import job_module_names
 
 #: Columns every step table has (``models.base.StepMixin``); the others are the step's item.
 STEP_KEY_COLUMNS = ("run_id", "query_index")
@@ -64,11 +64,33 @@ class PlannedCall:
 
 
 @dataclass(frozen=True)
+class JobDemo:
+    """What ``dataengine demo <key>`` runs for a job: its LLM inputs, the spec they make, and how its
+    result reads."""
+
+    #: steps -> that many distinct inputs (queries, review texts), the same on every demo.
+    inputs: Callable[[int], list[str]]
+    #: the inputs -> the run's spec.
+    spec: Callable[[list[str]], dict[str, Any]]
+    #: the run's summary -> (label, value) rows of the result table.
+    result_rows: Callable[[dict[str, Any]], list[tuple[str, str]]]
+    #: (label, value) of what the run is about, shown first: ("Property", "The Monarch at Riverside (Austin)").
+    subject: tuple[str, str]
+    #: (the stand-in's answered prompts, an input) -> how many answered calls carried it.
+    asked: Callable[[dict[str, int], str], int] = lambda answered, text: answered.get(text, 0)
+    #: Steps that share one LLM call: each call is given that much more latency, so the run lasts
+    #: long enough to be killed half-way.
+    per_call: int = 1
+    #: The demo ``dataengine demo`` runs without a job named.
+    default: bool = False
+
+
+@dataclass(frozen=True)
 class Job:
     """A kind of run: its tables, its spec, how to do one step, how to sum a run up."""
 
-    name: str  # shown in logs: "[PropertyAudit] Processing query 7/40"
-    key: str  # CLI name and task prefix: "propertyaudit" -> "propertyaudit.run", "propertyaudit.submit"
+    name: str  # shown in logs: "[Audit] Processing query 7/40"
+    key: str  # CLI name and task prefix: "audit" -> "audit.run", "audit.submit"
     step_noun: str  # "query", "review", "source"
     step_plural: str  # "queries", "reviews", "sources"
     run_model: type  # a models.base.RunMixin table
@@ -98,11 +120,11 @@ class Job:
     #: the fenced update: all or nothing.
     record_step_rows: Callable[[Session, uuid.UUID, list[tuple[int, StepOutcome]]], None] | None = None
     #: An UPDATE (or INSERT) that the checkpoint statement itself runs, reading the result rows it
-    #: has just recorded as ``inserted`` (Knowledge Refresh: each source's validators and error, from
+    #: has just recorded as ``inserted`` (a job that refreshes sources: each source's validators and error, from
     #: its result). Nothing is written if the claim is stale, and it costs no extra round trip.
     checkpoint_sql: str | None = None
     #: The name of the task that executes a run, when the public contract names it otherwise
-    #: than ``<key>.run`` (``reviewflow.analyze``).
+    #: than ``<key>.run`` (``<key>.analyze``).
     run_task_name: str | None = None
     #: (context, [(index, item), ...]) -> one StepOutcome per step, in order: a few small steps in
     #: one call (short reviews in one LLM request). Each step is still recorded on its own, and a
@@ -113,7 +135,7 @@ class Job:
     #: Steps in one call at most.
     group_size: int = 1
     #: (**kwargs) -> [(run id, created)]: what the run task does when sent without a ``run_id``
-    #: (``knowledge.refresh`` with ``property_id=`` or nothing). It validates its arguments
+    #: (a refresh sent with ``property_id=`` or nothing). It validates its arguments
     #: (``SpecInvalid``), finds or creates the runs, and the engine enqueues the created ones.
     start_runs: Callable[..., list[tuple[uuid.UUID, bool]]] | None = None
     #: The result columns the runs page shows for each step, after its index and what it was about
@@ -122,13 +144,21 @@ class Job:
     #: What ``start_runs`` accepts, as the HTTP API documents and validates it.
     start_model: type[BaseModel] | None = None
     #: (session, run_id, start, limit) -> [(index, item)]: steps read with more than their own row
-    #: (a knowledge source's URL and validators, joined in), so that a step reads nothing itself.
+    #: (a source's URL and validators, joined in), so that a step reads nothing itself.
     load_items: Callable[[Session, uuid.UUID, int, int], list[tuple[int, Any]]] | None = None
     #: (context, [item, ...]) -> the calls one step, or a group of steps sharing a call, will make
     #: (``PlannedCall``): how a dry run estimates tokens and cost before spending. The context is
     #: ``prepare``'s of the run row the spec would make; an item is the step's own columns as the spec
     #: builds them. None: the estimate leans on the job's recent runs alone.
     plan_calls: Callable[[Any, list[Any]], list[PlannedCall]] | None = None
+
+    #: What ``dataengine demo <key>`` runs (``JobDemo``); None: the job has no demo.
+    demo: JobDemo | None = None
+    #: The job's own commands (a ``typer.Typer``), added to the ``dataengine`` command line under its key.
+    cli: Any = None
+    #: () -> when beat sends the job's task without arguments: entry name -> a five-field cron expression
+    #: (UTC) or a number of seconds (empty: off). Read when beat starts.
+    schedules: Callable[[], dict[str, str]] | None = None
 
     #: run row -> the property it is about, as the cost ledger groups spend (``dataengine costs --by property``):
     #: by default its ``property_name`` or ``property_id`` column.
@@ -144,22 +174,22 @@ class Job:
 
     @property
     def task_name(self) -> str:
-        """The Celery task that executes a run: ``propertyaudit.run``."""
+        """The Celery task that executes a run: ``<key>.run``, unless ``run_task_name`` says otherwise."""
         return self.run_task_name or f"{self.key}.run"
 
     @property
     def submit_task_name(self) -> str:
-        """The Celery task that creates a run from its spec and starts it: ``propertyaudit.submit``."""
+        """The Celery task that creates a run from its spec and starts it: ``<key>.submit``."""
         return f"{self.key}.submit"
 
     @property
     def runs(self) -> Table:
-        """The run table (``geo_runs``...)."""
+        """The run table (a ``RunMixin`` table)."""
         return self.run_model.__table__
 
     @property
     def steps(self) -> Table:
-        """The step table (``geo_queries``...), unique on (run, query_index)."""
+        """The step table (a ``StepMixin`` table), unique on (run, query_index)."""
         return self.step_model.__table__
 
     @property
@@ -233,7 +263,7 @@ def register(job: Job) -> Job:
 
 def load_jobs() -> list[Job]:
     """Import the job modules (``DATAENGINE_JOB_MODULES``): each registers its job."""
-    for module in get_settings().job_modules:
+    for module in job_module_names():
         importlib.import_module(module)
     return all_jobs()
 
@@ -244,7 +274,7 @@ def all_jobs() -> list[Job]:
 
 
 def get_job(key: str) -> Job:
-    """The job registered under ``key`` (``propertyaudit``), or a ``KeyError`` naming the known ones."""
+    """The job registered under ``key``, or a ``KeyError`` naming the known ones."""
     try:
         return _JOBS[key]
     except KeyError:

@@ -1,6 +1,6 @@
 """The LLM response journal: nothing paid twice, even mid-step.
 
-A step may make several calls (PropertyAudit: an answer, then its evaluation). A worker that dies
+A step may make several calls (an answer, then its evaluation). A worker that dies
 after the first returned and before the step's checkpoint used to pay for it again on resume. Now
 every response a run's step receives is recorded (``llm_responses``) before the step goes on with it,
 keyed by run, step and a fingerprint of the request; a step run again reuses a recorded response

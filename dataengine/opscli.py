@@ -45,7 +45,7 @@ STATUSES = ", ".join(s.value for s in RunStatus)
 
 def runs(
     status: Annotated[str | None, typer.Option(help=f"Only runs of this status: {STATUSES}")] = None,
-    kind: Annotated[str | None, typer.Option(help="Only runs of this job: propertyaudit, reviewflow, knowledge")] = None,
+    kind: Annotated[str | None, typer.Option(help="Only runs of this job (its key)")] = None,
     since: Annotated[str | None, typer.Option(help="Only runs that ended (or began) within this long: 1d, 12h, 30m")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000, help="At most this many, newest first")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="Print them as JSON")] = False,

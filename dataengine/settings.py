@@ -216,16 +216,9 @@ class Settings(BaseSettings):
     worker_metrics_port: int | None = Field(None, ge=1, le=65535)
     worker_metrics_host: str = "127.0.0.1"
 
-    #: When beat starts ``knowledge.refresh`` for every property with sources: a five-field cron
-    #: expression (UTC) or a number of seconds; empty turns the schedule off.
-    knowledge_refresh_schedule: str = "0 3 * * *"
-
     #: The modules that define the jobs (each registers one ``Job``); workers, beat and the CLI import them.
-    job_modules: list[str] = ["tasks.propertyaudit", "tasks.reviewflow", "tasks.knowledge"]
-
-    #: Knowledge Refresh may fetch loopback, private, link-local and metadata addresses (tests, the demo).
-    #: Off, such URLs are refused after DNS resolution and on every redirect: the sources are user input.
-    knowledge_allow_private_urls: bool = False
+    #: Unset: every installed package's ``dataengine.jobs`` entry points (``job_module_names``).
+    job_modules: list[str] | None = None
 
     # The HTTP API (dataengine.web): where it listens, the largest body it reads, the key of the seeds.
     api_host: str = "127.0.0.1"
@@ -281,15 +274,6 @@ class Settings(BaseSettings):
             return urlunsplit(parts._replace(query=query))
         return value
 
-    @field_validator("knowledge_refresh_schedule")
-    @classmethod
-    def _valid_schedule(cls, value: str) -> str:
-        if value.strip():
-            from dataengine.schedules import parse_schedule
-
-            parse_schedule(value)
-        return value.strip()
-
     @field_validator("api_key", "flower_basic_auth", "step_concurrency", "llm_rpm", "llm_tpm", "daily_budget_usd",
                      "public_base_url", mode="before")
     @classmethod
@@ -334,8 +318,6 @@ class Settings(BaseSettings):
             raise ValueError("DATAENGINE_FLOWER_ALLOW_NO_AUTH is for local use, never production")
         if self.environment == "production":
             self._check_production_secrets()
-        if self.environment == "production" and self.knowledge_allow_private_urls:
-            raise ValueError("DATAENGINE_KNOWLEDGE_ALLOW_PRIVATE_URLS is for tests and the demo, never production")
         return self
 
     def _check_production_secrets(self) -> None:
@@ -371,6 +353,21 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings, read from the environment on first use."""
     return Settings()
+
+
+#: The entry-point group a package declares its jobs in (``[project.entry-points."dataengine.jobs"]``).
+JOBS_ENTRY_POINTS = "dataengine.jobs"
+
+
+def job_module_names() -> list[str]:
+    """The modules that define the jobs: ``DATAENGINE_JOB_MODULES``, else the installed packages'
+    ``dataengine.jobs`` entry points, in the order they declare them. The engine names no job."""
+    configured = get_settings().job_modules
+    if configured is not None:
+        return configured
+    from importlib.metadata import entry_points
+
+    return list(dict.fromkeys(ep.value for ep in entry_points(group=JOBS_ENTRY_POINTS)))
 
 
 class JobSettings(BaseSettings):

@@ -40,7 +40,7 @@ import instant_job  # noqa: E402
 
 from dataengine.db import get_engine  # noqa: E402
 from dataengine.procs import start_worker  # noqa: E402
-from dataengine.settings import get_settings  # noqa: E402
+from dataengine.settings import job_module_names  # noqa: E402
 
 
 def main() -> int:
@@ -63,7 +63,7 @@ def main() -> int:
             step="instant.submit: returns at once; propertyaudit.submit (context): stand-in at zero latency",
             logs=_common.LOG_DIR,
         )
-        env = {"DATAENGINE_JOB_MODULES": json.dumps([*get_settings().job_modules, "instant_job"]),
+        env = {"DATAENGINE_JOB_MODULES": json.dumps([*job_module_names(), "instant_job"]),
                "PYTHONPATH": str(PEERS_DIR)}
         workers = []
         try:

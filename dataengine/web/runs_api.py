@@ -176,7 +176,7 @@ def _add_submit_route(jobs_router: APIRouter, job: Job) -> None:
 
 
 def _add_start_route(jobs_router: APIRouter, job: Job) -> None:
-    """``POST /v1/knowledge/refresh``: a run by id, or the job's own start arguments (one run per property)."""
+    """``POST /v1/<task name as a path>``: a run by id, or the job's own start arguments (``Job.start_runs``)."""
     assert job.start_model is not None and job.start_runs is not None  # noqa: S101  narrows a type the code above guarantees; not input validation
     start_model = job.start_model
     Body_ = Annotated[Annotated[RunRef, Tag("run")] | Annotated[start_model, Tag("start")], Discriminator(_by_run_id)]
@@ -243,7 +243,7 @@ def _encode_cursor(row: dict[str, Any]) -> str:
 
 @router.get("/runs", response_model=RunPage, summary="Runs of every kind, newest first")
 def list_runs(
-    kind: Annotated[str | None, Query(description="A job: propertyaudit, reviewflow, knowledge")] = None,
+    kind: Annotated[str | None, Query(description="A job's key (its runs only)")] = None,
     status: Annotated[Literal[tuple(s.value for s in RunStatus)] | None, Query()] = None,  # type: ignore[misc]
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,

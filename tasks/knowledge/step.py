@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from dataengine import PlannedCall, StepOutcome, Usage, default_model, get_settings, llm, session_scope
+from dataengine import PlannedCall, StepOutcome, Usage, default_model, llm, session_scope
 from models.knowledge import KnowledgeRefreshSource, KnowledgeSource
 from tasks.knowledge import vectors
 from tasks.knowledge.chunking import digest, split
@@ -71,7 +71,7 @@ class SourceChunks:
 def prepare(row: Any) -> KnowledgeContext:
     """The context of a claimed run row: its model, else its workspace's, else the engine's."""
     return KnowledgeContext(row.property_id, row.model or default_model("embedding", row.workspace_id),
-                            KnowledgeLimits.current(), get_settings().knowledge_allow_private_urls)
+                            KnowledgeLimits.current(), KnowledgeLimits.current().allow_private_urls)
 
 
 def plan_source(ctx: KnowledgeContext, sources: list[Any]) -> list[PlannedCall]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataengine import Job, register
 from models.propertyaudit import GeoQuery, GeoQueryResult, GeoRun
+from tasks.propertyaudit.demo import DEMO
 from tasks.propertyaudit.spec import AuditSpec, build
 from tasks.propertyaudit.step import audit_query, plan_query, prepare
 from tasks.propertyaudit.summary import summarize
@@ -28,5 +29,6 @@ JOB = register(
         summarize=summarize,
         page_columns=("mentioned", "rank", "sentiment", "answer"),
         plan_calls=plan_query,
+        demo=DEMO,
     )
 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataengine import Job, register
 from models.reviewflow import Review, ReviewAnalysisRow, ReviewFlowRun
+from tasks.reviewflow.demo import DEMO
 from tasks.reviewflow.spec import ReviewFlowSpec, build
 from tasks.reviewflow.step import (
     GROUP_SIZE,
@@ -44,5 +45,6 @@ JOB = register(
         group_size=GROUP_SIZE,
         page_columns=("sentiment_label", "sentiment_score", "urgency", "topics", "needs_reply", "error"),
         plan_calls=plan_reviews,
+        demo=DEMO,
     )
 )

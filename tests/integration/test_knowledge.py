@@ -426,12 +426,12 @@ def test_knowledge_refresh_sent_to_a_worker_with_a_property_id_completes(workers
 def test_the_command_line_adds_lists_refreshes_and_searches(knowledge, site, engine_env):
     from typer.testing import CliRunner
 
-    from dataengine.cli import cli
+    from dataengine.cli import command_line
 
     runner = CliRunner()
 
     def invoke(*args: str) -> Any:
-        return runner.invoke(cli, ["knowledge", *args], catch_exceptions=False)
+        return runner.invoke(command_line(), ["knowledge", *args], catch_exceptions=False)
 
     assert invoke("sources", "add", "--property", PROPERTY, "--url", site.url("/changing")).exit_code == 0
     added = invoke("sources", "add", "--property", PROPERTY, "--text", TEXT_SOURCE["text"], "--title", "House rules")

@@ -4,6 +4,7 @@ three of the product, and the tests' Echo) imports nothing else of the engine.""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import dataengine
@@ -42,3 +43,28 @@ def test_jobs_import_the_engine_through_its_public_api_only():
     assert len(JOB_FILES) > 10
     assert [line for path in JOB_FILES for line in _engine_imports(path)] == []
 
+
+
+def _job_words() -> set[str]:
+    """What names a job: its key, name and task names, and the tables of its models' module."""
+    import sys
+
+    from dataengine.jobs import load_jobs
+
+    words: set[str] = set()
+    for job in load_jobs():
+        words |= {job.key, job.name, job.task_name, job.submit_task_name}
+        module = sys.modules[job.run_model.__module__]
+        words |= {v.__table__.name for v in vars(module).values() if hasattr(v, "__table__") and hasattr(v, "__module__")
+                  and v.__module__ == module.__name__}
+    return words
+
+
+def test_the_engine_names_no_job():
+    words = _job_words()
+    assert {"propertyaudit", "geo_runs", "document_chunks", "knowledge.refresh"} <= words  # the test sees them all
+    found = [f"{path.relative_to(ROOT)}:{n}: {word}"
+             for path in sorted((ROOT / "dataengine").rglob("*")) if path.suffix in (".py", ".html", ".js", ".css", ".lua", ".sql")
+             for n, line in enumerate(path.read_text().splitlines(), 1)
+             for word in words if re.search(rf"(?<![\w.]){re.escape(word)}(?![\w])", line, re.IGNORECASE)]
+    assert found == []

@@ -177,9 +177,11 @@ def test_schedules_are_cron_expressions_or_seconds_and_bad_ones_are_named():
                          ("61 3 * * *", "not a valid cron expression"), ("-5", "must be positive")]:
         with pytest.raises(ValueError, match=message):
             parse_schedule(bad)
+    from tasks.knowledge.config import KnowledgeLimits
+
     with pytest.raises(ValueError, match="neither a number of seconds"):
-        Settings(knowledge_refresh_schedule="nightly")
-    assert Settings(knowledge_refresh_schedule="").knowledge_refresh_schedule == ""
+        KnowledgeLimits(refresh_schedule="nightly")
+    assert KnowledgeLimits(refresh_schedule="").refresh_schedule == ""
 
 
 def test_a_job_naming_a_page_column_its_results_lack_is_refused_when_defined():
@@ -206,3 +208,20 @@ def test_a_command_under_refused_settings_says_why_without_a_trace(monkeypatch):
     assert result.exit_code == 2, result.output
     assert "error: the settings are refused" in result.output and "[type=value_error]" in result.output
     assert "Traceback" not in result.output and "change-me" not in result.output
+
+
+def test_private_knowledge_urls_are_refused_in_production(monkeypatch):
+    from conftest import reload_settings
+
+    from tasks.knowledge.config import KnowledgeLimits
+
+    monkeypatch.setenv("DATAENGINE_ENVIRONMENT", "production")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-a-real-looking-key-0123456789")
+    reload_settings()
+    try:
+        assert KnowledgeLimits().allow_private_urls is False
+        with pytest.raises(ValueError, match="never production"):
+            KnowledgeLimits(allow_private_urls=True)
+    finally:
+        monkeypatch.undo()
+        reload_settings()
