@@ -31,16 +31,18 @@ from kombu.utils.url import maybe_sanitize_url
 
 from dataengine import hosting, llm, memory, metrics
 from dataengine.heartbeats import close_heartbeats
-from dataengine.jobs import load_jobs
+from dataengine.jobs import load_jobs, on_register
 from dataengine.logs import configure_handlers
 from dataengine.queued import broker_lost_messages, waiting_runs
 from dataengine.recovery import Sweeper
 from dataengine.runloop import drain
 from dataengine.sentry import init_sentry
 from dataengine.settings import get_settings
+from dataengine.tasking import define_tasks
 
 app = Celery("dataengine")
 app.config_from_object("celeryconfig")
+on_register(define_tasks)  # every job's two tasks, those registered already and those to come
 
 log = logging.getLogger("dataengine.worker")
 _sweeper: Sweeper | None = None

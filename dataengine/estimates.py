@@ -29,7 +29,7 @@ from dataengine.ratelimit import estimate_tokens
 from dataengine.settings import get_settings
 
 if TYPE_CHECKING:
-    from dataengine.submitting import SubmitOptions
+    from dataengine.options import SubmitOptions
 
 #: The averages are over the newest recorded steps of the newest runs, this many of each at most.
 RECENT_STEPS = 300

@@ -249,15 +249,26 @@ class Job:
 
 
 _JOBS: dict[str, Job] = {}
+#: Told of every job registered (and, when they start listening, of those registered before): the
+#: worker layer defines each job's Celery tasks this way, so that the engine depends on no task.
+_listeners: list[Callable[[Job], None]] = []
+
+
+def on_register(listener: Callable[[Job], None]) -> None:
+    """Call ``listener`` with every registered job now, and with each one registered from now on."""
+    _listeners.append(listener)
+    for job in list(_JOBS.values()):
+        listener(job)
 
 
 def register(job: Job) -> Job:
-    """Make a job known to the sweeper and the CLI, and define its two Celery tasks."""
-    from dataengine.tasking import define_tasks
-
-    if job.key not in _JOBS:
-        define_tasks(job)
+    """Make a job known to the engine (the sweeper, the CLI, the API) and to whoever listens (the Celery
+    app: its two tasks)."""
+    new = job.key not in _JOBS
     _JOBS[job.key] = job
+    if new:
+        for listener in list(_listeners):
+            listener(job)
     return job
 
 

@@ -45,6 +45,7 @@ from dataengine.logs import RunLogger, in_run_context, run_context, run_logger, 
 from dataengine.metrics import metrics
 from dataengine.recovery import describe_losses
 from dataengine.runs import (
+    AHEAD,
     Claim,
     Refusal,
     checkpoint,
@@ -65,9 +66,6 @@ from models.events import EventType
 if TYPE_CHECKING:
     from dataengine.submitting import Created
 
-#: Units of steps a checkpoint records ahead as in flight at most (charged, not run, if the
-#: worker dies): twice the units running, so a checkpoint is needed only every few steps.
-AHEAD = 8
 #: How long finished steps that cost nothing may wait to be checkpointed with the next ones.
 GATHER_S = 0.05
 T = TypeVar("T")

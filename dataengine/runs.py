@@ -47,6 +47,10 @@ from dataengine.settings import get_settings
 from models.base import ACTIVE_STATUSES, FINAL_STATUSES, RunStatus
 from models.events import EventType
 
+#: Units of steps a checkpoint records ahead as in flight at most (charged, not run, if the
+#: worker dies): twice the units running, so a checkpoint is needed only every few steps.
+AHEAD = 8
+
 
 @dataclass(frozen=True)
 class Claim:

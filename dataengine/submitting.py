@@ -33,8 +33,8 @@ from dataengine.estimates import Estimate, estimate
 from dataengine.events import insert_sql
 from dataengine.jobs import STEP_KEY_COLUMNS, Job
 from dataengine.metrics import metrics
-from dataengine.runloop import AHEAD
-from dataengine.runs import Claim, json_rows_sql
+from dataengine.options import SubmitOptions
+from dataengine.runs import AHEAD, Claim, json_rows_sql
 from dataengine.settings import get_settings
 from models.base import ACTIVE_STATUSES, RunStatus
 from models.events import EventType
@@ -78,20 +78,6 @@ def _idempotency_key(value: Any) -> str | None:
     if len(value.strip()) > MAX_IDEMPOTENCY_KEY_CHARS:
         raise SpecInvalid(details=f"idempotency_key: at most {MAX_IDEMPOTENCY_KEY_CHARS} characters")
     return value.strip()
-
-
-@dataclass(frozen=True)
-class SubmitOptions:
-    """What a submit may carry besides the job's own spec: the engine's fields, the same for every job."""
-
-    #: A producer's key: a second submit with the same key and spec returns the same run (another spec: 409).
-    idempotency_key: str | None = None
-    #: The most the run may spend on LLM calls: it stops before the call that would cross it.
-    max_cost_usd: Decimal | None = None
-    #: The workspace whose provider key, base URL, models and limits the run's calls use.
-    workspace_id: str | None = None
-    #: Validate and estimate only: nothing is created.
-    dry_run: bool = False
 
 
 #: The largest budget a run may carry (the column's range).

@@ -1,4 +1,4 @@
-"""The declarative base and the columns every run row and every step-result row share.
+"""The columns every run row and every step-result row share (the declarative base is ``models.declarative``).
 
 The lease and checkpoint columns are written by ``dataengine.runs`` and
 ``dataengine.recovery`` only.
@@ -20,7 +20,6 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
-    MetaData,
     Numeric,
     PrimaryKeyConstraint,
     String,
@@ -29,32 +28,12 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
-from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
+from sqlalchemy.orm import Mapped, declared_attr, mapped_column
 
-NAMING = {
-    "ix": "ix_%(column_0_label)s",
-    "uq": "uq_%(table_name)s_%(column_0_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
+from models.declarative import NAMING, Base, new_base
+from models.workspaces import WORKSPACE_ID_CHARS, Workspace
 
-
-class Base(DeclarativeBase):
-    """Declarative base with stable constraint names, so migrations can name what they drop."""
-
-    metadata = MetaData(naming_convention=NAMING)
-
-
-def new_base() -> type[DeclarativeBase]:
-    """A declarative base with a metadata of its own (and the same constraint names), for tables the
-    engine's migrations do not own: a test's own job, created with ``create_all``."""
-
-    class OwnBase(DeclarativeBase):
-        metadata = MetaData(naming_convention=NAMING)
-
-    return OwnBase
-
+__all__ = ["NAMING", "Base", "RunMixin", "RunStatus", "StepMixin", "StepResultMixin", "new_base"]
 
 class RunStatus(enum.StrEnum):
     """A run's life: queued -> running -> completed | failed | cancelled."""
@@ -122,8 +101,6 @@ class RunMixin:
         """The workspace whose provider key and limits the run's calls use; NULL: the engine's own key. A
         workspace with runs cannot be deleted. The key names the table's column, not its name, so that a
         test job's tables on a metadata of their own refer to it too."""
-        from models.workspaces import WORKSPACE_ID_CHARS, Workspace
-
         return mapped_column(String(WORKSPACE_ID_CHARS), ForeignKey(Workspace.__table__.c.id, ondelete="RESTRICT"))
     #: Set by a sweeper when the run still heartbeats but has made no progress for many times its usual
     #: step time (a hung provider); the next checkpoint clears it.

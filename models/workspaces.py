@@ -10,7 +10,7 @@ from sqlalchemy import CheckConstraint, DateTime, Numeric, String, Text, func
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from models.base import Base
+from models.declarative import Base
 
 #: Longest workspace id (the run tables' ``workspace_id`` is as wide).
 WORKSPACE_ID_CHARS = 100

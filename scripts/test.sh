@@ -15,6 +15,7 @@ source scripts/ensure_pgbouncer.sh
 source scripts/ensure_node_producer.sh
 source scripts/ensure_chromium.sh
 .venv/bin/ruff check --quiet . || { echo "ruff found problems (above); fix them or run: .venv/bin/ruff check --fix ." >&2; exit 1; }
+layers=$(.venv/bin/lint-imports --no-cache --no-logo 2>&1) || { echo "$layers" >&2; echo "an import breaks the contracts of pyproject.toml's [tool.importlinter] (above)" >&2; exit 1; }
 processes=${DATAENGINE_TEST_PROCESSES:-3}
 if [ "$processes" -gt 0 ]; then
   exec .venv/bin/python -m pytest -n "$processes" "${quick[@]}" "$@"

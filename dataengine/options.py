@@ -1,0 +1,21 @@
+"""What a submit may carry besides the job's own spec: the engine's options, the same for every job
+(validated by ``dataengine.submitting.validate_spec``, priced by ``dataengine.estimates``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+
+@dataclass(frozen=True)
+class SubmitOptions:
+    """What a submit may carry besides the job's own spec: the engine's fields, the same for every job."""
+
+    #: A producer's key: a second submit with the same key and spec returns the same run (another spec: 409).
+    idempotency_key: str | None = None
+    #: The most the run may spend on LLM calls: it stops before the call that would cross it.
+    max_cost_usd: Decimal | None = None
+    #: The workspace whose provider key, base URL, models and limits the run's calls use.
+    workspace_id: str | None = None
+    #: Validate and estimate only: nothing is created.
+    dry_run: bool = False
