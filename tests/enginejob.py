@@ -77,7 +77,7 @@ def echo_step(label: str, index: int, item: str) -> StepOutcome:
     if item.startswith("later:"):
         raise EchoUnavailable(item.removeprefix("later:"))
     if item == "hang":
-        time.sleep(HANG_S)
+        time.sleep(HANG_S)  # a step that hangs, on purpose
     return StepOutcome({"echoed": item.upper()}, rows=item.upper().split())
 
 
