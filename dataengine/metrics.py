@@ -2,7 +2,7 @@
 
 Counted where it happens, in whichever process does it (a worker's pool processes and sweeper, the
 API, the CLI): runs started, finished by status, recovered by a sweeper, stalled, claims lost to
-fencing; steps and their latency; LLM calls, 429s, retries, tokens and cost by model. Served by:
+fencing; the sweeps made; steps and their latency; LLM calls, 429s, retries, tokens and cost by model. Served by:
 
 - each worker, when ``DATAENGINE_WORKER_METRICS_PORT`` is set (off by default): its main process
   serves what all its processes counted. Celery's prefork pool processes write their values to files
@@ -55,6 +55,8 @@ class Metrics:
                                       "or sent again when no worker had claimed them", ["kind"])
         self.runs_stalled = Counter("dataengine_runs_stalled", "Runs flagged stalled: heartbeating, no progress",
                                     ["kind"])
+        self.sweeps = Counter("dataengine_sweeps", "Full sweeps a sweeper made (lapsed leases, runs no worker "
+                              "claimed, a broker that lost its messages): one a sweep interval while it works")
         self.claims_lost = Counter("dataengine_claims_lost", "Claims a worker found taken over (fencing): it "
                                    "wrote nothing more and stopped", ["kind"])
         self.steps = Counter("dataengine_steps", "Steps recorded", ["kind"])

@@ -24,6 +24,7 @@ from dataengine.dbretry import db_unavailable
 from dataengine.events import prune
 from dataengine.jobs import Job, all_jobs
 from dataengine.liveness import bury, dead_owners
+from dataengine.metrics import metrics
 from dataengine.redis_keys import BROKER_EPOCH_KEY
 from dataengine.runs import (
     Requeued,
@@ -246,10 +247,14 @@ class Sweeper(threading.Thread):
         if full:
             self._look_after_runs()
         requeued = take_back_dead(send=self.send)
+        if not (full or lost):
+            return requeued
         # After the epoch key was found gone, a message the broker still holds, even one a worker took,
         # was not lost: on a broker first used while producers were already sending, only those
         # whose message is nowhere are sent.
-        return requeued + sweep(send=self.send, waiting=self.waiting, taken=lost) if full or lost else requeued
+        requeued += sweep(send=self.send, waiting=self.waiting, taken=lost)
+        metrics().sweeps.inc()
+        return requeued
 
     def _look_after_runs(self) -> None:
         """Every ``STALL_CHECK_S`` (or half ``stall_min_s``), flag the runs that stalled; every

@@ -48,7 +48,7 @@ class EchoUnavailable(Exception):
 def echo(label: str, index: int, item: str) -> StepOutcome:
     if item.startswith(("fail:", "later:")):
         raise (ValueError if item.startswith("fail:") else EchoUnavailable)(item.partition(":")[2])
-    time.sleep(HANG_S if item == "hang" else 0)
+    time.sleep(HANG_S if item == "hang" else 0)  # a step that hangs, on purpose
     return StepOutcome({"echoed": item.upper()}, rows=item.upper().split())
 
 

@@ -104,7 +104,7 @@ class KnowledgeSite:
         if path == "/notes.txt":
             return self._send(h, 200, b"Quiet hours are 10 pm to 7 am.\nPackages go to the locker room.", "text/plain")
         if path == "/slow":
-            time.sleep(self.slow_s)
+            time.sleep(self.slow_s)  # a page that answers too late, on purpose
             return self._send(h, 200, b"<p>too late</p>", "text/html")
         if path == "/huge":
             return self._send(h, 200, b"<p>" + b"x" * self.huge_bytes + b"</p>", "text/html")

@@ -13,8 +13,9 @@ import time
 import pytest
 from conftest import wait_for
 from faults.faultkit import messages_for, sender
-from helpers import run_row
+from helpers import run_row, scrape, value
 from kinds import KINDS
+from redis_server import free_port
 from tcpproxy import TcpProxy
 
 pytestmark = pytest.mark.timeout(240)
@@ -29,11 +30,17 @@ def start(workers, broker, fake_llm, *, latency_ms: float = 400, **env: str):
     return workers("a", env={"REDIS_URL": broker.url(), "DATAENGINE_RUNS_PER_PROCESS": HELD, **env})
 
 
+def sweeps(port: int) -> float:
+    """How many sweeps the sweeper of the worker serving its metrics on ``port`` has made."""
+    return value(scrape(f"http://127.0.0.1:{port}/metrics"), "dataengine_sweeps_total")
+
+
 @pytest.mark.parametrize("broker", [True], indirect=True, ids=["aof"])
 def test_redis_restarted_with_its_data_mid_run(broker, producer, workers, fake_llm, db_url, fleet_on, report):
     """1. Redis restarted with its data (AOF): the workers reconnect and keep consuming; the queued
     backlog is neither lost nor sent twice."""
-    worker = start(workers, broker, fake_llm)
+    port = free_port()
+    worker = start(workers, broker, fake_llm, DATAENGINE_WORKER_METRICS_PORT=str(port))
     fleet = fleet_on(db_url, sender(producer))
     running = fleet.submit()
     backlog = fleet.submit(steps=10)  # behind the three the process holds
@@ -41,7 +48,10 @@ def test_redis_restarted_with_its_data_mid_run(broker, producer, workers, fake_l
     fleet.fault("redis restarted with its data")
     broker.restart()
     restarted = time.monotonic()
-    time.sleep(2.5)  # two sweeps, while the process still holds the three long runs: none may resend the backlog
+    # Two sweeps begun after the restart, while the process still holds the three long runs: none may
+    # resend the backlog.
+    swept = sweeps(port)
+    wait_for(lambda: sweeps(port) >= swept + 2, timeout_s=30, what="the sweeper to sweep twice after the restart")
     assert all(row["status"] == "queued" for row in fleet.rows(backlog)), [(x["status"], x["lease_owner"], x["completed_steps"], x["created_at"], x["last_updated_at"]) for x in fleet.rows()]
     assert messages_for(broker.url(), [r.run_id for r in backlog]) == {str(r.run_id): 1 for r in backlog}
     recovered = fleet.wait_recovered(restarted, runs=running)
@@ -102,7 +112,7 @@ def test_the_broker_connection_cut_for_a_minute(broker, producer, workers, fake_
         fleet.fault("broker connection cut")
         tokens = {row["id"]: row["fencing_token"] for row in fleet.rows(on_a)}
         proxy.cut()
-        time.sleep(CUT_S)
+        time.sleep(CUT_S)  # the cut itself: no other worker may take a's runs meanwhile
         still = {row["id"]: (row["fencing_token"], row["lease_owner"]) for row in fleet.rows(on_a)}
         assert all(still[i][0] == tokens[i] for i in tokens), f"a run was taken from the cut-off worker: {still}"
         proxy.restore()

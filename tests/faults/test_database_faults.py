@@ -76,7 +76,7 @@ def test_the_database_unreachable_for_30_seconds(route, db_url, bouncer_to, work
         fleet.fault("database unreachable")
         before = tokens(fleet)
         proxy.cut()
-        time.sleep(OUTAGE_S)
+        time.sleep(OUTAGE_S)  # the outage itself
         proxy.restore()
         restored = time.monotonic()
         recovered = fleet.wait_recovered(restored, timeout_s=90)

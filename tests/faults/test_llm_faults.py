@@ -32,7 +32,7 @@ def test_the_llm_provider_down_for_two_minutes(workers, fake_llm, db_url, fleet_
         fleet.wait_progressed(10)
         fleet.fault("the LLM provider down")
         proxy.refuse()
-        time.sleep(OUTAGE_S)
+        time.sleep(OUTAGE_S)  # the outage itself
         during = fleet.rows()
         assert all(r["status"] != "failed" for r in during), [(r["status"], r["error_message"]) for r in during]
         proxy.restore()

@@ -76,7 +76,7 @@ def test_random_sigkills_of_worker_processes_for_a_minute(db_route, workers, fak
 
     ends = time.monotonic() + CHAOS_S
     while time.monotonic() < ends:
-        time.sleep(rng.uniform(2, 5))
+        time.sleep(rng.uniform(2, 5))  # the injector's random pause between kills
         supervise()
         alive = [w for w in standing if w.proc.poll() is None]
         victim = rng.choice(alive)

@@ -79,9 +79,21 @@ def fires_again(beat: Any, broker: RedisServer, *, times: int = 3) -> None:
     wait_for(more, timeout_s=45, interval_s=0.2, what=f"beat to fire {times} more times")
 
 
+#: What beat's scheduler and the sweeper in beat log when they find the broker away (once an outage).
+SCHEDULER_PAUSED, SWEEPER_CUT_OFF = "schedule paused by a broker error", "cannot check the broker for lost messages"
+
+
+def logged_since(beat: Any, start: int, *lines: str) -> bool:
+    """Every one of ``lines`` is in beat's log after its first ``start`` characters."""
+    log = beat.log_text()[start:]
+    return all(line in log for line in lines)
+
+
 def test_beat_keeps_running_through_a_broker_restart(beat, broker):
+    start = len(beat.log_text())
     broker.kill()
-    time.sleep(3)  # beat meets the refused connections
+    wait_for(lambda: logged_since(beat, start, SCHEDULER_PAUSED, SWEEPER_CUT_OFF), timeout_s=15,
+             what="beat's scheduler and its sweeper to meet the refused connections")
     broker.start()
     fires_again(beat, broker)
     assert beat.proc.poll() is None
@@ -91,7 +103,7 @@ def test_beat_keeps_running_through_a_stalled_broker(beat, broker):
     from dataengine.broker import BROKER_SOCKET_TIMEOUT_S
 
     broker.pause()
-    time.sleep(BROKER_SOCKET_TIMEOUT_S + 2)  # longer than every socket timeout on beat's side
+    time.sleep(BROKER_SOCKET_TIMEOUT_S + 2)  # the stall itself: longer than every socket timeout on beat's side
     broker.resume()
     fires_again(beat, broker)
     assert beat.proc.poll() is None
@@ -110,6 +122,7 @@ def test_beat_keeps_running_when_the_broker_comes_back_empty(beat, broker, tmp_p
 
 
 def test_beat_started_while_the_broker_is_down_waits_for_it(broker, db_url, tmp_path):
+    from dataengine.beat import RETRY_S
     from dataengine.procs import start_beat
 
     schedule_every_second(broker.url())
@@ -117,7 +130,9 @@ def test_beat_started_while_the_broker_is_down_waits_for_it(broker, db_url, tmp_
     beat = start_beat("beat", env={"DATABASE_URL": db_url, "REDIS_URL": broker.url()}, log_dir=tmp_path)
     try:
         beat.wait_ready(marker="beat: Starting")
-        time.sleep(3)
+        wait_for(lambda: logged_since(beat, 0, SCHEDULER_PAUSED) or beat.proc.poll() is not None, timeout_s=15,
+                 what="beat to find the broker away")
+        time.sleep(2 * RETRY_S)  # from its first failure, a window of retries that beat must live through
         assert beat.proc.poll() is None, beat.log_text()[-3000:]
         broker.start()
         fires_again(beat, broker)
@@ -285,7 +300,7 @@ def test_three_short_broker_cuts_during_one_slow_query_are_not_three_lost_worker
     wait_for(lambda: fake_llm.stats()["prompts"].get(queries[6]), timeout_s=30, what="the slow query to be asked")
     for _ in range(3):
         broker.kill()
-        time.sleep(2)
+        time.sleep(2)  # the cut itself
         broker.start()
     row = wait_for(lambda: ended(run_id), timeout_s=90, what="the run to finish")
     assert row["status"] == "completed" and row["step_losses"] == {}, row["error_message"]

@@ -52,7 +52,7 @@ def test_a_run_and_the_sweeper_ride_out_a_database_outage_longer_than_the_lease(
     worker.start()
     wait_for(lambda: run_row(run_id)["completed_steps"] >= 4, timeout_s=30, what="4 checkpointed queries")
     proxy.cut()
-    time.sleep(OUTAGE_S)
+    time.sleep(OUTAGE_S)  # the outage itself
     proxy.restore()
     worker.join(timeout=60)
     sweeper.stopped.set()
@@ -72,7 +72,7 @@ def _outage_during_a_worker_run(workers, fake_llm, proxy, db_url, env: dict[str,
     task = app.send_task(JOB.task_name, kwargs={"run_id": str(run_id)})
     wait_for(lambda: run_row(run_id)["completed_steps"] >= 4, timeout_s=30, what="4 checkpointed queries")
     proxy.cut()
-    time.sleep(OUTAGE_S)
+    time.sleep(OUTAGE_S)  # the outage itself
     proxy.restore()
     return worker, task, run_id
 

@@ -123,13 +123,13 @@ def test_migrate_through_pgbouncer_in_transaction_mode_twice_at_once(template_db
 def test_a_pooled_connection_the_server_dropped_while_idle_is_replaced_on_checkout(db_url, monkeypatch):
     import dataengine.db as db
 
-    monkeypatch.setattr(db, "PING_AFTER_IDLE_S", 0.05)
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_S", 0.0)  # every checkout comes after an idle spell
     with session_scope() as session:
         pid = session.scalar(text("SELECT pg_backend_pid()"))
     other = create_engine(db_url, poolclass=NullPool)
     with other.connect() as conn:  # an idle timeout, a restart: the server ends it
-        assert conn.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-    time.sleep(0.1)
+        # With a timeout, pg_terminate_backend returns once the session has ended, not when it is signalled.
+        assert conn.scalar(text("SELECT pg_terminate_backend(:pid, 10000)"), {"pid": pid})
     with session_scope() as session:
         assert session.scalar(text("SELECT pg_backend_pid()")) != pid
 

@@ -108,7 +108,7 @@ def test_steps_of_one_run_are_in_flight_together(monkeypatch):
 
     def slow_step(ctx, index, item):
         with gauge:
-            time.sleep(0.1)
+            time.sleep(0.1)  # the step's own work: the others start meanwhile
         return StepOutcome({"echoed": item})
 
     run_id = create_texts(9)
@@ -323,7 +323,7 @@ def test_steps_lost_once_run_as_usual_and_those_one_loss_from_failing_the_run_ru
 
     def step(ctx, index, item):
         started = time.monotonic()
-        time.sleep(0.1)
+        time.sleep(0.1)  # the step's own work: spans that may overlap
         spans[index] = (started, time.monotonic())
         return StepOutcome({"echoed": item})
 
@@ -350,9 +350,7 @@ def test_cancelling_a_running_run_stops_it_dropping_the_steps_in_flight():
     calls: list[int] = []
     worker = threading.Thread(target=run, args=(run_id, recording(calls, delay_s=0.05)))
     worker.start()
-    deadline = time.monotonic() + 20
-    while run_row(run_id)["completed_steps"] < 4 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: run_row(run_id)["completed_steps"] >= 4, timeout_s=20, what="4 checkpointed steps")
     with session_scope() as session:
         request_cancel(session=session, job=JOB, run_id=run_id)
     worker.join(timeout=20)

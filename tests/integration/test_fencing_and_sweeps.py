@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 
 import pytest
 from conftest import wait_for
@@ -288,12 +289,10 @@ def test_a_worker_whose_lease_may_have_run_out_confirms_it_before_starting_a_ste
 
     worker = threading.Thread(target=work)
     worker.start()
-    deadline = threading.Event()
-    while len(started) < 2 and not deadline.wait(0.02):
-        pass
+    wait_for(lambda: len(started) == 2, timeout_s=10, interval_s=0.02, what="steps 0 and 1 to start")
     expire_lease(run_id, owner="a/1")
     claim(run_id, "b/2")
-    deadline.wait(get_settings().lease_s + 0.3)  # a's own view of its lease runs out too
+    time.sleep(get_settings().lease_s + 0.3)  # the freeze itself, past a's own view of its lease too
     release.set()
     worker.join(timeout=30)
     assert sorted(started) == [0, 1], "a step was started under a lease that was no longer ours"

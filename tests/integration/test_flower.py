@@ -44,6 +44,14 @@ class Flower:
         assert response.status_code == 200, (path, response.status_code, response.text[:500])
         return response.json()
 
+    def task(self, task_id: str) -> dict[str, Any] | None:
+        """What Flower shows of a task, or None while it has not heard of it (a 404: for ``wait_for``)."""
+        response = self.get(f"/api/task/info/{task_id}")
+        if response.status_code == 404:
+            return None
+        assert response.status_code == 200, (task_id, response.status_code, response.text[:500])
+        return response.json()
+
 
 @pytest.fixture
 def flower(redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Any]]:
@@ -86,7 +94,8 @@ def audit_through_flower(flower: Flower, workers: Any, send: Callable[[str], str
     wait_for(lambda: watching(flower, "a"), timeout_s=15, what="Flower to see worker a")
     run_id = str(create_audit(3))
     task_id = send(run_id)
-    wait_for(lambda: flower.json(f"/api/task/info/{task_id}").get("state") == "SUCCESS", timeout_s=30,
+    # Flower hears of a task from the worker's events, a moment after it was sent: until then, a 404.
+    wait_for(lambda: (flower.task(task_id) or {}).get("state") == "SUCCESS", timeout_s=30,
              what="Flower to record the task's success")
     assert run_row(run_id)["status"] == "completed"
     return task_id, run_id
@@ -130,8 +139,8 @@ def test_a_run_shows_in_flower_by_task_name_with_its_run_id(workers, flower):
     f = flower()
     task_id, run_id = audit_through_flower(f, workers, lambda run_id: app.send_task(RUN, kwargs={"run_id": run_id}).id)
 
-    info = f.json(f"/api/task/info/{task_id}")
-    assert info["name"] == RUN and info["state"] == "SUCCESS"
+    info = f.task(task_id)
+    assert info is not None and info["name"] == RUN and info["state"] == "SUCCESS"
     assert info["kwargs"] == repr({"run_id": run_id})
     assert run_id in info["result"] and "completed" in info["result"]
     listed = f.json(f"/api/tasks?taskname={RUN}")

@@ -101,10 +101,11 @@ def test_a_run_the_process_owns_but_no_longer_executes_is_handed_back_by_its_hea
 def test_a_run_that_ends_stops_waiting_for_a_beat_the_database_does_not_answer(monkeypatch):
     c = claim(create_texts(2), "w/1")
     lease = lease_of(c)
-    answered = threading.Event()
+    asked, answered = threading.Event(), threading.Event()
 
     class BlackHole:  # a server that does not answer until the test says so
         def execute(self, *args, **kwargs):
+            asked.set()
             answered.wait(10)
             raise ConnectionError("no answer")
 
@@ -113,7 +114,7 @@ def test_a_run_that_ends_stops_waiting_for_a_beat_the_database_does_not_answer(m
     beat.add(lease)
     stuck = threading.Thread(target=beat.beat)
     stuck.start()
-    time.sleep(0.1)
+    assert asked.wait(10), "the beat never reached the database"
     started = time.monotonic()
     beat.remove(lease, wait_s=0.3)
     assert 0.25 <= time.monotonic() - started < 2  # bounded, not until TCP gives up
@@ -160,7 +161,7 @@ def test_a_live_process_keeps_a_run_whose_step_outlasts_the_lease(monkeypatch):
     reload_settings()
 
     def slow(ctx, index, item):
-        time.sleep(2.5)
+        time.sleep(2.5)  # the step itself: longer than the 1 s lease
         return StepOutcome({"echoed": item})
 
     run_id = create_texts(2)

@@ -126,7 +126,7 @@ def test_a_runs_calls_use_its_workspaces_key_and_url_and_a_replaced_key_within_s
     with session_scope() as session:
         session.execute(text("UPDATE workspaces SET api_key_encrypted = :token WHERE id = 'acme'"),
                         {"token": keyring.encrypt(KEY_C)})
-    time.sleep(0.4)
+    time.sleep(0.4)  # past LOOKUP_TTL_S: the copy's age is the condition, and a sleep never ends early
     with run_context(run_id=str(uuid.uuid4()), workspace_id="acme"):
         llm.chat(messages=ASK, model="gpt-4o-mini")
     assert fake_llm.stats()["keys"][key_digest(KEY_C)] == 1

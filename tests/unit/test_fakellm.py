@@ -16,6 +16,7 @@ from typing import Literal
 import httpx
 import openai
 import pytest
+from conftest import wait_for
 from pydantic import BaseModel
 
 from dataengine.fakellm import ROSTER, FakeConfig, FakeLLMServer, example_from_schema, plain_answer, serve
@@ -236,9 +237,7 @@ def test_latency_delays_each_request_and_requests_overlap(fake: FakeLLMServer, c
     fake.configure(latency_ms=0, hang_substrings=["held"])
     with ThreadPoolExecutor(max_workers=4) as pool:
         answers = [pool.submit(ask, client, f"held {i}") for i in range(4)]
-        deadline = time.monotonic() + 10
-        while fake.stats()["requests"] < 5 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for(lambda: fake.stats()["requests"] >= 5, timeout_s=10, interval_s=0.02, what="the four held requests")
         assert (fake.stats()["requests"], fake.stats()["answered"]) == (5, 1)
         fake.configure(hang_substrings=[])
         assert all(a.result(timeout=10) for a in answers)
@@ -251,9 +250,7 @@ def test_a_hung_request_is_visible_in_flight_and_can_be_released(
     answers: list[str] = []
     worker = threading.Thread(target=lambda: answers.append(ask(client, "please HANG here")))
     worker.start()
-    deadline = time.monotonic() + 5
-    while fake.stats()["requests"] == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: fake.stats()["requests"], timeout_s=5, interval_s=0.01, what="the hung request to arrive")
     assert fake.stats()["prompts"] == {"please HANG here": 1} and fake.stats()["answered"] == 0
     assert httpx.get(f"{fake.url}/_fake/in-flight").json() == {"in_flight": 1}  # what benchmarks sample
     assert listed(ask(client, "not hung"))
