@@ -51,7 +51,7 @@ def pytest_configure(config: pytest.Config) -> None:
     _loopback_only(_server_url(), "DATABASE_URL")
     try:
         for n in range(15, 0, -1):
-            client = redis.Redis.from_url(_redis_db_url(base, n), socket_timeout=2)
+            client = redis.Redis.from_url(_redis_db_url(base, n), socket_timeout=10)  # a busy machine answers late
             owner = client.get(REDIS_MARKER)
             if owner is not None and not process_exists(int(owner)):
                 client.flushdb()  # left by a test session that was killed: all of it was that session's
