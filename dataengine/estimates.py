@@ -25,6 +25,7 @@ from sqlalchemy import TextClause, text
 from dataengine.budgets import MICRO, call_cost, dollars
 from dataengine.db import session_scope
 from dataengine.jobs import Job, NewRun, PlannedCall
+from dataengine.queries import statement
 from dataengine.ratelimit import estimate_tokens
 from dataengine.settings import get_settings
 
@@ -158,24 +159,8 @@ def _recent_sql(job: Job, filtered: bool) -> TextClause:
     """The averages of the newest ``:steps`` recorded steps of the job's newest ``:runs`` runs that have
     any (of the run model ``:model``, when ``filtered``): the runs walk the newest-first index, and each
     run's steps its primary key."""
-    on_model = "AND model IS NOT DISTINCT FROM CAST(:model AS text)" if filtered else ""
-    return text(f"""
-        WITH runs AS (
-            SELECT id, created_at FROM {job.runs.name}
-            WHERE completed_steps > 0 {on_model}
-            ORDER BY created_at DESC, id DESC LIMIT :runs
-        ), steps AS (
-            SELECT s.prompt_tokens, s.completion_tokens, s.cost_usd
-            FROM runs CROSS JOIN LATERAL (
-                SELECT prompt_tokens, completion_tokens, cost_usd FROM {job.results.name}
-                WHERE run_id = runs.id ORDER BY query_index DESC LIMIT :steps
-            ) AS s
-            ORDER BY runs.created_at DESC, runs.id DESC LIMIT :steps
-        )
-        SELECT count(*) AS steps, avg(prompt_tokens) AS prompt_tokens,
-               avg(completion_tokens) AS completion_tokens, avg(cost_usd) AS cost_usd
-        FROM steps
-    """)  # noqa: S608  the table names are the job's models' own
+    on_model = statement("recent_steps_on_model") if filtered else ""
+    return text(statement("recent_steps", job, on_model=on_model))
 
 
 def recent_steps(job: Job, *, model: str | None, filtered: bool) -> Recent | None:

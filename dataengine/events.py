@@ -3,8 +3,8 @@ back, lease lost, recovered by a sweeper, stalled, retried, and how it ended, ea
 worker, fencing token and resume point.
 
 An event is written by the statement that does the thing (a data-modifying CTE: :func:`logged` for
-SQLAlchemy statements, :func:`insert_sql` for the engine's statements written as SQL text), so it
-costs no round trip and exists exactly when the change does. Checkpoints write none: the history
+SQLAlchemy statements; the statements of ``sql/queries.sql`` that end or create a run write theirs
+themselves), so it costs no round trip and exists exactly when the change does. Checkpoints write none: the history
 stays a few rows per run however many steps it has. Events older than
 ``DATAENGINE_EVENTS_RETENTION_DAYS`` are pruned by the sweepers (:func:`prune`).
 """
@@ -58,15 +58,6 @@ def logged(stmt: Update, *, job_key: str, event: Value, worker: str | None = Non
         done.c.current_query_index, _value(detail, done),
     )
     return select(done).add_cte(insert(EVENTS).from_select(COLUMNS, rows).cte("logged"))
-
-
-def insert_sql(source: str, *, job_key: str, event: str, worker: str = "NULL", detail: str = "NULL") -> str:
-    """The same for a statement written as SQL text: an ``INSERT ... SELECT`` of one event per row of the
-    CTE ``source`` (which has the run table's columns). ``event``, ``worker`` and ``detail`` are SQL
-    expressions (bound parameters or quoted literals of the engine's own)."""
-    return (f"INSERT INTO {EVENTS.name} ({', '.join(COLUMNS)}) "
-            f"SELECT {source}.id, '{job_key}', {event}, {worker}, {source}.fencing_token, "
-            f"{source}.current_query_index, {detail} FROM {source}")
 
 
 def record(conn: Session | Connection, *, run_id: uuid.UUID, job_key: str, event: EventType,

@@ -27,10 +27,10 @@ from sqlalchemy import text
 
 from dataengine import recorder
 from dataengine.db import session_scope
-from models.base import ACTIVE_STATUSES
-from models.journal import LLMResponse
+from dataengine.queries import identifier, statement
 
-TABLE = LLMResponse.__table__.name
+JOURNALED_STEPS = text(statement("journaled_steps"))
+RECORDED = text(statement("journal_recorded"))
 
 
 def fingerprint(kind: str, model: str, request: Any) -> str:
@@ -57,16 +57,7 @@ class Entry:
 
 
 #: The journal's insert, batched with the ledger's by the process's writer thread (``dataengine.recorder``).
-INSERT_SQL = f"""
-    INSERT INTO {TABLE} (run_id, step_index, fingerprint, job, model, response, prompt_tokens,
-                         completion_tokens, cost_usd)
-    SELECT x.run_id, x.step_index, x.fingerprint, x.job, x.model, x.response, x.prompt_tokens,
-           x.completion_tokens, x.cost_usd
-    FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS x(run_id uuid, step_index integer, fingerprint text,
-         job text, model text, response jsonb, prompt_tokens integer, completion_tokens integer,
-         cost_usd numeric)
-    ON CONFLICT DO NOTHING
-"""  # noqa: S608  the table name is the model's own
+INSERT_SQL = statement("journal_insert")
 
 
 def _rows(entries: list[Entry]) -> str:
@@ -85,17 +76,14 @@ def journaled_steps(run_id: uuid.UUID, from_index: int) -> frozenset[int]:
     """The steps at or after ``from_index`` that have recorded responses (a step that was in flight
     when the run was last interrupted): only their calls look in the journal."""
     with session_scope() as session:
-        found = session.execute(text(f"SELECT DISTINCT step_index FROM {TABLE} WHERE run_id = :id "  # noqa: S608  the model's own table
-                                     "AND step_index >= :start"), {"id": run_id, "start": from_index})
+        found = session.execute(JOURNALED_STEPS, {"id": run_id, "start": from_index})
         return frozenset(found.scalars())
 
 
 def recorded(run_id: str, step_index: int, fp: str) -> Entry | None:
     """What this request was answered, and what it cost, at this step of this run, if it was."""
     with session_scope() as session:
-        row = session.execute(text(f"SELECT job, model, response, prompt_tokens, completion_tokens, cost_usd "  # noqa: S608  the model's own table
-                                   f"FROM {TABLE} WHERE run_id = :r AND step_index = :s AND fingerprint = :f"),
-                              {"r": run_id, "s": step_index, "f": fp}).one_or_none()
+        row = session.execute(RECORDED, {"r": run_id, "s": step_index, "f": fp}).one_or_none()
     if row is None:
         return None
     return Entry(run_id, step_index, fp, row.job, row.model, row.response, row.prompt_tokens, row.completion_tokens,
@@ -105,12 +93,9 @@ def recorded(run_id: str, step_index: int, fp: str) -> Entry | None:
 def prune(*, older_than: timedelta, run_tables: dict[str, str]) -> int:
     """Delete journal rows older than ``older_than`` of runs no longer active (``run_tables``: job key ->
     its run table); returns how many went."""
-    active = ", ".join(f"'{s}'" for s in ACTIVE_STATUSES)
     deleted = 0
     with session_scope() as session:
         for job, table in run_tables.items():
-            deleted += session.execute(text(f"""
-                DELETE FROM {TABLE} j WHERE j.job = :job AND j.created_at < now() - CAST(:age AS interval)
-                  AND NOT EXISTS (SELECT 1 FROM {table} r WHERE r.id = j.run_id AND r.status IN ({active}))
-            """), {"job": job, "age": older_than}).rowcount  # noqa: S608  names of the engine's own tables
+            prune_job = text(statement("journal_prune", runs=identifier(table)))
+            deleted += session.execute(prune_job, {"job": job, "age": older_than}).rowcount
     return deleted

@@ -15,18 +15,24 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from sqlalchemy import text
+from sqlalchemy import DateTime, func, literal, literal_column, select, text
+from sqlalchemy.sql.elements import ColumnElement
 
 from dataengine import recorder
 from dataengine.db import session_scope
+from dataengine.queries import statement
 from models.costs import LLMCost
 
-TABLE = LLMCost.__table__.name
+COSTS = LLMCost.__table__
 #: What a summary may group by.
 Grouping = Literal["day", "kind", "model", "property", "workspace"]
 GROUPINGS: tuple[str, ...] = ("day", "kind", "model", "property", "workspace")
-_GROUP_SQL = {"day": "to_char(hour AT TIME ZONE 'UTC', 'YYYY-MM-DD')", "kind": "job", "model": "model",
-              "property": "property", "workspace": "workspace_id"}
+_GROUP_BY: dict[str, ColumnElement[Any]] = {
+    # Constants inline, not bound: the same expression must appear in GROUP BY.
+    "day": func.to_char(func.timezone(literal_column("'UTC'"), COSTS.c.hour), literal_column("'YYYY-MM-DD'")),
+    "kind": COSTS.c.job,
+    "model": COSTS.c.model, "property": COSTS.c.property, "workspace": COSTS.c.workspace_id,
+}
 
 
 @dataclass(frozen=True)
@@ -44,20 +50,11 @@ class Spend:
     priced: bool
 
 
-UPSERT_SQL = f"""
-    INSERT INTO {TABLE} AS c (hour, job, model, property, workspace_id, calls, prompt_tokens, cached_tokens,
-                              completion_tokens, cost_usd, unpriced_calls)
-    SELECT date_trunc('hour', now()), x.job, x.model, x.property, x.workspace_id, x.calls, x.prompt_tokens,
-           x.cached_tokens, x.completion_tokens, x.cost_usd, x.unpriced_calls
-    FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS x(job text, model text, property text, workspace_id text,
-         calls integer, prompt_tokens bigint, cached_tokens bigint, completion_tokens bigint, cost_usd numeric,
-         unpriced_calls integer)
-    ON CONFLICT (hour, job, model, property, workspace_id) DO UPDATE SET
-        calls = c.calls + excluded.calls, prompt_tokens = c.prompt_tokens + excluded.prompt_tokens,
-        cached_tokens = c.cached_tokens + excluded.cached_tokens,
-        completion_tokens = c.completion_tokens + excluded.completion_tokens,
-        cost_usd = c.cost_usd + excluded.cost_usd, unpriced_calls = c.unpriced_calls + excluded.unpriced_calls
-"""  # noqa: S608  the table name is the model's own
+#: The ledger's upsert, batched with the journal's by the process's writer thread (``dataengine.recorder``).
+UPSERT_SQL = statement("ledger_upsert")
+UNPRICED_MODELS = text(statement("unpriced_models"))
+SPENT_TODAY = text(statement("spent_today"))
+SPENT_TODAY_BY_WORKSPACE = text(statement("spent_today_by_workspace"))
 
 
 def _rows(spends: list[Spend]) -> str:
@@ -105,20 +102,22 @@ class CostLine:
 def summary(*, by: Grouping, since: datetime | None = None, workspace_id: str | None = None) -> list[CostLine]:
     """The ledger grouped ``by`` day (UTC), kind (job), model, property or workspace, since ``since``
     (whole hours: a call counts in the hour it was written), largest cost first (days in order)."""
-    if by not in _GROUP_SQL:
+    if by not in _GROUP_BY:
         raise ValueError(f"cannot group costs by {by!r}; choose one of {', '.join(GROUPINGS)}")
-    key = _GROUP_SQL[by]
-    order = "key" if by == "day" else "cost_usd DESC, key"
-    where = ["(CAST(:since AS timestamptz) IS NULL OR hour >= date_trunc('hour', CAST(:since AS timestamptz)))"]
+    c = COSTS.c
+    key = _GROUP_BY[by].label("key")
+    cost = func.sum(c.cost_usd).label("cost_usd")
+    query = (select(key, func.sum(c.calls).label("calls"), func.sum(c.prompt_tokens).label("prompt_tokens"),
+                    func.sum(c.cached_tokens).label("cached_tokens"),
+                    func.sum(c.completion_tokens).label("completion_tokens"), cost,
+                    func.sum(c.unpriced_calls).label("unpriced_calls"))
+             .group_by(key).order_by(*((key,) if by == "day" else (cost.desc(), key))))
+    if since is not None:
+        query = query.where(c.hour >= func.date_trunc("hour", literal(since, DateTime(timezone=True))))
     if workspace_id is not None:
-        where.append("workspace_id = :workspace")
+        query = query.where(c.workspace_id == workspace_id)
     with session_scope() as session:
-        rows = session.execute(text(f"""
-            SELECT {key} AS key, sum(calls) AS calls, sum(prompt_tokens) AS prompt_tokens,
-                   sum(cached_tokens) AS cached_tokens, sum(completion_tokens) AS completion_tokens,
-                   sum(cost_usd) AS cost_usd, sum(unpriced_calls) AS unpriced_calls
-            FROM {TABLE} WHERE {" AND ".join(where)} GROUP BY 1 ORDER BY {order}
-        """), {"since": since, "workspace": workspace_id}).all()  # noqa: S608  names from the fixed table above
+        rows = session.execute(query).all()
     return [CostLine(r.key, int(r.calls), int(r.prompt_tokens), int(r.cached_tokens), int(r.completion_tokens),
                      Decimal(r.cost_usd), int(r.unpriced_calls)) for r in rows]
 
@@ -126,19 +125,14 @@ def summary(*, by: Grouping, since: datetime | None = None, workspace_id: str | 
 def unpriced_models(*, since: datetime | None = None) -> list[str]:
     """The models called without a price since ``since``: their calls are not in any total."""
     with session_scope() as session:
-        return list(session.scalars(text(f"""
-            SELECT DISTINCT model FROM {TABLE} WHERE unpriced_calls > 0
-              AND (CAST(:since AS timestamptz) IS NULL OR hour >= date_trunc('hour', CAST(:since AS timestamptz)))
-            ORDER BY model
-        """), {"since": since}))  # noqa: S608  the model's own table
+        return list(session.scalars(UNPRICED_MODELS, {"since": since}))
 
 
 def spent_today(workspace_id: str | None) -> Decimal:
     """What the fleet (``None``) or one workspace spent since midnight UTC."""
-    where = "" if workspace_id is None else "AND workspace_id = :workspace"
     with session_scope() as session:
-        spent = session.scalar(text(f"""
-            SELECT COALESCE(sum(cost_usd), 0) FROM {TABLE}
-            WHERE hour >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' {where}
-        """), {"workspace": workspace_id})  # noqa: S608  the model's own table
+        if workspace_id is None:
+            spent = session.scalar(SPENT_TODAY)
+        else:
+            spent = session.scalar(SPENT_TODAY_BY_WORKSPACE, {"workspace": workspace_id})
     return Decimal(spent)

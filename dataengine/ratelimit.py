@@ -5,8 +5,9 @@ estimated tokens) and corrects the reservation afterwards with the real usage (`
 pauses the model for the whole fleet (``pause``), after which its rate comes back gradually.
 
 The algorithm is GCRA (the generic cell rate algorithm of redis-cell and ``throttled``) in one Lua
-script that checks and updates a model's RPM and TPM state together, so a call takes from both
-limits or from neither, and reads Redis's own clock (``TIME``), so workers' clocks do not matter.
+script (``lua/acquire.lua``, beside this module) that checks and updates a model's RPM and TPM state
+together, so a call takes from both limits or from neither, and reads Redis's own clock (``TIME``),
+so workers' clocks do not matter.
 We do not use the ``limits`` library: its windows let a whole window's worth through at once, a
 reservation cannot be refunded or corrected, and two limits are checked one after the other, not
 atomically.
@@ -48,6 +49,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any, NamedTuple
 
 import redis
@@ -76,79 +78,17 @@ OUTAGE_LOG_EVERY_S = 60.0
 _EPSILON_S = 1e-9
 _UNREACHABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
-# KEYS: rpm state, tpm state, pause. ARGV: seconds per request and burst (s), the same for tokens
-# (0 = no limit), tokens, recovery start, recovery seconds, now ('' = Redis's clock).
-# Returns {admitted, wait, tpm slot end, tpm cut total, seconds per token} (numbers as strings).
-_ACQUIRE = """
-local function fmt(x) return string.format('%.17g', x) end
-local now = tonumber(ARGV[8])
-if not now then local t = redis.call('TIME'); now = tonumber(t[1]) + tonumber(t[2]) / 1000000 end
-local paused = tonumber(redis.call('GET', KEYS[3]) or '')
-if paused and now < paused then return {'0', fmt(paused - now)} end
-local factor, start, ramp = 1, tonumber(ARGV[6]), tonumber(ARGV[7])
-if paused and ramp > 0 and now < paused + ramp then factor = start + (1 - start) * (now - paused) / ramp end
-local window = 60
-local function plan(key, interval, burst, units)
-  if interval <= 0 then return nil, 0, 0 end
-  local tat = tonumber(redis.call('HGET', key, 'tat') or '') or (now - 3600)
-  local cost = units * interval / factor
-  return tat, cost, tat - burst + math.min(cost, burst + window) - now
-end
-local rpm_tat, rpm_cost, rpm_wait = plan(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), 1)
-local tpm_tat, tpm_cost, tpm_wait = plan(KEYS[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]))
-local wait = math.max(rpm_wait, tpm_wait)
-if wait > 1e-9 then return {'0', fmt(wait)} end
-local function take(key, tat, cost)
-  local new_tat = math.max(tat, now) + cost
-  redis.call('HSET', key, 'tat', fmt(new_tat))
-  redis.call('PEXPIRE', key, math.ceil((new_tat - now + window) * 1000))
-  return new_tat
-end
-if rpm_tat then take(KEYS[1], rpm_tat, rpm_cost) end
-if not tpm_tat then return {'1', '0'} end
-local slot_end = take(KEYS[2], tpm_tat, tpm_cost)
-return {'1', '0', fmt(slot_end), redis.call('HGET', KEYS[2], 'cut') or '0', fmt(tonumber(ARGV[3]) / factor)}
-"""
 
-# KEYS: tpm state. ARGV: tokens to charge (negative: refund), seconds per token, the call's slot
-# end, the cut total when it was admitted, now ('' = Redis's clock). Returns the seconds applied.
-_SETTLE = """
-local now = tonumber(ARGV[5])
-if not now then local t = redis.call('TIME'); now = tonumber(t[1]) + tonumber(t[2]) / 1000000 end
-local delta, per_token = tonumber(ARGV[1]), tonumber(ARGV[2])
-local tat = tonumber(redis.call('HGET', KEYS[1], 'tat') or '')
-local cut = tonumber(redis.call('HGET', KEYS[1], 'cut') or '') or 0
-local change
-if delta > 0 then
-  change = delta * per_token
-  tat = math.max(tat or now, now) + change
-else
-  if not tat then return '0' end
-  local slot_end = tonumber(ARGV[3]) - math.max(0, cut - tonumber(ARGV[4]))
-  change = math.min(-delta * per_token, slot_end - now, tat - now)
-  if change <= 0 then return '0' end
-  tat = tat - change
-  cut = cut + change
-  change = -change
-end
-redis.call('HSET', KEYS[1], 'tat', string.format('%.17g', tat), 'cut', string.format('%.17g', cut))
-redis.call('PEXPIRE', KEYS[1], math.ceil((tat - now + 60) * 1000))
-return string.format('%.17g', change)
-"""
+def _script(name: str) -> str:
+    """The Lua script ``lua/<name>.lua`` of this package (package data, so an installed wheel has it)."""
+    return resources.files("dataengine").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
 
-# KEYS: pause. ARGV: retry-after seconds ('' = only read), recovery seconds, now ('' = Redis's clock).
-# Returns the seconds the model is still paused.
-_PAUSE = """
-local now = tonumber(ARGV[3])
-if not now then local t = redis.call('TIME'); now = tonumber(t[1]) + tonumber(t[2]) / 1000000 end
-local till = tonumber(redis.call('GET', KEYS[1]) or '') or 0
-local retry_after = tonumber(ARGV[1])
-if retry_after then
-  till = math.max(till, now + retry_after)
-  redis.call('SET', KEYS[1], string.format('%.17g', till), 'PX', math.ceil((till - now + tonumber(ARGV[2]) + 1) * 1000))
-end
-return string.format('%.17g', math.max(0, till - now))
-"""
+
+#: The limiter's scripts, one per file beside this module (their KEYS and ARGV are described at
+#: the top of each); read once, at import, from the installed package.
+_ACQUIRE = _script("acquire")
+_SETTLE = _script("settle")
+_PAUSE = _script("pause")
 
 
 @dataclass(frozen=True)

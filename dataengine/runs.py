@@ -33,16 +33,15 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from dataengine.budgets import dollars
 from dataengine.errors import PAUSED, InvalidRunId, LeaseLost, RunNotFound
-from dataengine.events import insert_sql, logged
+from dataengine.events import logged
 from dataengine.jobs import Job
-from dataengine.liveness import owner_alive
 from dataengine.metrics import metrics
+from dataengine.queries import column_list, identifier, json_rows_sql, statement
 from dataengine.settings import get_settings
 from models.base import ACTIVE_STATUSES, FINAL_STATUSES, RunStatus
 from models.events import EventType
@@ -104,13 +103,7 @@ def _count_losses(t: Any, *, claimant: str | None = None) -> dict[str, Any]:
     """SET clauses that charge a lost worker to every step it had in flight, and forget those steps
     (the next holder records its own). Nobody is charged when the lease had no owner (a run handed
     back) or when its owner is ``claimant`` taking its own lease back (a retry in the same process)."""
-    n = t.name
-    charged = literal_column(
-        f"""{n}.step_losses || COALESCE(
-            (SELECT jsonb_object_agg(i::text, COALESCE(({n}.step_losses ->> i::text)::int, 0) + 1)
-             FROM unnest({n}.in_flight_steps) AS i), '{{}}'::jsonb)""",
-        JSONB,
-    )
+    charged = literal_column(statement("count_losses", runs=identifier(t.name)), JSONB)
     lost = t.c.lease_owner.is_not(None)
     if claimant is not None:
         lost = and_(lost, t.c.lease_owner != claimant)
@@ -260,70 +253,16 @@ def checkpoint(
     return Checkpointed(completed_steps=row.completed_steps, cancel_requested=row.cancel_requested)
 
 
-def _default_sql(column: Any) -> str:
-    """A column's server default as DDL renders it (a string default quoted, an expression as is)."""
-    dialect = postgresql.dialect()
-    return dialect.ddl_compiler(dialect, None).get_column_default_string(column)
-
-
-def json_rows_sql(columns: Sequence[Any]) -> tuple[str, str]:
-    """SQL reading rows of ``columns`` from a JSON array ``x`` (``jsonb_to_recordset(...) AS x(<types>)``):
-    (the record's column types, the select list). A key missing from a row's JSON arrives as NULL: it
-    falls back to the column's server default."""
-    types = ", ".join(f"{c.name} {c.type.compile(dialect=postgresql.dialect())}" for c in columns)
-    values = ", ".join(
-        f"COALESCE(x.{c.name}, {_default_sql(c)})" if c.server_default is not None else f"x.{c.name}"
-        for c in columns
-    )
-    return types, values
-
-
 @cache
 def _checkpoint_sql(job: Job) -> TextClause:
-    """One statement per job, built once: the rows arrive as one JSON array, so the SQL never
-    changes with the batch size and the server plans it once (a multi-row VALUES would not).
-
-    ``fenced`` locks the run row only if it is still this claim's; the insert reads from it, so a
-    stale worker inserts nothing even if its caller went on to commit.
-    """
-    t, r = job.runs, job.results
-    columns = [c for c in r.columns if c.name != "created_at"]
-    names = ", ".join(c.name for c in columns)
+    """``checkpoint`` of ``sql/queries.sql`` for the job, built once: the rows arrive as one JSON
+    array, so the SQL never changes with the batch size and the server plans it once (a multi-row
+    VALUES would not). Only the result table's column list comes from its model."""
+    columns = [c for c in job.results.columns if c.name != "created_at"]
     types, values = json_rows_sql(columns)
-    # The job's own statement runs as a CTE of this one: data-modifying CTEs always run.
-    job_sql = f" job_rows AS ({job.checkpoint_sql}),\n" if job.checkpoint_sql else ""
-    return text(f"""
-        WITH fenced AS (
-            SELECT id FROM {t.name}
-            WHERE id = :id AND fencing_token = :token AND status = 'running'
-            FOR UPDATE
-        ), inserted AS (
-            INSERT INTO {r.name} ({names})
-            SELECT {values} FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS x({types})
-            WHERE EXISTS (SELECT 1 FROM fenced)
-            ON CONFLICT DO NOTHING
-            RETURNING *
-        ),{job_sql} added AS (
-            SELECT count(*) AS n, COALESCE(sum(prompt_tokens), 0) AS prompt_tokens,
-                   COALESCE(sum(completion_tokens), 0) AS completion_tokens, COALESCE(sum(cost_usd), 0) AS cost_usd
-            FROM inserted
-        )
-        UPDATE {t.name} SET
-            completed_steps = {t.name}.completed_steps + added.n,
-            current_query_index = :next_index,
-            in_flight_steps = CAST(:in_flight AS integer[]),
-            progress_pct = LEAST(100, round(({t.name}.completed_steps + added.n) * 100.0
-                                            / GREATEST({t.name}.total_steps, 1), 2)),
-            prompt_tokens = {t.name}.prompt_tokens + added.prompt_tokens,
-            completion_tokens = {t.name}.completion_tokens + added.completion_tokens,
-            cost_usd = {t.name}.cost_usd + added.cost_usd,
-            eta_s = :eta_s,
-            stalled_at = CASE WHEN added.n > 0 THEN NULL ELSE {t.name}.stalled_at END,
-            last_updated_at = now()
-        FROM added, fenced
-        WHERE {t.name}.id = fenced.id
-        RETURNING {t.name}.completed_steps, {t.name}.cancel_requested
-    """)
+    job_rows = statement("checkpoint_job_rows", job_sql=job.checkpoint_sql) if job.checkpoint_sql else ""
+    return text(statement("checkpoint", job, result_columns=column_list(columns), result_values=values,
+                          result_types=types, job_rows=job_rows))
 
 
 def finish_run(
@@ -340,8 +279,8 @@ def finish_run(
     """Move an active run to a final status and free its lease; with ``token``, only if still ours.
     A ``summary`` (a completed run's) is written with it; None leaves the column as it is. The event
     (completed, failed, cancelled) names ``worker``, the process that ended it, if any."""
-    params = {"id": run_id, "status": status.value, "token": token, "error": error, "worker": worker,
-              "summary": None if summary is None else json.dumps(summary, default=str)}
+    params = {"id": run_id, "job_key": job.key, "status": status.value, "token": token, "error": error,
+              "worker": worker, "summary": None if summary is None else json.dumps(summary, default=str)}
     ended = session.execute(_finish_sql(job), params).scalar_one() == 1
     if ended:
         metrics().runs_finished.labels(job.key, status.value).inc()
@@ -350,26 +289,8 @@ def finish_run(
 
 @cache
 def _finish_sql(job: Job) -> TextClause:
-    """One statement per job, built once: a run's last write is on every run's path."""
-    t = job.runs.name
-    active = ", ".join(f"'{s}'" for s in ACTIVE_STATUSES)
-    done = RunStatus.completed.value
-    recorded = "CAST(:error AS text), ended.completed_steps || '/' || ended.total_steps || ' steps recorded'"
-    event = insert_sql("ended", job_key=job.key, event="CAST(:status AS text)", worker="CAST(:worker AS text)",
-                       detail=f"COALESCE({recorded})")
-    return text(f"""
-        WITH ended AS (
-            UPDATE {t} SET status = CAST(:status AS text), finished_at = now(), last_updated_at = now(),
-                lease_owner = NULL, lease_expires_at = NULL, in_flight_steps = '{{}}', error_message = :error,
-                eta_s = CASE WHEN CAST(:status AS text) = '{done}' THEN 0 END,
-                progress_pct = CASE WHEN CAST(:status AS text) = '{done}' THEN 100 ELSE progress_pct END,
-                summary = COALESCE(CAST(:summary AS jsonb), summary), stalled_at = NULL
-            WHERE id = :id AND status IN ({active})
-              AND (CAST(:token AS bigint) IS NULL OR fencing_token = CAST(:token AS bigint))
-            RETURNING *
-        ), logged AS ({event})
-        SELECT count(*) FROM ended
-    """)
+    """``finish_run`` of ``sql/queries.sql`` for the job, built once: a run's last write is on every run's path."""
+    return text(statement("finish_run", job))
 
 
 def release_run(*, session: Session, job: Job, claim: Claim, error: str | None,
@@ -461,8 +382,9 @@ def retry_run(*, session: Session, job: Job, run_id: uuid.UUID, max_cost_usd: De
 
 def lease_lapsed(t: Any) -> Any:
     """The run's lease ran out and its owner (if any) has no fresh heartbeat: nobody works under it."""
+    alive = statement("owner_alive", runs=identifier(t.name))
     return and_(t.c.lease_expires_at < func.now(),
-                text(f"NOT {owner_alive(t.name)}").bindparams(lease=timedelta(seconds=get_settings().lease_s)))
+                text("NOT " + alive).bindparams(lease=timedelta(seconds=get_settings().lease_s)))
 
 
 def due_runs(*, job: Job, limit: int, dead: Sequence[str] = ()) -> Select:
@@ -550,11 +472,9 @@ def flag_stalled(*, session: Session, job: Job) -> list[Any]:
     step for ``stall_factor`` times their usual time per step, and at least ``stall_min_s``; returns
     them (``id``, ``lease_owner``, ``current_query_index``). A run is flagged once until it moves again.
     Scans only runs a worker holds (the active-owner index), not a backlog of queued ones."""
-    t, s, n = job.runs, get_settings(), job.runs.name
-    quiet = text(f"""now() - {n}.last_updated_at > GREATEST(CAST(:stall_min AS interval),
-        ({n}.last_updated_at - COALESCE({n}.started_at, {n}.last_updated_at)) / GREATEST({n}.completed_steps, 1)
-        * CAST(:stall_factor AS float8))""").bindparams(stall_min=timedelta(seconds=s.stall_min_s),
-                                                         stall_factor=s.stall_factor)
+    t, s = job.runs, get_settings()
+    quiet = text(statement("stalled", job)).bindparams(stall_min=timedelta(seconds=s.stall_min_s),
+                                                       stall_factor=s.stall_factor)
     stalled = (
         update(t)
         .where(

@@ -30,14 +30,13 @@ from dataengine import workspaces
 from dataengine.db import statement_scope
 from dataengine.errors import IdempotencyKeyReused, SpecInvalid
 from dataengine.estimates import Estimate, estimate
-from dataengine.events import insert_sql
 from dataengine.jobs import STEP_KEY_COLUMNS, Job
 from dataengine.metrics import metrics
 from dataengine.options import SubmitOptions
-from dataengine.runs import AHEAD, Claim, json_rows_sql
+from dataengine.queries import column_list, identifier, json_rows_sql, statement
+from dataengine.runs import AHEAD, Claim
 from dataengine.settings import get_settings
 from models.base import ACTIVE_STATUSES, RunStatus
-from models.events import EventType
 
 #: Longest idempotency key a producer may send (the column's width).
 MAX_IDEMPOTENCY_KEY_CHARS = 200
@@ -224,8 +223,8 @@ def _create(*, session: Session | Connection, job: Job, spec: BaseModel, options
     claimed = here is not None and bool(new.steps)
     values = {f"v_{name}": value for name, value in new.values.items()}
     params = {
-        **values, "id": uuid.uuid4(), "total_steps": len(new.steps), "key": idempotency_key, "digest": digest,
-        "max_cost": options.max_cost_usd, "workspace": options.workspace_id, "steps": _steps_json(new.steps),
+        **values, "id": uuid.uuid4(), "job_key": job.key, "total_steps": len(new.steps), "key": idempotency_key,
+        "digest": digest, "max_cost": options.max_cost_usd, "workspace": options.workspace_id, "steps": _steps_json(new.steps),
         "status": (RunStatus.running if claimed else RunStatus.queued).value,
         "owner": here.worker_id if claimed else None, "task_id": here.task_id if claimed else None,
         "token": 1 if claimed else 0,
@@ -271,20 +270,11 @@ def _create_sql(job: Job, value_columns: tuple[str, ...]) -> TextClause:
         "started_at": claimed, "heartbeat_at": claimed,
     }
     columns = {**{name: f":v_{name}" for name in value_columns}, **engine_columns}
-    submitted = insert_sql("run", job_key=job.key, event=f"'{EventType.submitted.value}'",
-                           worker="CAST(:owner AS text)", detail="run.total_steps || ' steps'")
-    return text(f"""
-        WITH run AS (
-            INSERT INTO {runs.name} ({", ".join(columns)}) VALUES ({", ".join(columns.values())})
-            ON CONFLICT (idempotency_key) DO NOTHING
-            RETURNING *
-        ), steps AS (
-            INSERT INTO {steps.name} (run_id, query_index, {", ".join(c.name for c in own)})
-            SELECT run.id, x.query_index, {select_list}
-            FROM run, jsonb_to_recordset(CAST(:steps AS jsonb)) AS x(query_index integer, {types})
-        ), logged AS ({submitted})
-        SELECT * FROM run
-    """).bindparams(*(bindparam(f"v_{name}", type_=runs.c[name].type) for name in value_columns)).columns(**{c.name: c.type for c in runs.c})
+    sql = statement("create_run", job, run_columns=", ".join(identifier(name) for name in columns),
+                    run_values=", ".join(columns.values()), step_columns=column_list(own), step_values=select_list,
+                    step_types=types)
+    return (text(sql).bindparams(*(bindparam(f"v_{name}", type_=runs.c[name].type) for name in value_columns))
+            .columns(**{c.name: c.type for c in runs.c}))
 
 
 def submit_run(*, job: Job, spec: Any, send: Callable[[str, dict[str, str]], object],

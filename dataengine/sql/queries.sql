@@ -1,0 +1,263 @@
+-- The engine's SQL written as text, each statement under a name (read once by dataengine.queries).
+--
+-- Format: a header line "-- name: <name>", then comment lines saying what the statement is for and
+-- why it is written so, then the statement, up to the next header. Values are always bound
+-- parameters (:name). A {placeholder} is filled by dataengine.queries.statement with SQL the engine
+-- makes itself, never with a value: a job's own tables ({runs}, {steps}, {results}: quoted
+-- identifiers from the job registry), a CTE's name, a column list generated from a job's model, or
+-- another fragment of this file. Statuses are written as literals (they match the partial indexes
+-- of the run tables); tests/unit/test_queries.py checks each is a RunStatus.
+-- Fragments (an expression or a CTE used inside a larger statement) are marked "Fragment:".
+
+
+-- name: checkpoint
+-- Record finished steps and advance the run row, in one statement fenced by the claim's token
+-- (dataengine.runs.checkpoint). The rows arrive as one JSON array, so the SQL never changes with the
+-- batch size and the server plans it once. "fenced" locks the run row only if it is still this
+-- claim's; the insert reads from it, so a stale worker inserts nothing even if its caller commits.
+-- {job_rows}: the job's own statement over "inserted" (Job.checkpoint_sql) as a CTE, or nothing;
+-- data-modifying CTEs always run. {result_columns}, {result_values}, {result_types}: the result
+-- table's columns, generated from its model (dataengine.runs.json_rows_sql).
+WITH fenced AS (
+    SELECT id FROM {runs}
+    WHERE id = :id AND fencing_token = :token AND status = 'running'
+    FOR UPDATE
+), inserted AS (
+    INSERT INTO {results} ({result_columns})
+    SELECT {result_values} FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS x({result_types})
+    WHERE EXISTS (SELECT 1 FROM fenced)
+    ON CONFLICT DO NOTHING
+    RETURNING *
+),{job_rows} added AS (
+    SELECT count(*) AS n, COALESCE(sum(prompt_tokens), 0) AS prompt_tokens,
+           COALESCE(sum(completion_tokens), 0) AS completion_tokens, COALESCE(sum(cost_usd), 0) AS cost_usd
+    FROM inserted
+)
+UPDATE {runs} SET
+    completed_steps = {runs}.completed_steps + added.n,
+    current_query_index = :next_index,
+    in_flight_steps = CAST(:in_flight AS integer[]),
+    progress_pct = LEAST(100, round(({runs}.completed_steps + added.n) * 100.0
+                                    / GREATEST({runs}.total_steps, 1), 2)),
+    prompt_tokens = {runs}.prompt_tokens + added.prompt_tokens,
+    completion_tokens = {runs}.completion_tokens + added.completion_tokens,
+    cost_usd = {runs}.cost_usd + added.cost_usd,
+    eta_s = :eta_s,
+    stalled_at = CASE WHEN added.n > 0 THEN NULL ELSE {runs}.stalled_at END,
+    last_updated_at = now()
+FROM added, fenced
+WHERE {runs}.id = fenced.id
+RETURNING {runs}.completed_steps, {runs}.cancel_requested
+
+-- name: checkpoint_job_rows
+-- Fragment of checkpoint: the job's own statement (Job.checkpoint_sql) as one more CTE.
+ job_rows AS ({job_sql}),
+
+
+-- name: finish_run
+-- Move an active run to a final status and free its lease, with its event (completed, failed,
+-- cancelled), in one statement (dataengine.runs.finish_run): a run's last write is on every run's
+-- path. With :token, only if the run is still that claim's. A NULL :summary leaves the column as is.
+WITH ended AS (
+    UPDATE {runs} SET status = CAST(:status AS text), finished_at = now(), last_updated_at = now(),
+        lease_owner = NULL, lease_expires_at = NULL, in_flight_steps = '{}', error_message = :error,
+        eta_s = CASE WHEN CAST(:status AS text) = 'completed' THEN 0 END,
+        progress_pct = CASE WHEN CAST(:status AS text) = 'completed' THEN 100 ELSE progress_pct END,
+        summary = COALESCE(CAST(:summary AS jsonb), summary), stalled_at = NULL
+    WHERE id = :id AND status IN ('queued', 'running')
+      AND (CAST(:token AS bigint) IS NULL OR fencing_token = CAST(:token AS bigint))
+    RETURNING *
+), logged AS (
+    INSERT INTO run_events (run_id, job, event, worker, fencing_token, step_index, detail)
+    SELECT ended.id, CAST(:job_key AS text), CAST(:status AS text), CAST(:worker AS text), ended.fencing_token,
+           ended.current_query_index,
+           COALESCE(CAST(:error AS text), ended.completed_steps || '/' || ended.total_steps || ' steps recorded')
+    FROM ended
+)
+SELECT count(*) FROM ended
+
+
+-- name: create_run
+-- Insert a run (the job's own columns and the engine's), its steps, which arrive as one JSON array,
+-- and its "submitted" event: one statement, so a submit is one round trip
+-- (dataengine.submitting). ON CONFLICT on the idempotency key: a repeated submit inserts nothing
+-- and finds the run that exists. {run_columns}, {run_values}: the run's columns and what each is
+-- (bound parameters, and now() for the lease); {step_columns}, {step_values}, {step_types}: the
+-- step table's own columns, generated from its model.
+WITH run AS (
+    INSERT INTO {runs} ({run_columns}) VALUES ({run_values})
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING *
+), steps AS (
+    INSERT INTO {steps} (run_id, query_index, {step_columns})
+    SELECT run.id, x.query_index, {step_values}
+    FROM run, jsonb_to_recordset(CAST(:steps AS jsonb)) AS x(query_index integer, {step_types})
+), logged AS (
+    INSERT INTO run_events (run_id, job, event, worker, fencing_token, step_index, detail)
+    SELECT run.id, CAST(:job_key AS text), 'submitted', CAST(:owner AS text), run.fencing_token,
+           run.current_query_index, run.total_steps || ' steps'
+    FROM run
+)
+SELECT * FROM run
+
+
+-- name: count_losses
+-- Fragment (an expression of the claim and the sweep, dataengine.runs): the run's step losses with
+-- one more charged to every step its lost worker had in flight.
+{runs}.step_losses || COALESCE(
+    (SELECT jsonb_object_agg(i::text, COALESCE(({runs}.step_losses ->> i::text)::int, 0) + 1)
+     FROM unnest({runs}.in_flight_steps) AS i), '{}'::jsonb)
+
+-- name: owner_alive
+-- Fragment (a condition of the claim and the sweep): the lease owner of the run row has a fresh
+-- heartbeat (:lease bound to lease_s). For lease_s after PostgreSQL (re)started every heartbeat
+-- counts as fresh: the live processes were waiting for it, not dead.
+EXISTS (SELECT 1 FROM worker_heartbeats h WHERE h.worker_id = {runs}.lease_owner AND (h.beat_at >= now() - :lease OR pg_postmaster_start_time() >= now() - :lease))
+
+-- name: stalled
+-- Fragment (a condition of dataengine.runs.flag_stalled): the run has recorded no step for
+-- :stall_factor times its usual time per step, and at least :stall_min.
+now() - {runs}.last_updated_at > GREATEST(CAST(:stall_min AS interval),
+    ({runs}.last_updated_at - COALESCE({runs}.started_at, {runs}.last_updated_at)) / GREATEST({runs}.completed_steps, 1)
+    * CAST(:stall_factor AS float8))
+
+
+-- name: beat
+-- One process's heartbeat (dataengine.liveness.beat_sql): its heartbeat rows (one per owner id), its
+-- orphans handed back ({orphans}: a beat_orphans CTE per job), and the state of the runs it holds
+-- ({held}: a beat_held SELECT per job, joined by UNION ALL). One statement however many runs it holds.
+WITH beat AS (
+    INSERT INTO worker_heartbeats AS h (worker_id, beat_at, backend_pid, backend_start)
+    SELECT o, now(), pg_backend_pid(), (SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid())
+    FROM unnest(CAST(:owners AS text[])) AS o
+    ON CONFLICT (worker_id) DO UPDATE
+    SET beat_at = excluded.beat_at, backend_pid = excluded.backend_pid, backend_start = excluded.backend_start,
+        beats = h.beats + 1
+){orphans}
+{held}
+
+-- name: beat_orphans
+-- Fragment of beat, one CTE ({cte}) per job: free the runs this process owns in the database but
+-- does not execute (a hand-back the database did not answer) whose last claim and last checkpoint
+-- are older than a lease, for the sweeper to send again, as if handed back.
+, {cte} AS (
+    UPDATE {runs} SET lease_owner = NULL, lease_expires_at = now(), in_flight_steps = '{}',
+           fencing_token = fencing_token + 1, last_updated_at = now()
+    WHERE status = 'running' AND lease_owner = ANY(CAST(:owners AS text[]))
+      AND lease_expires_at < now() AND last_updated_at < now() - :lease
+      AND id <> ALL(CAST(:held AS uuid[]))
+)
+
+-- name: beat_held
+-- Fragment of beat, one per job: the runs this process holds that are still its own (same token
+-- and owner, still running), and whether cancelling them was asked.
+SELECT r.id, r.cancel_requested FROM {runs} r
+JOIN unnest(CAST(:held AS uuid[]), CAST(:tokens AS bigint[]), CAST(:holders AS text[])) AS x(id, token, owner)
+  ON r.id = x.id AND r.fencing_token = x.token AND r.lease_owner = x.owner
+ AND r.status = 'running'
+
+-- name: forget_heartbeat
+-- A process that holds no run any more: its heartbeat goes (a lease it left behind runs out).
+DELETE FROM worker_heartbeats WHERE worker_id = :owner
+
+-- name: dead_owners
+-- Processes whose heartbeat says they are dead: older than :lease, or a little late (:grace) over a
+-- PostgreSQL connection that is gone. None for :lease after PostgreSQL itself (re)started.
+SELECT worker_id FROM worker_heartbeats h
+WHERE NOT (pg_postmaster_start_time() >= now() - :lease)
+  AND (h.beat_at < now() - :lease
+       OR (h.beat_at < now() - :grace AND NOT EXISTS (
+             SELECT 1 FROM pg_stat_activity a
+             WHERE a.pid = h.backend_pid
+               -- another role's sessions show no start time: present counts as connected
+               AND (a.backend_start = h.backend_start OR a.backend_start IS NULL))))
+
+-- name: bury_heartbeats
+-- The heartbeats of dead processes whose runs were taken back, unless one beat again meanwhile.
+DELETE FROM worker_heartbeats WHERE worker_id = ANY(:dead) AND beat_at < now() - :grace
+
+
+-- name: recent_steps
+-- The averages of the newest :steps recorded steps of the job's newest :runs runs that have any
+-- (dataengine.estimates): the runs walk the newest-first index, and each run's steps its primary
+-- key. {on_model}: recent_steps_on_model for a job whose runs name a model, else nothing.
+WITH runs AS (
+    SELECT id, created_at FROM {runs}
+    WHERE completed_steps > 0 {on_model}
+    ORDER BY created_at DESC, id DESC LIMIT :runs
+), steps AS (
+    SELECT s.prompt_tokens, s.completion_tokens, s.cost_usd
+    FROM runs CROSS JOIN LATERAL (
+        SELECT prompt_tokens, completion_tokens, cost_usd FROM {results}
+        WHERE run_id = runs.id ORDER BY query_index DESC LIMIT :steps
+    ) AS s
+    ORDER BY runs.created_at DESC, runs.id DESC LIMIT :steps
+)
+SELECT count(*) AS steps, avg(prompt_tokens) AS prompt_tokens,
+       avg(completion_tokens) AS completion_tokens, avg(cost_usd) AS cost_usd
+FROM steps
+
+-- name: recent_steps_on_model
+-- Fragment of recent_steps: only runs on the model :model.
+AND model IS NOT DISTINCT FROM CAST(:model AS text)
+
+
+-- name: journal_insert
+-- The LLM response journal's insert, batched by the process's writer thread (dataengine.recorder):
+-- the rows arrive as one JSON array. A response already recorded is kept.
+INSERT INTO llm_responses (run_id, step_index, fingerprint, job, model, response, prompt_tokens,
+                           completion_tokens, cost_usd)
+SELECT x.run_id, x.step_index, x.fingerprint, x.job, x.model, x.response, x.prompt_tokens,
+       x.completion_tokens, x.cost_usd
+FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS x(run_id uuid, step_index integer, fingerprint text,
+     job text, model text, response jsonb, prompt_tokens integer, completion_tokens integer,
+     cost_usd numeric)
+ON CONFLICT DO NOTHING
+
+-- name: journaled_steps
+-- The steps at or after :start of a run that have recorded responses (found once per claim).
+SELECT DISTINCT step_index FROM llm_responses WHERE run_id = :id AND step_index >= :start
+
+-- name: journal_recorded
+-- What a request (its fingerprint :f) was answered at step :s of run :r, and what it cost.
+SELECT job, model, response, prompt_tokens, completion_tokens, cost_usd
+FROM llm_responses WHERE run_id = :r AND step_index = :s AND fingerprint = :f
+
+-- name: journal_prune
+-- Journal rows of one job older than :age whose run (in the job's run table) is no longer active.
+DELETE FROM llm_responses j WHERE j.job = :job AND j.created_at < now() - CAST(:age AS interval)
+  AND NOT EXISTS (SELECT 1 FROM {runs} r WHERE r.id = j.run_id AND r.status IN ('queued', 'running'))
+
+
+-- name: ledger_upsert
+-- The cost ledger's upsert, batched by the writer thread (dataengine.recorder): one row per job,
+-- model, property, workspace and hour, summed into (the batch is summed by key first: an upsert may
+-- touch a row once).
+INSERT INTO llm_costs AS c (hour, job, model, property, workspace_id, calls, prompt_tokens, cached_tokens,
+                            completion_tokens, cost_usd, unpriced_calls)
+SELECT date_trunc('hour', now()), x.job, x.model, x.property, x.workspace_id, x.calls, x.prompt_tokens,
+       x.cached_tokens, x.completion_tokens, x.cost_usd, x.unpriced_calls
+FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS x(job text, model text, property text, workspace_id text,
+     calls integer, prompt_tokens bigint, cached_tokens bigint, completion_tokens bigint, cost_usd numeric,
+     unpriced_calls integer)
+ON CONFLICT (hour, job, model, property, workspace_id) DO UPDATE SET
+    calls = c.calls + excluded.calls, prompt_tokens = c.prompt_tokens + excluded.prompt_tokens,
+    cached_tokens = c.cached_tokens + excluded.cached_tokens,
+    completion_tokens = c.completion_tokens + excluded.completion_tokens,
+    cost_usd = c.cost_usd + excluded.cost_usd, unpriced_calls = c.unpriced_calls + excluded.unpriced_calls
+
+-- name: unpriced_models
+-- The models called without a price since :since (NULL: ever): their calls are in no total.
+SELECT DISTINCT model FROM llm_costs WHERE unpriced_calls > 0
+  AND (CAST(:since AS timestamptz) IS NULL OR hour >= date_trunc('hour', CAST(:since AS timestamptz)))
+ORDER BY model
+
+-- name: spent_today
+-- What the fleet spent since midnight UTC.
+SELECT COALESCE(sum(cost_usd), 0) FROM llm_costs
+WHERE hour >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+
+-- name: spent_today_by_workspace
+-- What one workspace (:workspace) spent since midnight UTC.
+SELECT COALESCE(sum(cost_usd), 0) FROM llm_costs
+WHERE hour >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AND workspace_id = :workspace
