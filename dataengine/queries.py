@@ -19,12 +19,24 @@ import re
 from collections.abc import Mapping, Sequence
 from functools import cache
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql
 
-if TYPE_CHECKING:
-    from dataengine.jobs import Job
+
+class JobTables(Protocol):
+    """What filling a statement needs of a job (``dataengine.jobs.Job``): its three tables. A protocol,
+    so that this module, which the LLM journal and ledger use too, imports nothing of the engine."""
+
+    @property
+    def runs(self) -> Table: ...
+
+    @property
+    def steps(self) -> Table: ...
+
+    @property
+    def results(self) -> Table: ...
 
 #: A statement's header in the file: ``-- name: claim_run``, then its comment lines.
 _HEADER = re.compile(r"^-- name: ([a-z0-9_]+)\n(?:--.*\n)*", re.MULTILINE)
@@ -52,13 +64,13 @@ def identifier(name: str) -> str:
 
 
 @cache
-def job_tables(job: Job) -> Mapping[str, str]:
+def job_tables(job: JobTables) -> Mapping[str, str]:
     """The job's own tables as placeholders name them, quoted: ``runs``, ``steps``, ``results``."""
     return {"runs": identifier(job.runs.name), "steps": identifier(job.steps.name),
             "results": identifier(job.results.name)}
 
 
-def statement(name: str, job: Job | None = None, /, **parts: str) -> str:
+def statement(name: str, job: JobTables | None = None, /, **parts: str) -> str:
     """The statement ``name`` with its placeholders filled: ``job``'s tables, and ``parts`` (SQL the
     engine generated, or an identifier already passed through :func:`identifier`). A placeholder left
     unfilled is an error, not SQL with braces in it."""

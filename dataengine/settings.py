@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import threading
 from decimal import Decimal
-from functools import lru_cache
 from typing import Literal, Self
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
@@ -349,10 +349,39 @@ class Settings(BaseSettings):
         return url
 
 
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    """The process-wide settings, read from the environment on first use."""
-    return Settings()
+class SettingsOnce:
+    """``get_settings()``: the process-wide settings, read from the environment on first use.
+
+    ``cache_clear()`` takes the lock a first read holds, so a read that began before a clear cannot
+    store what it read after it: tests change the environment between tests while threads of an
+    earlier one (a writer, an abandoned step) may still read the settings; with ``lru_cache`` such a
+    late read once left a test on the default database."""
+
+    def __init__(self) -> None:
+        self._value: Settings | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> Settings:
+        value = self._value
+        if value is None:
+            with self._lock:
+                if self._value is None:
+                    self._value = Settings()
+                value = self._value
+        return value
+
+    def cache_clear(self) -> None:
+        """Read the environment again at the next call."""
+        with self._lock:
+            self._value = None
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the settings have been read in this process."""
+        return self._value is not None
+
+
+get_settings = SettingsOnce()
 
 
 #: The entry-point group a package declares its jobs in (``[project.entry-points."dataengine.jobs"]``).
