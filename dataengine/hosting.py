@@ -132,13 +132,21 @@ def join_all(timeout_s: float) -> None:
 
 def _work(execution: Execution, message: TaskMessage) -> None:
     ended: dict[str, Any] | BaseException = RuntimeError("the run's thread ended without an outcome")
+    attached: list[TaskMessage] = []
     try:
-        ended = _report(message, execution)
+        try:
+            ended = outcome_of(message, execution)
+        finally:
+            # No longer executed here before the end is reported: a retry sent by the report (its
+            # countdown may be 0) is a run to take, not a later delivery to end with this one, which
+            # would drop it.
+            with _room:
+                _hosted.discard(message.run_id)
+                attached = _attached.pop(message.run_id, [])
+        _report(message, execution, ended)
     finally:
         with _room:
             _threads.discard(threading.current_thread())
-            _hosted.discard(message.run_id)
-            attached = _attached.pop(message.run_id, [])
             _room.notify_all()
         for other in attached:
             _succeeded(other, _as_seen_by(other, message, execution.claim.worker_id, ended))
@@ -191,8 +199,8 @@ def run_eagerly(m: TaskMessage, execution: Execution) -> dict[str, Any]:
     return ended
 
 
-def _report(m: TaskMessage, execution: Execution) -> dict[str, Any] | BaseException:
-    ended = outcome_of(m, execution)
+def _report(m: TaskMessage, execution: Execution, ended: dict[str, Any] | BaseException) -> None:
+    """Report how the run ended as the task's result: done, retried after a backoff, or failed."""
     if not isinstance(ended, BaseException):
         _succeeded(m, ended)
     elif isinstance(ended, TransientStepError | DatabaseUnavailable):
@@ -202,7 +210,6 @@ def _report(m: TaskMessage, execution: Execution) -> dict[str, Any] | BaseExcept
             run_logger(run_id=m.run_id, task_id=m.task_id).error(
                 "[%s] the run ended with an unexpected error", m.job.name, exc_info=ended)
         _failed(m, ended)
-    return ended
 
 
 def _succeeded(m: TaskMessage, result: dict[str, Any]) -> None:
