@@ -11,6 +11,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -353,16 +354,24 @@ API_AUTH = {"Authorization": f"Bearer {API_KEY}"}
 API_SESSION_SECRET = "test-session-secret-0123456789abcdef"
 
 
-@pytest.fixture
-def api(engine_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """The HTTP API in this process (FastAPI's TestClient), behind ``API_KEY``; errors answer 500 as they would."""
+@contextmanager
+def in_process_api(monkeypatch: pytest.MonkeyPatch, *, key: str, secret: str, **client: Any) -> Iterator[Any]:
+    """The HTTP API in this process (FastAPI's TestClient with ``client``'s options), behind ``key``, its
+    runs page's sessions signed with ``secret``."""
     from fastapi.testclient import TestClient
 
     from dataengine.web.app import create_app
 
-    monkeypatch.setenv("DATA_ENGINE_API_KEY", API_KEY)
-    monkeypatch.setenv("DATAENGINE_SESSION_SECRET", API_SESSION_SECRET)
+    monkeypatch.setenv("DATA_ENGINE_API_KEY", key)
+    monkeypatch.setenv("DATAENGINE_SESSION_SECRET", secret)
     reload_settings()
-    with TestClient(create_app(), raise_server_exceptions=False) as client:
+    with TestClient(create_app(), **client) as test_client:
+        yield test_client
+    reload_settings()
+
+
+@pytest.fixture
+def api(engine_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The HTTP API in this process, behind ``API_KEY``; errors answer 500 as they would."""
+    with in_process_api(monkeypatch, key=API_KEY, secret=API_SESSION_SECRET, raise_server_exceptions=False) as client:
         yield client
-    reload_settings()

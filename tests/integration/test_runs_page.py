@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import reload_settings, wait_for
+from conftest import in_process_api, reload_settings, wait_for
 from fastapi.testclient import TestClient
 from helpers import audit_spec, review_spec, run_row
 from liveapi import ROOT, live_api, rss_bytes
@@ -83,14 +83,8 @@ def _env(engine_env: dict[str, str]) -> dict[str, str]:
 def page(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
     """The API in this process with KEY and SECRET (its origin is http://testserver): the session's checks
     without a process to start."""
-    from dataengine.web.app import create_app
-
-    monkeypatch.setenv("DATA_ENGINE_API_KEY", KEY)
-    monkeypatch.setenv("DATAENGINE_SESSION_SECRET", SECRET)
-    reload_settings()
-    with TestClient(create_app(), follow_redirects=False) as client:
+    with in_process_api(monkeypatch, key=KEY, secret=SECRET, follow_redirects=False) as client:
         yield client
-    reload_settings()
 
 
 def start(api: str, path: str, body: dict[str, Any]) -> str:
