@@ -1,10 +1,10 @@
-"""Celery settings only; every value comes from ``dataengine.settings``."""
+"""Celery settings only; every value comes from ``dataengine.infra.settings``."""
 
 from __future__ import annotations
 
 from dataengine.broker import BROKER_CONNECT_TIMEOUT_S, BROKER_SOCKET_TIMEOUT_S, RESULT_RETRY_MAX_SLEEP_MS
-from dataengine.redis_keys import REDBEAT_KEY_PREFIX
-from dataengine.settings import get_settings, job_module_names
+from dataengine.infra.redis_keys import REDBEAT_KEY_PREFIX
+from dataengine.infra.settings import get_settings, job_module_names
 
 _s = get_settings()
 

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from tornado.options import options
 
 from dataengine import app as _app
-from dataengine.settings import get_settings
+from dataengine.infra.settings import get_settings
 
 # Tornado takes every global whose name is one of Flower's options, so helpers start with "_".
 try:

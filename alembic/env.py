@@ -7,8 +7,8 @@ from logging.config import fileConfig
 from sqlalchemy import create_engine, pool
 
 from alembic import context
-from dataengine.db import connect_args
-from dataengine.settings import get_settings
+from dataengine.infra.db import connect_args
+from dataengine.infra.settings import get_settings
 from models import Base
 
 config = context.config

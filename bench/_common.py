@@ -74,9 +74,9 @@ def configure(name: str, **knobs: object) -> BenchConfig:
     for key, value in knobs.items():
         os.environ[f"DATAENGINE_{key.upper()}"] = str(value)
     # In case something imported the settings already (harmless when nothing did).
-    if "dataengine.settings" in sys.modules:
-        from dataengine.db import reset_engine
-        from dataengine.settings import get_settings
+    if "dataengine.infra.settings" in sys.modules:
+        from dataengine.infra.db import reset_engine
+        from dataengine.infra.settings import get_settings
 
         get_settings.cache_clear()
         reset_engine()
@@ -161,8 +161,8 @@ class FakeLLMProcess:
 @contextmanager
 def bench_environment(*, llm_latency_ms: float = 0.0, with_llm: bool = True) -> Iterator[FakeLLMProcess | None]:
     """A migrated ``de_bench_*`` database, an empty Redis DB and a stand-in LLM; all removed afterwards."""
-    from dataengine.db import reset_engine
-    from dataengine.migrations import migrate
+    from dataengine.infra.db import reset_engine
+    from dataengine.infra.migrate import migrate
 
     cfg = config()
     # A benchmark stopped with SIGTERM (kill, timeout) still stops its processes and drops its database;
@@ -197,7 +197,7 @@ def audit_spec(queries: int, *, prefix: str = "best apartments near downtown Aus
 
 def new_audit_run(queries: int) -> str:
     """Create a queued PropertyAudit run row (not enqueued); returns its id."""
-    from dataengine.db import session_scope
+    from dataengine.infra.db import session_scope
     from dataengine.submitting import create_run, validate_spec
     from tasks.propertyaudit import JOB
 

@@ -28,9 +28,9 @@ import _common
 SPEED_TARGET = 20.0
 _common.configure("knowledge_refresh", step_concurrency=4, knowledge_allow_private_urls="true", knowledge_max_sources=100_000)
 # Imported after configure(): the package reads its settings once, at import.
+from dataengine.infra.settings import get_settings  # noqa: E402
 from dataengine.jobs import get_job, load_jobs  # noqa: E402
 from dataengine.runloop import execute_run  # noqa: E402
-from dataengine.settings import get_settings  # noqa: E402
 
 PARAGRAPHS = (
     "The leasing office is open from nine to six on weekdays and from ten to four on Saturdays.",
@@ -95,7 +95,7 @@ def refresh(job: Any, property_id: str) -> tuple[float, dict[str, Any]]:
     elapsed = time.perf_counter() - started
     if outcome.status != "completed":
         raise RuntimeError(f"refresh {run_id} ended {outcome.status}: {outcome.detail}")
-    from dataengine.db import session_scope
+    from dataengine.infra.db import session_scope
 
     with session_scope() as session:
         summary = session.execute(job.runs.select().where(job.runs.c.id == run_id)).one().summary

@@ -18,13 +18,13 @@ if TYPE_CHECKING:  # what the names are, for type checkers and readers; at run t
     from dataengine import llm
     from dataengine.celery_app import app, enqueue
     from dataengine.cliout import console, fail
-    from dataengine.db import session_scope
-    from dataengine.errors import DataEngineError, RunFatal, SpecInvalid
     from dataengine.fakellm import FakeLLMServer
+    from dataengine.infra.db import session_scope
+    from dataengine.infra.errors import DataEngineError, RunFatal, SpecInvalid
+    from dataengine.infra.settings import JobSettings, get_settings
     from dataengine.jobs import Job, JobDemo, NewRun, PlannedCall, StepOutcome, get_job, register
     from dataengine.llm import Usage
     from dataengine.schedules import parse_schedule
-    from dataengine.settings import JobSettings, get_settings
     from dataengine.submitting import SpecText, create_run
     from dataengine.workspaces import default_model
     from models.base import Base, RunMixin, StepMixin, StepResultMixin, new_base
@@ -41,7 +41,7 @@ _PUBLIC = {
     "JobDemo": "dataengine.jobs",
     "SpecText": "dataengine.submitting",
     "create_run": "dataengine.submitting",
-    "JobSettings": "dataengine.settings",
+    "JobSettings": "dataengine.infra.settings",
     "parse_schedule": "dataengine.schedules",
     # Its tables
     "RunMixin": "models.base",
@@ -49,15 +49,15 @@ _PUBLIC = {
     "StepResultMixin": "models.base",
     "Base": "models.base",
     "new_base": "models.base",
-    "session_scope": "dataengine.db",
+    "session_scope": "dataengine.infra.db",
     # The only door to the LLM provider: llm.chat, llm.parse, llm.embed
     "llm": None,
     "Usage": "dataengine.llm",
     "default_model": "dataengine.workspaces",
     # Errors a job raises or maps
-    "DataEngineError": "dataengine.errors",
-    "SpecInvalid": "dataengine.errors",
-    "RunFatal": "dataengine.errors",
+    "DataEngineError": "dataengine.infra.errors",
+    "SpecInvalid": "dataengine.infra.errors",
+    "RunFatal": "dataengine.infra.errors",
     # Testing a job: the OpenAI-compatible stand-in server (``dataengine fake-llm``)
     "FakeLLMServer": "dataengine.fakellm",
     # A job's own commands (``Job.cli``): print, fail, send a run's task
@@ -65,7 +65,7 @@ _PUBLIC = {
     "fail": "dataengine.cliout",
     "enqueue": "dataengine.celery_app",
     # The engine's settings, and the Celery app (``celery -A dataengine``)
-    "get_settings": "dataengine.settings",
+    "get_settings": "dataengine.infra.settings",
     "app": "dataengine.celery_app",
 }
 

@@ -38,8 +38,8 @@ from kombu.exceptions import ContentDisallowed
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 
-from dataengine.errors import DataEngineError
-from dataengine.redis_keys import REJECTED_KEY
+from dataengine.infra.errors import DataEngineError
+from dataengine.infra.redis_keys import REJECTED_KEY
 
 log = logging.getLogger("dataengine.broker")
 

@@ -24,8 +24,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
 from dataengine import ledger
-from dataengine.errors import BudgetExceeded, BudgetPaused, RunFatal
-from dataengine.settings import get_settings
+from dataengine.infra.errors import BudgetExceeded, BudgetPaused, RunFatal
+from dataengine.infra.settings import get_settings
 
 #: How long a process trusts its last reading of a day's spend.
 DAILY_READ_S = 1.0

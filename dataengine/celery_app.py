@@ -29,15 +29,16 @@ from celery.utils.serialization import strtobool
 from celery.worker import control
 from kombu.utils.url import maybe_sanitize_url
 
-from dataengine import hosting, llm, memory, metrics
+from dataengine import hosting, llm
 from dataengine.heartbeats import close_heartbeats
+from dataengine.infra import malloc, metrics
+from dataengine.infra.logs import configure_handlers
+from dataengine.infra.sentry import init_sentry
+from dataengine.infra.settings import get_settings
 from dataengine.jobs import load_jobs, on_register
-from dataengine.logs import configure_handlers
 from dataengine.queued import broker_lost_messages, waiting_runs
 from dataengine.recovery import Sweeper
 from dataengine.runloop import drain
-from dataengine.sentry import init_sentry
-from dataengine.settings import get_settings
 from dataengine.tasking import define_tasks
 
 app = Celery("dataengine")
@@ -142,7 +143,7 @@ def _on_worker_ready(sender: object = None, **_: object) -> None:
 
 @worker_process_init.connect
 def _init_pool_process(**_: object) -> None:
-    memory.limit_arenas()  # before its step threads: they share a few malloc arenas
+    malloc.limit_arenas()  # before its step threads: they share a few malloc arenas
     signal.signal(DRAIN_SIGNAL, lambda signum, frame: drain())
     llm.client()  # built now, not on a resumed run's first step
 

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from dataengine.cliout import console, fail
-from dataengine.errors import DataEngineError
+from dataengine.infra.errors import DataEngineError
 from dataengine.opscli import register as register_operations
 from dataengine.web.commands import api as api_command
 from dataengine.web.commands import keys_cli
@@ -32,7 +32,7 @@ def _settings_first() -> None:
     """Settings the engine refuses (a placeholder key in production, say) end every command with the reason."""
     from pydantic import ValidationError
 
-    from dataengine.settings import get_settings
+    from dataengine.infra.settings import get_settings
 
     try:
         get_settings()
@@ -43,7 +43,7 @@ def _settings_first() -> None:
 @cli.command()
 def migrate() -> None:
     """Create the database if needed and apply every Alembic migration."""
-    from dataengine.migrations import migrate as run_migrations
+    from dataengine.infra.migrate import migrate as run_migrations
 
     run_migrations()
     console.print("database is at the latest schema")
@@ -157,7 +157,7 @@ def cancel(run_id: str) -> None:
     """Ask a run to stop: within 2 s, the results of its steps in flight dropped (a run no worker holds is
     cancelled at once)."""
     _jobs()
-    from dataengine.db import session_scope
+    from dataengine.infra.db import session_scope
     from dataengine.inspect import find_run
     from dataengine.runs import request_cancel
 
@@ -190,8 +190,8 @@ def rejected(
     import redis
 
     from dataengine.broker import clear_rejected, rejected_messages
-    from dataengine.redis_keys import REJECTED_KEY
-    from dataengine.settings import get_settings
+    from dataengine.infra.redis_keys import REJECTED_KEY
+    from dataengine.infra.settings import get_settings
 
     with redis.Redis.from_url(get_settings().redis_url) as client:
         if clear:

@@ -23,11 +23,11 @@ from pydantic import BaseModel
 from sqlalchemy import TextClause, text
 
 from dataengine.budgets import MICRO, call_cost, dollars
-from dataengine.db import session_scope
+from dataengine.infra.db import session_scope
+from dataengine.infra.queries import statement
+from dataengine.infra.settings import get_settings
 from dataengine.jobs import Job, NewRun, PlannedCall
-from dataengine.queries import statement
 from dataengine.ratelimit import estimate_tokens
-from dataengine.settings import get_settings
 
 if TYPE_CHECKING:
     from dataengine.options import SubmitOptions

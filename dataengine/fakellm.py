@@ -33,7 +33,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dataengine.fakelimits import ProviderLimits
-from dataengine.settings import job_module_names
+from dataengine.infra.settings import job_module_names
 
 #: Fictional apartment communities the plain answers recommend.
 ROSTER: tuple[str, ...] = (

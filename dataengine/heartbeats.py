@@ -21,12 +21,12 @@ import uuid
 
 from sqlalchemy import Connection, Engine
 
-from dataengine.db import get_engine, statement_scope
+from dataengine.infra.db import get_engine, statement_scope
+from dataengine.infra.logs import RunLogger
+from dataengine.infra.settings import get_settings
 from dataengine.jobs import Job, all_jobs
 from dataengine.liveness import beat_sql, forget, lease_param
-from dataengine.logs import RunLogger
 from dataengine.runs import Claim
-from dataengine.settings import get_settings
 
 log = logging.getLogger("dataengine.heartbeats")
 

@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 from sqlalchemy import select
 
-from dataengine.db import session_scope
-from dataengine.errors import RunNotFound
+from dataengine.infra.db import session_scope
+from dataengine.infra.errors import RunNotFound
 from dataengine.jobs import Job, all_jobs
 from dataengine.runs import parse_run_id
 from models.base import FINAL_STATUSES

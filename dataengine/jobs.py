@@ -18,8 +18,8 @@ from pydantic import BaseModel
 from sqlalchemy import Table, func, select
 from sqlalchemy.orm import Session
 
+from dataengine.infra.settings import job_module_names
 from dataengine.llm import Usage
-from dataengine.settings import job_module_names
 
 #: Columns every step table has (``models.base.StepMixin``); the others are the step's item.
 STEP_KEY_COLUMNS = ("run_id", "query_index")

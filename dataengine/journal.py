@@ -26,8 +26,8 @@ from typing import Any
 from sqlalchemy import text
 
 from dataengine import recorder
-from dataengine.db import session_scope
-from dataengine.queries import identifier, statement
+from dataengine.infra.db import session_scope
+from dataengine.infra.queries import identifier, statement
 
 JOURNALED_STEPS = text(statement("journaled_steps"))
 RECORDED = text(statement("journal_recorded"))

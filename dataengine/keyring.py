@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from dataengine.errors import DataEngineError
-from dataengine.settings import MAKE_FERNET_KEY, get_settings
+from dataengine.infra.errors import DataEngineError
+from dataengine.infra.settings import MAKE_FERNET_KEY, get_settings
 
 
 class EncryptionKeyMissing(DataEngineError):

@@ -19,8 +19,8 @@ from sqlalchemy import DateTime, func, literal, literal_column, select, text
 from sqlalchemy.sql.elements import ColumnElement
 
 from dataengine import recorder
-from dataengine.db import session_scope
-from dataengine.queries import statement
+from dataengine.infra.db import session_scope
+from dataengine.infra.queries import statement
 from models.costs import LLMCost
 
 COSTS = LLMCost.__table__

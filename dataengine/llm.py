@@ -30,11 +30,11 @@ from pydantic import BaseModel
 
 from dataengine import journal, ledger, workspaces
 from dataengine.budgets import call_cost
-from dataengine.errors import ProviderKeyRejected
-from dataengine.logs import current_run
-from dataengine.metrics import metrics, model_label
+from dataengine.infra.errors import ProviderKeyRejected
+from dataengine.infra.logs import current_run
+from dataengine.infra.metrics import metrics, model_label
+from dataengine.infra.settings import get_settings
 from dataengine.ratelimit import FleetLimiter, ModelLimits, estimate_tokens, limiter_from
-from dataengine.settings import get_settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T", bound=BaseModel)

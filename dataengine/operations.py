@@ -15,8 +15,8 @@ from typing import Any
 
 from sqlalchemy import func, literal, select
 
-from dataengine.db import session_scope
 from dataengine.events import history
+from dataengine.infra.db import session_scope
 from dataengine.inspect import find_run
 from dataengine.jobs import Job, all_jobs
 from dataengine.ledger import CostLine, Grouping, summary, unpriced_models

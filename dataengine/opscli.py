@@ -14,7 +14,7 @@ from rich.table import Table
 
 from dataengine.budgets import dollars
 from dataengine.cliout import console, fail
-from dataengine.errors import DataEngineError
+from dataengine.infra.errors import DataEngineError
 from dataengine.ledger import GROUPINGS
 from models.base import RunStatus
 

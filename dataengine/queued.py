@@ -18,7 +18,7 @@ import time
 
 import redis
 
-from dataengine.redis_keys import BROKER_EPOCH_KEY
+from dataengine.infra.redis_keys import BROKER_EPOCH_KEY
 
 #: Messages read from the queue per round trip.
 SCAN_CHUNK = 500

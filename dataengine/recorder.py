@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from dataengine.db import statement_scope
+from dataengine.infra.db import statement_scope
 
 log = logging.getLogger(__name__)
 #: How long a step waits for its answer to be recorded before it goes on regardless (the database

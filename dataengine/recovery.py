@@ -19,13 +19,14 @@ from sqlalchemy import text
 
 from dataengine import journal
 from dataengine.budgets import daily_pause
-from dataengine.db import session_scope, statement_scope
-from dataengine.dbretry import db_unavailable
 from dataengine.events import prune
+from dataengine.infra.db import session_scope, statement_scope
+from dataengine.infra.dbretry import db_unavailable
+from dataengine.infra.metrics import metrics
+from dataengine.infra.redis_keys import BROKER_EPOCH_KEY
+from dataengine.infra.settings import get_settings
 from dataengine.jobs import Job, all_jobs
 from dataengine.liveness import bury, dead_owners
-from dataengine.metrics import metrics
-from dataengine.redis_keys import BROKER_EPOCH_KEY
 from dataengine.runs import (
     Requeued,
     finish_run,
@@ -35,7 +36,6 @@ from dataengine.runs import (
     redispatch_unclaimed,
     requeue_expired,
 )
-from dataengine.settings import get_settings
 from models.base import RunStatus
 
 log = logging.getLogger("dataengine.recovery")

@@ -25,9 +25,11 @@ from sqlalchemy import select
 
 from dataengine import llm
 from dataengine.budgets import RunBudget, daily_pause, pause_for_s
-from dataengine.db import session_scope, statement_scope, statement_session
-from dataengine.dbretry import db_unavailable, retry_db
-from dataengine.errors import (
+from dataengine.events import record
+from dataengine.heartbeats import Lease
+from dataengine.infra.db import session_scope, statement_scope, statement_session
+from dataengine.infra.dbretry import db_unavailable, retry_db
+from dataengine.infra.errors import (
     BudgetExceeded,
     BudgetPaused,
     DatabaseUnavailable,
@@ -37,12 +39,12 @@ from dataengine.errors import (
     StepTimedOut,
     TransientStepError,
 )
-from dataengine.events import record
-from dataengine.heartbeats import Lease
+from dataengine.infra.logs import RunLogger, in_run_context, run_context, run_logger, set_run_field
+from dataengine.infra.metrics import metrics
+from dataengine.infra.settings import get_settings
+from dataengine.infra.workerid import dead_sibling
 from dataengine.jobs import STEP_PAGE_SIZE, Job, StepOutcome
 from dataengine.journal import journaled_steps
-from dataengine.logs import RunLogger, in_run_context, run_context, run_logger, set_run_field
-from dataengine.metrics import metrics
 from dataengine.recovery import describe_losses
 from dataengine.runs import (
     AHEAD,
@@ -57,9 +59,7 @@ from dataengine.runs import (
     recorded_steps,
     release_run,
 )
-from dataengine.settings import get_settings
 from dataengine.stepbudget import budget
-from dataengine.workerid import dead_sibling
 from models.base import RunStatus
 from models.events import EventType
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from dataengine.settings import get_settings
+from dataengine.infra.settings import get_settings
 from dataengine.stepthreads import StepThreads
 
 

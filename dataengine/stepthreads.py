@@ -5,7 +5,7 @@ ending after ``IDLE_S`` without work.
 burst of 512 steps in flight left a pool process with 512 idle threads, whose touched stacks held
 most of its memory growth (``bench/peers/worker_memory.py``). Here an idle thread ends, and a
 later burst starts threads again (a few tens of microseconds each). When the last one ends, the
-heap's free pages go back to the system (``dataengine.memory``).
+heap's free pages go back to the system (``dataengine.infra.malloc``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from dataengine import memory
+from dataengine.infra import malloc
 
 #: Seconds a step thread waits for work before it ends.
 IDLE_S = 1.0
@@ -72,7 +72,7 @@ class StepThreads:
                 if not ending:
                     continue
                 if last:
-                    memory.trim()  # the burst is over: what its threads freed goes back to the system
+                    malloc.trim()  # the burst is over: what its threads freed goes back to the system
                 return
             if future.set_running_or_notify_cancel():  # not cancelled while queued
                 try:

@@ -27,15 +27,15 @@ from sqlalchemy import Connection, TextClause, bindparam, select, text
 from sqlalchemy.orm import Session
 
 from dataengine import workspaces
-from dataengine.db import statement_scope
-from dataengine.errors import IdempotencyKeyReused, SpecInvalid
 from dataengine.estimates import Estimate, estimate
+from dataengine.infra.db import statement_scope
+from dataengine.infra.errors import IdempotencyKeyReused, SpecInvalid
+from dataengine.infra.metrics import metrics
+from dataengine.infra.queries import column_list, identifier, json_rows_sql, statement
+from dataengine.infra.settings import get_settings
 from dataengine.jobs import STEP_KEY_COLUMNS, Job
-from dataengine.metrics import metrics
 from dataengine.options import SubmitOptions
-from dataengine.queries import column_list, identifier, json_rows_sql, statement
 from dataengine.runs import AHEAD, Claim
-from dataengine.settings import get_settings
 from models.base import ACTIVE_STATUSES, RunStatus
 
 #: Longest idempotency key a producer may send (the column's width).

@@ -8,15 +8,6 @@ from typing import Any
 from celery import Task, current_app, shared_task
 from celery.exceptions import Ignore, Reject
 
-from dataengine.errors import (
-    DatabaseUnavailable,
-    IdempotencyKeyReused,
-    InvalidRunId,
-    RunNotFound,
-    SpecInvalid,
-    StepFailed,
-    TransientStepError,
-)
 from dataengine.estimates import Estimate
 from dataengine.hosting import (
     TaskMessage,
@@ -28,12 +19,21 @@ from dataengine.hosting import (
     run_eagerly,
     wait_for_room,
 )
+from dataengine.infra.errors import (
+    DatabaseUnavailable,
+    IdempotencyKeyReused,
+    InvalidRunId,
+    RunNotFound,
+    SpecInvalid,
+    StepFailed,
+    TransientStepError,
+)
+from dataengine.infra.settings import get_settings
+from dataengine.infra.workerid import worker_id as make_worker_id
 from dataengine.jobs import Job
 from dataengine.runloop import RunOutcome, adopt_run, start_run
 from dataengine.runs import parse_run_id
-from dataengine.settings import get_settings
 from dataengine.submitting import Created, StartHere, submit_run
-from dataengine.workerid import worker_id as make_worker_id
 
 
 class RunTask(Task):

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from dataengine.cliout import console, fail
-from dataengine.errors import DataEngineError
+from dataengine.infra.errors import DataEngineError
 
 workspaces_cli = typer.Typer(no_args_is_help=True, help="Workspaces: each run of one uses its own provider key.")
 IdArgument = Annotated[str, typer.Argument(help="The workspace's id, as runs name it (workspace_id)")]

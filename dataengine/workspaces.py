@@ -29,11 +29,11 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from dataengine import keyring
-from dataengine.db import session_scope
-from dataengine.dbretry import db_unavailable
-from dataengine.errors import DataEngineError, RunFatal
+from dataengine.infra.db import session_scope
+from dataengine.infra.dbretry import db_unavailable
+from dataengine.infra.errors import DataEngineError, RunFatal
+from dataengine.infra.settings import LLMLimits, get_settings
 from dataengine.ratelimit import ModelLimits
-from dataengine.settings import LLMLimits, get_settings
 from models.workspaces import WORKSPACE_ID_CHARS, Workspace
 
 #: What a workspace id may be: letters, digits, ``.``, ``_`` and ``-``, starting with a letter or digit.

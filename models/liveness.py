@@ -21,7 +21,7 @@ class WorkerHeartbeat(Base):
 
     __tablename__ = "worker_heartbeats"
 
-    #: The lease owner name of the process (``dataengine.workerid``).
+    #: The lease owner name of the process (``dataengine.infra.workerid``).
     worker_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     beat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
     #: Beats written since the row was created (what ``bench/liveness.py`` counts).

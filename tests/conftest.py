@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from dataengine.workerid import process_exists
+from dataengine.infra.workerid import process_exists
 
 #: The fault-injection suite's fixtures (tests/faults).
 pytest_plugins = ["faults.faultkit"]
@@ -139,8 +139,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 def reload_settings() -> None:
     """Make the engine read the environment again (settings, engine, LLM client)."""
-    from dataengine import db, llm
-    from dataengine.settings import get_settings, reset_job_settings
+    from dataengine import llm
+    from dataengine.infra import db
+    from dataengine.infra.settings import get_settings, reset_job_settings
 
     get_settings.cache_clear()
     reset_job_settings()
@@ -175,7 +176,7 @@ def template_db() -> Iterator[str]:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import OperationalError
 
-    from dataengine.migrations import migrate
+    from dataengine.infra.migrate import migrate
 
     server = make_url(_server_url()).set(drivername="postgresql+psycopg")
     name = f"de_tmpl_{os.getpid()}"

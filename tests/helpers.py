@@ -56,7 +56,7 @@ def review_spec(n: int = 8, *, key: str | None = None, tag: str = "r") -> dict[s
 
 def create(spec: dict[str, Any], *, job: Any = None) -> uuid.UUID:
     """A queued run of ``job`` made from ``spec``, in the database (not enqueued)."""
-    from dataengine.db import session_scope
+    from dataengine.infra.db import session_scope
     from dataengine.submitting import create_run, validate_spec
 
     job = _job(job)
@@ -79,7 +79,7 @@ def finished(run_id: uuid.UUID | str, job: Any = None) -> dict[str, Any] | None:
 
 def run_row(run_id: uuid.UUID | str, *, job: Any = None) -> dict[str, Any]:
     """The run's row."""
-    from dataengine.db import session_scope
+    from dataengine.infra.db import session_scope
 
     t = _job(job).runs
     with session_scope() as session:
@@ -88,7 +88,7 @@ def run_row(run_id: uuid.UUID | str, *, job: Any = None) -> dict[str, Any]:
 
 def results(run_id: uuid.UUID | str, *, job: Any = None) -> dict[int, dict[str, Any]]:
     """The run's recorded results by step index."""
-    from dataengine.db import session_scope
+    from dataengine.infra.db import session_scope
 
     t = _job(job).results
     with session_scope() as session:
@@ -100,7 +100,7 @@ def expire_lease(run_id: uuid.UUID | str, *, owner: str | None = "dead-worker/1"
     """Make the run look held by a worker that died (lease in the past)."""
     from sqlalchemy import func, text
 
-    from dataengine.db import session_scope
+    from dataengine.infra.db import session_scope
 
     t = _job(job).runs
     with session_scope() as session:
@@ -130,7 +130,7 @@ def answered_within(fake: Any, text: str) -> int:
 
 def claim(run_id: uuid.UUID, worker: str = "w/1", *, job: Any = None) -> Any:
     """Claim a run as worker ``worker``; fails the test if the claim is refused."""
-    from dataengine.db import session_scope
+    from dataengine.infra.db import session_scope
     from dataengine.runs import Claim, claim_run
 
     with session_scope() as session:
@@ -148,7 +148,7 @@ def result_row(i: int, *, job: Any = None) -> dict[str, Any]:
 
 def record(c: Any, indexes: list[int], next_index: int, in_flight: tuple[int, ...] = (), *, job: Any = None) -> None:
     """Checkpoint results for ``indexes`` under claim ``c``, with ``in_flight`` steps started."""
-    from dataengine.db import session_scope
+    from dataengine.infra.db import session_scope
     from dataengine.runs import checkpoint
 
     with session_scope() as session:

@@ -10,7 +10,7 @@ from typing import Any
 from helpers import answered, answered_within, audit_spec, review_spec
 from knowledgeserver import knowledge_prompts, knowledge_spec
 
-from dataengine.settings import get_settings
+from dataengine.infra.settings import get_settings
 from tasks.reviewflow.step import GROUP_SIZE
 
 

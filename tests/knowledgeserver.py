@@ -175,7 +175,7 @@ def knowledge_spec(n: int, *, property_id: str = "crash-test-property", tag: str
     ``tag`` (random unless given) is in every text."""
     from sqlalchemy import select
 
-    from dataengine.db import session_scope
+    from dataengine.infra.db import session_scope
     from models.knowledge import KnowledgeSource
     from tasks.knowledge.spec import SourceIn, register_sources
 
@@ -193,7 +193,7 @@ def knowledge_prompts(spec: dict[str, Any]) -> list[str]:
     """The text each step of a ``knowledge_spec`` run embeds, by step index."""
     from sqlalchemy import select
 
-    from dataengine.db import session_scope
+    from dataengine.infra.db import session_scope
     from models.knowledge import KnowledgeSource
 
     with session_scope() as session:

@@ -127,7 +127,7 @@ def wait_for(predicate: Callable[[], bool], *, timeout_s: float, poll_s: float =
 def _db_now() -> datetime:
     from sqlalchemy import text
 
-    from dataengine.db import get_engine
+    from dataengine.infra.db import get_engine
 
     with get_engine().connect() as conn:
         return conn.execute(text("SELECT clock_timestamp()")).scalar_one()
@@ -137,7 +137,7 @@ def _seconds_until_done(started: datetime, query: str, params: dict[str, object]
     """Wait until ``query`` (done, failed, last done at) shows ``count`` done; seconds from ``started`` to the last."""
     from sqlalchemy import text
 
-    from dataengine.db import get_engine
+    from dataengine.infra.db import get_engine
 
     last: list[Any] = []
 
@@ -176,7 +176,7 @@ def bare_updates(tasks: int) -> float:
     import bare_celery
     from sqlalchemy import func, insert, select
 
-    from dataengine.db import session_scope
+    from dataengine.infra.db import session_scope
 
     with session_scope() as session:
         first = (session.scalar(select(func.max(bare_celery.Tick.id))) or 0) + 1

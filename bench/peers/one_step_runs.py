@@ -38,9 +38,9 @@ _common.configure("peers_one_step_runs")
 # Imported after configure(): the package reads its settings once, at import.
 import instant_job  # noqa: E402
 
-from dataengine.db import get_engine  # noqa: E402
+from dataengine.infra.db import get_engine  # noqa: E402
+from dataengine.infra.settings import job_module_names  # noqa: E402
 from dataengine.procs import start_worker  # noqa: E402
-from dataengine.settings import job_module_names  # noqa: E402
 
 
 def main() -> int:

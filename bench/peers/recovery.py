@@ -34,7 +34,7 @@ import redis
 from _peers import _common
 from sqlalchemy import create_engine, text
 
-from dataengine.settings import get_settings
+from dataengine.infra.settings import get_settings
 
 POLL_S = 0.05
 #: The longest run a spec allows: each of our rounds waits for the peers' rounds in between.

@@ -21,7 +21,7 @@ import dbos_app
 from _peers import _common
 from dbos import DBOS
 
-from dataengine.settings import get_settings
+from dataengine.infra.settings import get_settings
 from tasks.propertyaudit import JOB
 
 TARGET_RATIO = 8.0

@@ -33,7 +33,7 @@ SETTLE_S = 2.0
 
 _common.configure("peers_worker_memory")
 # Imported after configure(): the package reads its settings once, at import.
-from dataengine.db import get_engine  # noqa: E402
+from dataengine.infra.db import get_engine  # noqa: E402
 from dataengine.procs import CeleryProcess, start_worker  # noqa: E402
 
 

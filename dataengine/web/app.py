@@ -15,8 +15,8 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 
-from dataengine.errors import DataEngineError
-from dataengine.settings import MAKE_SESSION_SECRET, get_settings
+from dataengine.infra.errors import DataEngineError
+from dataengine.infra.settings import MAKE_SESSION_SECRET, get_settings
 from dataengine.web.health import Health, check_health, package_version
 from dataengine.web.middleware import BodyLimit, EveryAnswerHeaders, KeyGate
 from dataengine.web.problems import handlers
@@ -49,8 +49,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app() -> FastAPI:
     """The API with a start route for every registered job."""
+    from dataengine.infra.sentry import init_sentry
     from dataengine.jobs import load_jobs
-    from dataengine.sentry import init_sentry
     from dataengine.web import pages, runs_api
     from dataengine.web.costs_api import add_costs
     from dataengine.web.metrics_route import add_metrics, add_request_counter

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from dataengine.cliout import console, fail
-from dataengine.errors import DataEngineError
+from dataengine.infra.errors import DataEngineError
 
 keys_cli = typer.Typer(no_args_is_help=True, help="The HTTP API's keys (stored hashed; a key is shown once).")
 
@@ -19,8 +19,8 @@ def api(
     """Serve the HTTP API (FastAPI under uvicorn): start runs, poll them, cancel and retry them."""
     import uvicorn
 
-    from dataengine.logs import api_log_config
-    from dataengine.settings import get_settings
+    from dataengine.infra.logs import api_log_config
+    from dataengine.infra.settings import get_settings
     from dataengine.web.app import NoKeyConfigured, create_app
     from dataengine.web.keys import keys_configured
 

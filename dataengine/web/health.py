@@ -14,8 +14,8 @@ import redis
 from pydantic import BaseModel
 from sqlalchemy import text
 
-from dataengine.db import get_engine
-from dataengine.settings import PLACEHOLDER_API_KEY, get_settings
+from dataengine.infra.db import get_engine
+from dataengine.infra.settings import PLACEHOLDER_API_KEY, get_settings
 
 #: How long a dependency may take to answer before it counts as unreachable.
 CHECK_TIMEOUT_S = 2.0

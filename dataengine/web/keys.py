@@ -15,9 +15,9 @@ from datetime import datetime
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from dataengine.db import session_scope
-from dataengine.errors import DataEngineError
-from dataengine.settings import get_settings
+from dataengine.infra.db import session_scope
+from dataengine.infra.errors import DataEngineError
+from dataengine.infra.settings import get_settings
 from models.apikeys import KEY_NAME_CHARS, ApiKey
 
 KEY_PREFIX = "de_"

@@ -16,8 +16,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 from fastapi import Request
 
-from dataengine.errors import DataEngineError
-from dataengine.settings import get_settings
+from dataengine.infra.errors import DataEngineError
+from dataengine.infra.settings import get_settings
 
 #: The largest login form read, in bytes: a key is 46 characters, the path after login a few dozen.
 LOGIN_MAX_BYTES = 4096

@@ -29,8 +29,8 @@ from pydantic import BaseModel
 from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
-from dataengine.db import session_scope
 from dataengine.events import history
+from dataengine.infra.db import session_scope
 from dataengine.inspect import find_run
 from dataengine.jobs import Job, all_jobs
 from dataengine.web import runs_api

@@ -18,7 +18,7 @@ from kombu.exceptions import OperationalError as BrokerError
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from dataengine.errors import DatabaseUnavailable, IdempotencyKeyReused, InvalidRunId, RunNotFound, SpecInvalid
+from dataengine.infra.errors import DatabaseUnavailable, IdempotencyKeyReused, InvalidRunId, RunNotFound, SpecInvalid
 
 log = logging.getLogger("dataengine.api")
 

@@ -17,13 +17,13 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, create_mo
 from sqlalchemy import select, tuple_
 
 from dataengine import operations
-from dataengine.db import session_scope
-from dataengine.errors import RunNotFound, SpecInvalid
 from dataengine.estimates import Estimate
+from dataengine.infra.db import session_scope
+from dataengine.infra.errors import RunNotFound, SpecInvalid
+from dataengine.infra.settings import get_settings
 from dataengine.inspect import find_run
 from dataengine.jobs import Job, all_jobs, get_job
 from dataengine.runs import request_cancel
-from dataengine.settings import get_settings
 from dataengine.submitting import MAX_BUDGET_USD, MAX_WORKSPACE_ID_CHARS, submit_run
 from dataengine.web.bodies import StrictJSONRoute
 from dataengine.web.keys import check_key

@@ -29,9 +29,9 @@ from datetime import UTC, datetime
 from fastapi import HTTPException, Request
 from sqlalchemy import delete, func, insert, select, update
 
-from dataengine.db import session_scope
-from dataengine.errors import DataEngineError
-from dataengine.settings import MAKE_SESSION_SECRET, get_settings
+from dataengine.infra.db import session_scope
+from dataengine.infra.errors import DataEngineError
+from dataengine.infra.settings import MAKE_SESSION_SECRET, get_settings
 from dataengine.web.keys import ENV_REF, configured_key_hash, key_ref
 from models.apikeys import ApiKey, WebSession
 

@@ -107,7 +107,7 @@ def private_db(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     from conftest import reload_settings
     from pg_cluster import PgCluster
 
-    from dataengine.migrations import migrate
+    from dataengine.infra.migrate import migrate
 
     with PgCluster() as cluster:
         with psycopg.connect(host="127.0.0.1", port=cluster.port, user="postgres", dbname="postgres",

@@ -28,7 +28,7 @@ from kinds import KINDS, Kind
 from knowledgeserver import knowledge_spec
 from sqlalchemy import create_engine, text
 
-from dataengine.settings import get_settings
+from dataengine.infra.settings import get_settings
 
 #: Every scenario runs each job: its three promises hold for all of them.
 ALL_KINDS = tuple(KINDS.values())
@@ -86,7 +86,7 @@ def reread(read: Callable[[], Any], timeout_s: float = 60) -> Any:
     """``read()``, again on a new connection while the database is away (a test's reads are not the subject)."""
     from sqlalchemy.exc import OperationalError
 
-    from dataengine.db import get_engine
+    from dataengine.infra.db import get_engine
 
     deadline = time.monotonic() + timeout_s
     while True:

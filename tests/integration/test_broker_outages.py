@@ -18,7 +18,7 @@ import redis
 from conftest import wait_for
 from redis_server import RedisServer
 
-from dataengine.redis_keys import REDBEAT_KEY_PREFIX
+from dataengine.infra.redis_keys import REDBEAT_KEY_PREFIX
 
 pytestmark = pytest.mark.timeout(180)
 TICK = "dataengine.tests.beat_tick"  # no such task: beat's messages for it just pile up in the queue

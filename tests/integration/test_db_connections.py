@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
-from dataengine.db import session_scope
+from dataengine.infra.db import session_scope
 
 pytestmark = pytest.mark.timeout(90)
 ROUTES = pytest.mark.parametrize("db_route", ["direct", "pgbouncer"], indirect=True)
@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FREEZER = """
 import sys, uuid
 from sqlalchemy import text
-from dataengine.db import session_scope
+from dataengine.infra.db import session_scope
 
 with session_scope() as session:
     session.execute(text("UPDATE geo_runs SET lease_owner = 'frozen/1' WHERE id = :id"), {"id": uuid.UUID(sys.argv[1])})
@@ -121,7 +121,7 @@ def test_migrate_through_pgbouncer_in_transaction_mode_twice_at_once(template_db
 
 
 def test_a_pooled_connection_the_server_dropped_while_idle_is_replaced_on_checkout(db_url, monkeypatch):
-    import dataengine.db as db
+    import dataengine.infra.db as db
 
     monkeypatch.setattr(db, "PING_AFTER_IDLE_S", 0.0)  # every checkout comes after an idle spell
     with session_scope() as session:
@@ -137,7 +137,7 @@ def test_a_pooled_connection_the_server_dropped_while_idle_is_replaced_on_checko
 def test_a_connection_used_moments_ago_is_not_pinged_again(db_url, monkeypatch):
     # The checkpoint path takes a pooled connection for every transaction: a ping each time was one
     # round trip in five. Only a connection idle for PING_AFTER_IDLE_S is pinged.
-    from dataengine.db import get_engine
+    from dataengine.infra.db import get_engine
 
     dialect = get_engine().dialect
     with session_scope() as session:  # the pool's connection, however long it sat before the test

@@ -20,15 +20,15 @@ from enginejob import ECHO
 from helpers import Concurrency
 
 from dataengine import runloop, runs
-from dataengine.db import session_scope
-from dataengine.errors import InvalidRunId, LeaseLost, RunNotFound, StepFailed
+from dataengine.infra.db import session_scope
+from dataengine.infra.errors import InvalidRunId, LeaseLost, RunNotFound, StepFailed
+from dataengine.infra.settings import get_settings
+from dataengine.infra.workerid import process_space, worker_id
 from dataengine.jobs import StepOutcome
 from dataengine.llm import Usage
 from dataengine.recovery import sweep_job
 from dataengine.runloop import execute_run
 from dataengine.runs import Claim, claim_run, release_run, request_cancel
-from dataengine.settings import get_settings
-from dataengine.workerid import process_space, worker_id
 
 pytestmark = pytest.mark.usefixtures("echo")
 JOB = ECHO

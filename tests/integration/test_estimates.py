@@ -19,9 +19,9 @@ from typer.testing import CliRunner
 
 from dataengine import app
 from dataengine.cli import cli
-from dataengine.db import session_scope
-from dataengine.errors import SpecInvalid
 from dataengine.estimates import Estimate
+from dataengine.infra.db import session_scope
+from dataengine.infra.errors import SpecInvalid
 from dataengine.runloop import execute_run
 from dataengine.submitting import submit_run
 from tasks.propertyaudit import JOB as AUDIT

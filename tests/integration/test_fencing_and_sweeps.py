@@ -17,11 +17,12 @@ from enginejob import ECHO as JOB
 from helpers import result_row
 from sqlalchemy import text
 
-from dataengine.db import session_scope
-from dataengine.errors import LeaseLost
 from dataengine.heartbeats import Heartbeats, Lease
+from dataengine.infra.db import session_scope
+from dataengine.infra.errors import LeaseLost
+from dataengine.infra.logs import run_logger
+from dataengine.infra.settings import get_settings
 from dataengine.jobs import StepOutcome
-from dataengine.logs import run_logger
 from dataengine.recovery import sweep_job
 from dataengine.runloop import execute_run
 from dataengine.runs import (
@@ -32,7 +33,6 @@ from dataengine.runs import (
     release_run,
     requeue_expired,
 )
-from dataengine.settings import get_settings
 from models.base import RunStatus
 
 pytestmark = pytest.mark.usefixtures("echo")

@@ -13,11 +13,11 @@ from echoruns import claim, create_texts, expire_lease, run_row
 from enginejob import ECHO as JOB
 from sqlalchemy import event, text
 
-from dataengine.db import get_engine, session_scope, statement_scope
 from dataengine.heartbeats import Heartbeats, Lease
+from dataengine.infra.db import get_engine, session_scope, statement_scope
+from dataengine.infra.logs import run_logger
 from dataengine.jobs import StepOutcome
 from dataengine.liveness import dead_owners
-from dataengine.logs import run_logger
 from dataengine.recovery import take_back_dead
 from dataengine.runloop import execute_run
 from dataengine.runs import request_cancel

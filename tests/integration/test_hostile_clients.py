@@ -25,7 +25,7 @@ from helpers import audit_spec
 from liveapi import APIBase, live_api, rss_bytes
 from sqlalchemy import text
 
-from dataengine.db import session_scope
+from dataengine.infra.db import session_scope
 from dataengine.web.app import create_app
 
 pytestmark = pytest.mark.timeout(90)

@@ -107,7 +107,7 @@ def test_a_warm_shutdown_hands_back_every_run_the_process_holds(workers, fake_ll
 
 
 def audit_queries(run_id: uuid.UUID) -> list[str]:
-    from dataengine.db import session_scope
+    from dataengine.infra.db import session_scope
     from dataengine.jobs import get_job
 
     with session_scope() as session:

@@ -13,8 +13,8 @@ from enginejob import CHUNKS, ECHO, HANG_S
 from helpers import create, results, run_row
 from sqlalchemy import func, select
 
-from dataengine.db import session_scope
-from dataengine.errors import StepFailed, TransientStepError
+from dataengine.infra.db import session_scope
+from dataengine.infra.errors import StepFailed, TransientStepError
 from dataengine.jobs import StepOutcome
 from dataengine.runloop import execute_run
 

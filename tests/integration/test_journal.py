@@ -13,8 +13,8 @@ from helpers import answered, audit_spec, create, results, run_row
 from sqlalchemy import text
 
 from dataengine import app, llm
-from dataengine.db import session_scope
-from dataengine.logs import run_context
+from dataengine.infra.db import session_scope
+from dataengine.infra.logs import run_context
 from tasks.propertyaudit import JOB as AUDIT
 
 pytestmark = pytest.mark.timeout(120)

@@ -7,7 +7,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
 from alembic import command
-from dataengine.migrations import alembic_config
+from dataengine.infra.migrate import alembic_config
 from models import Base
 
 

@@ -19,7 +19,7 @@ from helpers import audit_spec, create, finished, invoke, parse_metrics, results
 from redis_server import free_port
 
 from dataengine import app
-from dataengine.settings import get_settings
+from dataengine.infra.settings import get_settings
 from dataengine.web.app import create_app
 from tasks.propertyaudit import JOB as AUDIT
 

@@ -14,7 +14,7 @@ from conftest import wait_for
 from helpers import create_audit, finished, results
 
 from dataengine import app
-from dataengine.redis_keys import REJECTED_KEY
+from dataengine.infra.redis_keys import REJECTED_KEY
 
 pytestmark = pytest.mark.timeout(120)
 RUN = "propertyaudit.run"

@@ -10,8 +10,8 @@ from decimal import Decimal
 import pytest
 from helpers import answered, audit_spec, claim, create_audit, expire_lease, record, results, run_row
 
-from dataengine.db import session_scope
-from dataengine.errors import StepFailed, TransientStepError
+from dataengine.infra.db import session_scope
+from dataengine.infra.errors import StepFailed, TransientStepError
 from dataengine.runloop import execute_run
 from tasks.propertyaudit import JOB
 

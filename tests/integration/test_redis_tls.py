@@ -77,7 +77,7 @@ def _pings(redis, url: str) -> bool:
 def test_a_worker_works_over_rediss_with_a_password(tls_redis, workers, fake_llm, tmp_path):
     from celery import Celery
 
-    from dataengine.settings import Settings
+    from dataengine.infra.settings import Settings
 
     worker = workers("a", env={"REDIS_URL": tls_redis})  # no ssl_cert_reqs: the engine requires a valid certificate
     run_id = create_audit(3)

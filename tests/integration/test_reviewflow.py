@@ -10,7 +10,7 @@ import pytest
 from helpers import SAMPLE_REVIEWS, answered_within, claim, create, expire_lease, results, review_spec, run_row
 from sqlalchemy import text
 
-from dataengine.db import session_scope
+from dataengine.infra.db import session_scope
 from dataengine.runloop import execute_run
 from tasks.reviewflow import JOB
 

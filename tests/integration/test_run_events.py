@@ -10,8 +10,8 @@ from echoruns import claim, create_texts, expire_lease, record, run_row
 from enginejob import ECHO as JOB
 from sqlalchemy import text
 
-from dataengine.db import session_scope
 from dataengine.events import history, prune
+from dataengine.infra.db import session_scope
 from dataengine.recovery import sweep_job
 from dataengine.runs import finish_run, release_run, retry_run
 from models.base import RunStatus

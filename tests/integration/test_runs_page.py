@@ -31,7 +31,7 @@ from helpers import audit_spec, review_spec, run_row
 from liveapi import ROOT, live_api, rss_bytes
 from sqlalchemy import select
 
-from dataengine.db import session_scope
+from dataengine.infra.db import session_scope
 from dataengine.web.keys import create_key, digest, revoke_key
 from dataengine.web.sessions import COOKIE, PAGE_HEADER, SESSION_TTL_S
 from models.apikeys import ApiKey

@@ -18,7 +18,7 @@ from sqlalchemy import text
 
 from dataengine import app
 from dataengine.budgets import call_cost, dollars
-from dataengine.db import session_scope
+from dataengine.infra.db import session_scope
 from dataengine.web.app import create_app
 from tasks.propertyaudit import JOB as AUDIT
 

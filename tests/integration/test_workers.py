@@ -20,7 +20,7 @@ from helpers import answered, audit_spec, create, create_audit, results, run_row
 from kinds import KINDS, Kind, assert_nothing_paid_twice
 
 from dataengine import app
-from dataengine.settings import get_settings
+from dataengine.infra.settings import get_settings
 
 pytestmark = pytest.mark.timeout(120)
 RUN = "propertyaudit.run"
@@ -57,8 +57,8 @@ def progressed(run_id: uuid.UUID, steps: int, job: Any = None) -> dict[str, Any]
 
 def events_of(run_id: uuid.UUID) -> list[tuple[str, str | None, int | None]]:
     """The run's history as (event, worker, fencing token)."""
-    from dataengine.db import session_scope
     from dataengine.events import history
+    from dataengine.infra.db import session_scope
 
     with session_scope() as session:
         return [(e["event"], e["worker"], e["fencing_token"]) for e in history(session, run_id)]
@@ -364,7 +364,7 @@ def test_a_step_still_failing_after_the_last_retry_fails_the_run_saying_so(worke
 
 
 def test_a_running_run_of_any_job_is_cancelled_between_steps(workers, fake_llm, kind):
-    from dataengine.db import session_scope
+    from dataengine.infra.db import session_scope
     from dataengine.runs import request_cancel
 
     job = kind.job
@@ -388,8 +388,8 @@ def test_a_cancel_does_not_wait_for_hung_steps_and_never_records_them(workers, f
     """A run whose LLM calls hang is cancelled within ``CANCEL_WITHIN_S`` of the request; the hung steps are
     abandoned, their late results never written, and the worker runs another run on the same step threads
     (as many as the run keeps in flight: a thread or a count lost to the abandoned steps would stall it)."""
-    from dataengine.db import session_scope
     from dataengine.events import history
+    from dataengine.infra.db import session_scope
     from dataengine.runs import request_cancel
     from tasks.propertyaudit import JOB
 
@@ -428,7 +428,7 @@ def journaled(run_id: uuid.UUID, steps: set[int]) -> int:
     """How many LLM answers the journal holds for ``steps`` of the run."""
     from sqlalchemy import func, select
 
-    from dataengine.db import session_scope
+    from dataengine.infra.db import session_scope
     from models.journal import LLMResponse
 
     t = LLMResponse.__table__

@@ -19,11 +19,11 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from dataengine import app, keyring, llm, workspaces
-from dataengine.db import session_scope
-from dataengine.errors import ProviderKeyRejected, SpecInvalid
 from dataengine.events import history
 from dataengine.fakellm import key_digest
-from dataengine.logs import run_context
+from dataengine.infra.db import session_scope
+from dataengine.infra.errors import ProviderKeyRejected, SpecInvalid
+from dataengine.infra.logs import run_context
 from dataengine.ratelimit import ModelLimits
 from dataengine.submitting import submit_run
 from dataengine.workspaces import add_workspace
@@ -136,7 +136,7 @@ def test_a_runs_calls_use_its_workspaces_key_and_url_and_a_replaced_key_within_s
 
 
 def test_a_workspaces_models_budget_and_rate_limits_apply_to_its_runs_only(engine_env, encrypted):
-    from dataengine.settings import get_settings
+    from dataengine.infra.settings import get_settings
 
     add_workspace(workspace_id="acme", name="Acme", api_key=KEY_A, daily_budget_usd="25",
                   models={"chat": "gpt-4o", "embedding": "text-embedding-3-large"},

@@ -12,7 +12,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual.base import Base64
 
 from dataengine.broker import REJECTED_MAX, clear_rejected, envelope_problem, rejected_messages, set_aside
-from dataengine.redis_keys import REJECTED_KEY
+from dataengine.infra.redis_keys import REJECTED_KEY
 
 CODECS = {"base64": Base64()}
 

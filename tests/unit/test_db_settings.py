@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from dataengine.db import connect_args, session_limits, transaction_pooler
-from dataengine.settings import get_settings
+from dataengine.infra.db import connect_args, session_limits, transaction_pooler
+from dataengine.infra.settings import get_settings
 
 DIRECT = "postgresql+psycopg://postgres@127.0.0.1:5432/dataengine"
 SUPABASE = "postgresql+psycopg://postgres.abc:pw@aws-0-eu-central-1.pooler.supabase.com:6543/postgres"

@@ -7,7 +7,7 @@ import pytest
 from psycopg import errors
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from dataengine.dbretry import db_unavailable
+from dataengine.infra.dbretry import db_unavailable
 
 
 @pytest.mark.parametrize("exc", [

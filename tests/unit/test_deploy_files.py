@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from dataengine.cli import cli
-from dataengine.settings import Settings
+from dataengine.infra.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -22,8 +22,8 @@ ENGINE_ROLES = ("migrate", "worker", "beat", "flower", "api")
 
 def _setting_env_names() -> set[str]:
     """The variables the engine's settings and every job's own (``JobSettings``) read."""
+    from dataengine.infra.settings import JobSettings
     from dataengine.jobs import load_jobs
-    from dataengine.settings import JobSettings
 
     names = set()
     for name, field in Settings.model_fields.items():
@@ -127,7 +127,7 @@ def test_the_database_image_has_pgvector_and_creates_the_extension_once():
 
 
 def test_every_job_runs_on_the_compose_workers_and_beat_fires_the_refresh():
-    from dataengine.settings import job_module_names
+    from dataengine.infra.settings import job_module_names
 
     assert sorted(job_module_names()) == ["tasks.knowledge", "tasks.propertyaudit", "tasks.reviewflow"]
     env = SERVICES["beat"]["environment"]
@@ -158,7 +158,7 @@ def test_the_dashboard_asks_only_for_metrics_the_engine_exports():
 
     from prometheus_client import REGISTRY
 
-    from dataengine.metrics import metrics
+    from dataengine.infra.metrics import metrics
     from dataengine.web.metrics_route import FLEET_FAMILIES, _requests
 
     metrics(), _requests()

@@ -13,8 +13,8 @@ import pytest
 from helpers import audit_spec, review_spec
 
 from dataengine.estimates import Recent, combine, plan
+from dataengine.infra.settings import get_settings
 from dataengine.jobs import PlannedCall
-from dataengine.settings import get_settings
 from dataengine.submitting import validate_spec
 from dataengine.web.schemas import EstimateView
 from tasks.knowledge import JOB as KNOWLEDGE

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from dataengine import hosting
-from dataengine.errors import TransientStepError
+from dataengine.infra.errors import TransientStepError
 
 
 def test_the_retry_is_sent_once_the_run_is_no_longer_hosted_here():

@@ -11,9 +11,9 @@ import sys
 def test_importing_the_engine_and_a_job_builds_no_app_and_reads_no_settings():
     code = (
         "import sys\n"
-        "import dataengine, dataengine.errors, dataengine.jobs, dataengine.runs, dataengine.runloop\n"
+        "import dataengine, dataengine.infra.errors, dataengine.jobs, dataengine.runs, dataengine.runloop\n"
         "import dataengine.recovery, dataengine.submitting, tasks.propertyaudit\n"
-        "from dataengine.settings import get_settings\n"
+        "from dataengine.infra.settings import get_settings\n"
         "print(int(get_settings.loaded), 'dataengine.celery_app' in sys.modules, 'celeryconfig' in sys.modules)\n"
     )
     # An invalid setting would raise at once if anything read the settings on import.

@@ -9,12 +9,12 @@ import pytest
 from pydantic import ValidationError
 
 from dataengine.budgets import call_cost, dollars
-from dataengine.settings import ModelPrice, Settings
+from dataengine.infra.settings import ModelPrice, Settings
 
 
 def test_cached_input_is_priced_apart_and_costs_are_kept_to_the_millionth(monkeypatch):
     monkeypatch.setenv("DATAENGINE_MODEL_PRICES_PER_MTOK", '{"m": [2.5, 10, 1.25], "e": {"input": 0.02, "output": 0}}')
-    from dataengine.settings import get_settings
+    from dataengine.infra.settings import get_settings
 
     get_settings.cache_clear()
     try:

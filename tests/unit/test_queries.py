@@ -1,4 +1,4 @@
-"""The engine's named SQL (``dataengine/sql/queries.sql``): what the file says agrees with the models,
+"""The engine's named SQL (``dataengine/infra/sql/queries.sql``): what the file says agrees with the models,
 and a statement is filled with identifiers only, for any job."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import re
 import pytest
 
 import models
-from dataengine.queries import QUERIES, identifier, job_tables, parse, statement
+from dataengine.infra.queries import QUERIES, identifier, job_tables, parse, statement
 from models.base import RunStatus
 
 #: A name after FROM, INTO, UPDATE or JOIN that is not a placeholder, a function or a CTE of the file.

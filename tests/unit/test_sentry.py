@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from conftest import reload_settings
 
-from dataengine.sentry import REDACTED, before_send
+from dataengine.infra.sentry import REDACTED, before_send
 
 
 def test_an_event_is_tagged_with_its_run_and_scrubbed_of_every_secret(monkeypatch):

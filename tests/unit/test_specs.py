@@ -7,9 +7,9 @@ from decimal import Decimal
 import pytest
 from helpers import audit_spec
 
-from dataengine.errors import InvalidRunId, SpecInvalid
+from dataengine.infra.errors import InvalidRunId, SpecInvalid
+from dataengine.infra.settings import PLACEHOLDER_API_KEY, Settings
 from dataengine.runs import parse_run_id
-from dataengine.settings import PLACEHOLDER_API_KEY, Settings
 from dataengine.submitting import spec_digest, validate_spec
 from tasks.propertyaudit import JOB
 
@@ -195,7 +195,7 @@ def test_a_command_under_refused_settings_says_why_without_a_trace(monkeypatch):
     from typer.testing import CliRunner
 
     from dataengine.cli import cli
-    from dataengine.settings import get_settings
+    from dataengine.infra.settings import get_settings
 
     monkeypatch.setenv("DATAENGINE_ENVIRONMENT", "production")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-production")

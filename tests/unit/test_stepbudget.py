@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from dataengine.settings import get_settings
+from dataengine.infra.settings import get_settings
 from dataengine.stepbudget import StepBudget
 
 

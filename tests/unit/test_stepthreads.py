@@ -71,7 +71,7 @@ def test_the_heap_is_trimmed_once_when_the_last_thread_of_a_burst_ends(monkeypat
 
     wait_for(earlier_threads_ended, timeout_s=5, interval_s=0.02, what="earlier tests' step threads to end")
     trims: list[int] = []
-    monkeypatch.setattr(stepthreads.memory, "trim", lambda: trims.append(1) or True)
+    monkeypatch.setattr(stepthreads.malloc, "trim", lambda: trims.append(1) or True)
     pool, release = StepThreads(16, name="trim"), threading.Event()
     futures = [pool.submit(release.wait, 5) for _ in range(10)]
     release.set()
@@ -84,7 +84,7 @@ def test_the_heap_is_trimmed_once_when_the_last_thread_of_a_burst_ends(monkeypat
 
 
 def test_the_malloc_controls_work_on_this_platform():
-    from dataengine import memory
+    from dataengine.infra import malloc
 
-    assert memory.limit_arenas(8) is True  # glibc: the worker's pool processes cap their arenas
-    assert isinstance(memory.trim(), bool)
+    assert malloc.limit_arenas(8) is True  # glibc: the worker's pool processes cap their arenas
+    assert isinstance(malloc.trim(), bool)

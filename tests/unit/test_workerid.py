@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from dataengine.workerid import dead_sibling, process_space, worker_id
+from dataengine.infra.workerid import dead_sibling, process_space, worker_id
 
 
 def _owner(node: str, pid: int, space: str | None = None, nonce: str = "0bad") -> str:

@@ -12,8 +12,8 @@ from pydantic import ValidationError
 
 from dataengine import keyring, workspaces
 from dataengine.fakellm import FakeConfig, FakeLLMServer, key_digest
+from dataengine.infra.settings import Settings
 from dataengine.ratelimit import ModelLimits
-from dataengine.settings import Settings
 
 PROVIDER_KEY = "sk-workspace-secret-0123456789"
 

@@ -14,7 +14,7 @@ from typing import TypeVar
 import psycopg
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from dataengine.errors import DatabaseUnavailable
+from dataengine.infra.errors import DatabaseUnavailable
 
 T = TypeVar("T")
 #: Backoff between attempts: doubles from the first to the last value.

@@ -24,7 +24,7 @@ _context = threading.local()
 
 
 def _json() -> bool:
-    from dataengine.settings import get_settings
+    from dataengine.infra.settings import get_settings
 
     return get_settings().log_format == "json"
 

@@ -14,7 +14,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
-from dataengine.settings import Settings, get_settings
+from dataengine.infra.settings import Settings, get_settings
 
 #: Supabase's pooler in transaction mode listens on this port; a URL with it means such a pooler.
 SUPABASE_TRANSACTION_POOLER_PORT = 6543

@@ -1,8 +1,8 @@
--- The engine's SQL written as text, each statement under a name (read once by dataengine.queries).
+-- The engine's SQL written as text, each statement under a name (read once by dataengine.infra.queries).
 --
 -- Format: a header line "-- name: <name>", then comment lines saying what the statement is for and
 -- why it is written so, then the statement, up to the next header. Values are always bound
--- parameters (:name). A {placeholder} is filled by dataengine.queries.statement with SQL the engine
+-- parameters (:name). A {placeholder} is filled by dataengine.infra.queries.statement with SQL the engine
 -- makes itself, never with a value: a job's own tables ({runs}, {steps}, {results}: quoted
 -- identifiers from the job registry), a CTE's name, a column list generated from a job's model, or
 -- another fragment of this file. Statuses are written as literals (they match the partial indexes

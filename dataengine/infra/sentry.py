@@ -12,8 +12,8 @@ import logging
 from typing import Any
 from urllib.parse import urlsplit
 
-from dataengine.logs import RUN_FIELDS
-from dataengine.settings import Settings, get_settings
+from dataengine.infra.logs import RUN_FIELDS
+from dataengine.infra.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 REDACTED = "[redacted]"

@@ -16,7 +16,7 @@ import logging
 from functools import cache
 from typing import Any
 
-log = logging.getLogger("dataengine.memory")
+log = logging.getLogger("dataengine.infra.malloc")
 
 #: ``mallopt`` parameter number of ``M_ARENA_MAX`` (glibc's malloc.h).
 M_ARENA_MAX = -8

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from functools import cache
 from typing import Any
 
-from dataengine.workerid import process_exists
+from dataengine.infra.workerid import process_exists
 
 #: Where a pool process's values live in multiprocess mode (prometheus-client reads this variable).
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -82,7 +82,7 @@ def model_label(model: str) -> str:
     """A model as a metrics label: a model with a configured price, or one of the engine's default
     models, by its name; any other ``other``. A spec may name any model, and a label must not take
     every value a client sends (each would be a series kept for ever)."""
-    from dataengine.settings import get_settings
+    from dataengine.infra.settings import get_settings
 
     s = get_settings()
     known = model in s.model_prices_per_mtok or model in (s.openai_model, s.openai_eval_model, s.openai_embedding_model)

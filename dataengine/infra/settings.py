@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     )
     redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=_env("REDIS_URL"))
 
-    # The database connection (dataengine.db): pooler mode, pool size, timeouts.
+    # The database connection (dataengine.infra.db): pooler mode, pool size, timeouts.
     #: "transaction" behind PgBouncer or Supabase's pooler in transaction mode (no prepared
     #: statements, no session state); "auto": transaction when the URL's port is 6543 (Supabase's).
     db_pooler: Literal["auto", "none", "transaction"] = "auto"
@@ -210,7 +210,7 @@ class Settings(BaseSettings):
     #: The LLM responses a finished run's steps received (``llm_responses``) are kept this long.
     journal_retention_days: float = Field(7.0, gt=0)
 
-    # Observability (dataengine.metrics, dataengine.logs).
+    # Observability (dataengine.infra.metrics, dataengine.infra.logs).
     #: Each worker serves its Prometheus metrics on this port (its main process, for all its pool
     #: processes); unset, it serves none. The API always serves ``/metrics``.
     worker_metrics_port: int | None = Field(None, ge=1, le=65535)

@@ -55,7 +55,7 @@ def parse(text: str) -> dict[str, str]:
 
 
 #: Every named statement and fragment of ``sql/queries.sql``.
-QUERIES: dict[str, str] = parse(resources.files("dataengine").joinpath("sql", "queries.sql").read_text("utf-8"))
+QUERIES: dict[str, str] = parse(resources.files("dataengine.infra").joinpath("sql", "queries.sql").read_text("utf-8"))
 
 
 def identifier(name: str) -> str:
