@@ -15,7 +15,6 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what the names are, for type checkers and readers; at run time they load on first use
-    from dataengine import llm
     from dataengine.celery_app import app, enqueue
     from dataengine.cliout import console, fail
     from dataengine.fakellm import FakeLLMServer
@@ -23,10 +22,11 @@ if TYPE_CHECKING:  # what the names are, for type checkers and readers; at run t
     from dataengine.infra.errors import DataEngineError, RunFatal, SpecInvalid
     from dataengine.infra.settings import JobSettings, get_settings
     from dataengine.jobs import Job, JobDemo, NewRun, PlannedCall, StepOutcome, get_job, register
-    from dataengine.llm import Usage
+    from dataengine.llm import calls as llm
+    from dataengine.llm.calls import Usage
+    from dataengine.llm.workspaces import default_model
     from dataengine.schedules import parse_schedule
     from dataengine.submitting import SpecText, create_run
-    from dataengine.workspaces import default_model
     from models.base import Base, RunMixin, StepMixin, StepResultMixin, new_base
 
 #: Each public name, and the module it comes from.
@@ -52,8 +52,8 @@ _PUBLIC = {
     "session_scope": "dataengine.infra.db",
     # The only door to the LLM provider: llm.chat, llm.parse, llm.embed
     "llm": None,
-    "Usage": "dataengine.llm",
-    "default_model": "dataengine.workspaces",
+    "Usage": "dataengine.llm.calls",
+    "default_model": "dataengine.llm.workspaces",
     # Errors a job raises or maps
     "DataEngineError": "dataengine.infra.errors",
     "SpecInvalid": "dataengine.infra.errors",

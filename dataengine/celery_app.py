@@ -29,13 +29,14 @@ from celery.utils.serialization import strtobool
 from celery.worker import control
 from kombu.utils.url import maybe_sanitize_url
 
-from dataengine import hosting, llm
+from dataengine import hosting
 from dataengine.heartbeats import close_heartbeats
 from dataengine.infra import malloc, metrics
 from dataengine.infra.logs import configure_handlers
 from dataengine.infra.sentry import init_sentry
 from dataengine.infra.settings import get_settings
 from dataengine.jobs import load_jobs, on_register
+from dataengine.llm import calls as llm
 from dataengine.queued import broker_lost_messages, waiting_runs
 from dataengine.recovery import Sweeper
 from dataengine.runloop import drain

@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 from sqlalchemy import TextClause, text
 
-from dataengine.budgets import MICRO, call_cost, dollars
 from dataengine.infra.db import session_scope
 from dataengine.infra.queries import statement
 from dataengine.infra.settings import get_settings
 from dataengine.jobs import Job, NewRun, PlannedCall
-from dataengine.ratelimit import estimate_tokens
+from dataengine.llm.budgets import MICRO, call_cost, dollars
+from dataengine.llm.limits import estimate_tokens
 
 if TYPE_CHECKING:
     from dataengine.options import SubmitOptions

@@ -19,7 +19,7 @@ from sqlalchemy import Table, func, select
 from sqlalchemy.orm import Session
 
 from dataengine.infra.settings import job_module_names
-from dataengine.llm import Usage
+from dataengine.llm.calls import Usage
 
 #: Columns every step table has (``models.base.StepMixin``); the others are the step's item.
 STEP_KEY_COLUMNS = ("run_id", "query_index")

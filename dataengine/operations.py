@@ -19,7 +19,7 @@ from dataengine.events import history
 from dataengine.infra.db import session_scope
 from dataengine.inspect import find_run
 from dataengine.jobs import Job, all_jobs
-from dataengine.ledger import CostLine, Grouping, summary, unpriced_models
+from dataengine.llm.ledger import CostLine, Grouping, summary, unpriced_models
 from dataengine.runs import retry_run
 
 #: ``--since`` units: 90s, 30m, 12h, 1d, 2w.

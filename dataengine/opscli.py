@@ -12,10 +12,10 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from dataengine.budgets import dollars
 from dataengine.cliout import console, fail
 from dataengine.infra.errors import DataEngineError
-from dataengine.ledger import GROUPINGS
+from dataengine.llm.budgets import dollars
+from dataengine.llm.ledger import GROUPINGS
 from models.base import RunStatus
 
 

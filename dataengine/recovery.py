@@ -17,8 +17,6 @@ from typing import Any
 
 from sqlalchemy import text
 
-from dataengine import journal
-from dataengine.budgets import daily_pause
 from dataengine.events import prune
 from dataengine.infra.db import session_scope, statement_scope
 from dataengine.infra.dbretry import db_unavailable
@@ -27,6 +25,8 @@ from dataengine.infra.redis_keys import BROKER_EPOCH_KEY
 from dataengine.infra.settings import get_settings
 from dataengine.jobs import Job, all_jobs
 from dataengine.liveness import bury, dead_owners
+from dataengine.llm import journal
+from dataengine.llm.budgets import daily_pause
 from dataengine.runs import (
     Requeued,
     finish_run,

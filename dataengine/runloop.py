@@ -23,8 +23,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import select
 
-from dataengine import llm
-from dataengine.budgets import RunBudget, daily_pause, pause_for_s
 from dataengine.events import record
 from dataengine.heartbeats import Lease
 from dataengine.infra.db import session_scope, statement_scope, statement_session
@@ -44,7 +42,9 @@ from dataengine.infra.metrics import metrics
 from dataengine.infra.settings import get_settings
 from dataengine.infra.workerid import dead_sibling
 from dataengine.jobs import STEP_PAGE_SIZE, Job, StepOutcome
-from dataengine.journal import journaled_steps
+from dataengine.llm import calls as llm
+from dataengine.llm.budgets import RunBudget, daily_pause, pause_for_s
+from dataengine.llm.journal import journaled_steps
 from dataengine.recovery import describe_losses
 from dataengine.runs import (
     AHEAD,

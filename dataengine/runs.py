@@ -36,13 +36,13 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
-from dataengine.budgets import dollars
 from dataengine.events import logged
 from dataengine.infra.errors import PAUSED, InvalidRunId, LeaseLost, RunNotFound
 from dataengine.infra.metrics import metrics
 from dataengine.infra.queries import column_list, identifier, json_rows_sql, statement
 from dataengine.infra.settings import get_settings
 from dataengine.jobs import Job
+from dataengine.llm.budgets import dollars
 from models.base import ACTIVE_STATUSES, FINAL_STATUSES, RunStatus
 from models.events import EventType
 

@@ -61,7 +61,7 @@ def add(
         help='Per model, as JSON: {"gpt-4o": {"rpm": 500, "tpm": 30000}}')] = None,
 ) -> None:
     """Create a workspace; its provider key is read from standard input (or asked for) and stored encrypted."""
-    from dataengine.workspaces import add_workspace
+    from dataengine.llm.workspaces import add_workspace
 
     models, limits = _models(model or []), _limits(rpm, tpm, model_limits)
     key = _read_key()
@@ -77,7 +77,7 @@ def add(
 @workspaces_cli.command("list")
 def list_(as_json: Annotated[bool, typer.Option("--json", help="Print them as JSON")] = False) -> None:
     """The workspaces, one a line: id, name, key (its last characters), base URL, models, budget, limits."""
-    from dataengine.workspaces import list_workspaces
+    from dataengine.llm.workspaces import list_workspaces
 
     try:
         found = list_workspaces()
@@ -97,7 +97,7 @@ def list_(as_json: Annotated[bool, typer.Option("--json", help="Print them as JS
 @workspaces_cli.command("set-key")
 def set_key(workspace_id: IdArgument) -> None:
     """Replace a workspace's provider key (read from standard input or asked for); workers use it within seconds."""
-    from dataengine import workspaces
+    from dataengine.llm import workspaces
 
     key = _read_key()
     try:
@@ -114,7 +114,7 @@ def set_budget(
     daily_budget_usd: Annotated[str, typer.Argument(help="USD per day (UTC), or 'none' to remove it")],
 ) -> None:
     """Raise, lower or remove what a workspace's runs may spend per day; runs it paused go on once under it."""
-    from dataengine import workspaces
+    from dataengine.llm import workspaces
 
     amount = None if daily_budget_usd.strip().lower() == "none" else daily_budget_usd
     try:
@@ -130,7 +130,7 @@ def set_budget(
 @workspaces_cli.command("rotate-key")
 def rotate_key() -> None:
     """Re-encrypt every workspace's key under the first key of DATAENGINE_ENCRYPTION_KEY; the others may then go."""
-    from dataengine.workspaces import rotate_keys
+    from dataengine.llm.workspaces import rotate_keys
 
     try:
         count = rotate_keys()

@@ -1,4 +1,4 @@
-"""The cost ledger: what every LLM call cost, summed by the hour (``dataengine.ledger``).
+"""The cost ledger: what every LLM call cost, summed by the hour (``dataengine.llm.ledger``).
 
 One row per hour, job, model, property and workspace: a fleet making thousands of calls a minute
 writes a few rows an hour, and ``dataengine costs`` reads a few rows per day it reports.

@@ -1,5 +1,5 @@
 """The LLM response journal: every answer a run's step received, kept until the step is checkpointed
-and after (``dataengine.journal``), so that a step run again after a crash reuses what was paid for."""
+and after (``dataengine.llm.journal``), so that a step run again after a crash reuses what was paid for."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ class Workspace(Base):
 
     id: Mapped[str] = mapped_column(String(WORKSPACE_ID_CHARS), primary_key=True)
     name: Mapped[str] = mapped_column(String(200), nullable=False)
-    #: The provider key as a Fernet token under ``DATAENGINE_ENCRYPTION_KEY`` (``dataengine.keyring``).
+    #: The provider key as a Fernet token under ``DATAENGINE_ENCRYPTION_KEY`` (``dataengine.llm.keyring``).
     api_key_encrypted: Mapped[str] = mapped_column(Text, nullable=False)
     #: The provider's OpenAI-compatible URL; NULL: the engine's ``OPENAI_BASE_URL``.
     base_url: Mapped[str | None] = mapped_column(String(2000))

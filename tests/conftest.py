@@ -139,9 +139,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 def reload_settings() -> None:
     """Make the engine read the environment again (settings, engine, LLM client)."""
-    from dataengine import llm
     from dataengine.infra import db
     from dataengine.infra.settings import get_settings, reset_job_settings
+    from dataengine.llm import calls as llm
 
     get_settings.cache_clear()
     reset_job_settings()

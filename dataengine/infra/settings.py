@@ -109,7 +109,7 @@ class Settings(BaseSettings):
     #: still fails fails the step, and the run is retried with backoff.
     openai_max_retries: int = Field(2, ge=0, le=10, validation_alias=_env("OPENAI_MAX_RETRIES"))
     openai_timeout_s: float = Field(120.0, gt=0, validation_alias=_env("OPENAI_TIMEOUT_S"))
-    #: Fernet keys that encrypt the workspaces' provider keys at rest (``dataengine.keyring``), separated
+    #: Fernet keys that encrypt the workspaces' provider keys at rest (``dataengine.llm.keyring``), separated
     #: by commas: the first encrypts, every one decrypts. To rotate, put a new key first and keep the old
     #: one until ``dataengine workspaces rotate-key`` has re-encrypted every key. Unset: no workspace
     #: can be added or used.
@@ -134,7 +134,7 @@ class Settings(BaseSettings):
     #: How often a run paused by a daily budget is looked at again.
     budget_recheck_s: float = Field(60.0, gt=0)
 
-    # The fleet-wide LLM rate limits (dataengine.ratelimit), shared by every worker through Redis.
+    # The fleet-wide LLM rate limits (dataengine.llm.limits), shared by every worker through Redis.
     #: Requests and tokens per minute of every model without an entry of its own in
     #: ``llm_model_limits``; unset, no limit (a 429 still pauses the model for the whole fleet).
     llm_rpm: float | None = Field(None, ge=0)

@@ -25,7 +25,7 @@ from dataengine.infra.errors import InvalidRunId, LeaseLost, RunNotFound, StepFa
 from dataengine.infra.settings import get_settings
 from dataengine.infra.workerid import process_space, worker_id
 from dataengine.jobs import StepOutcome
-from dataengine.llm import Usage
+from dataengine.llm.calls import Usage
 from dataengine.recovery import sweep_job
 from dataengine.runloop import execute_run
 from dataengine.runs import Claim, claim_run, release_run, request_cancel

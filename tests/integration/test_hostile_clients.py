@@ -146,7 +146,7 @@ def test_metrics_label_only_known_methods_and_route_templates(api):
 def test_a_model_a_spec_names_is_a_metrics_label_only_when_priced_or_a_default(db_url, fake_llm):
     from prometheus_client import REGISTRY, generate_latest
 
-    from dataengine import llm
+    from dataengine.llm import calls as llm
 
     for i in range(5):
         llm.chat(messages=[{"role": "user", "content": "best apartments"}], model=f"made-up-model-{i}")

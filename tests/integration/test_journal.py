@@ -76,7 +76,7 @@ def test_a_step_killed_between_its_two_calls_does_not_pay_again_for_the_first(wo
 def test_the_answers_of_finished_runs_are_pruned_after_the_retention_and_an_active_runs_kept(db_url, fake_llm):
     from datetime import timedelta
 
-    from dataengine.journal import prune
+    from dataengine.llm.journal import prune
 
     active, finished = create(audit_spec(2, tag="active")), create(audit_spec(2, tag="finished"))
     for run_id in (active, finished):

@@ -21,11 +21,11 @@ MESSAGES = [{"role": "user", "content": "best apartments in austin"}]
 
 @pytest.fixture
 def llm(fake_llm: Any, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """``dataengine.llm`` on the stand-in and this session's Redis; the limiter's keys removed after."""
+    """``dataengine.llm.calls`` on the stand-in and this session's Redis; the limiter's keys removed after."""
     import redis
 
-    from dataengine import llm as module
-    from dataengine.ratelimit import KEY_PREFIX
+    from dataengine.llm import calls as module
+    from dataengine.llm.limits import KEY_PREFIX
 
     client = redis.Redis.from_url(redis_url)
 
@@ -40,7 +40,7 @@ def llm(fake_llm: Any, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Itera
 
 
 def test_a_429_pauses_the_model_for_every_process_and_the_call_waits_it_out(llm, fake_llm, redis_url):
-    from dataengine.ratelimit import ModelLimits, limiter_from
+    from dataengine.llm.limits import ModelLimits, limiter_from
 
     fake_llm.configure(fail_429_every=2, retry_after_s=2.0)
     elsewhere = limiter_from(redis_url, default=ModelLimits(), per_model={}, burst_s=1, token_burst_s=6,

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from dataengine.ratelimit import KEY_PREFIX, FleetLimiter, ModelLimits, limiter_from
+from dataengine.llm.limits import KEY_PREFIX, FleetLimiter, ModelLimits, limiter_from
 
 pytestmark = pytest.mark.timeout(60)
 RPM = 600

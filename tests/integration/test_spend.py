@@ -17,8 +17,8 @@ from redis_server import free_port
 from sqlalchemy import text
 
 from dataengine import app
-from dataengine.budgets import call_cost, dollars
 from dataengine.infra.db import session_scope
+from dataengine.llm.budgets import call_cost, dollars
 from dataengine.web.app import create_app
 from tasks.propertyaudit import JOB as AUDIT
 

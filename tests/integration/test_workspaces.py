@@ -18,15 +18,17 @@ from helpers import audit_spec, create, finished, review_spec, run_row, said
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from dataengine import app, keyring, llm, workspaces
+from dataengine import app
 from dataengine.events import history
 from dataengine.fakellm import key_digest
 from dataengine.infra.db import session_scope
 from dataengine.infra.errors import ProviderKeyRejected, SpecInvalid
 from dataengine.infra.logs import run_context
-from dataengine.ratelimit import ModelLimits
+from dataengine.llm import calls as llm
+from dataengine.llm import keyring, workspaces
+from dataengine.llm.limits import ModelLimits
+from dataengine.llm.workspaces import add_workspace
 from dataengine.submitting import submit_run
-from dataengine.workspaces import add_workspace
 from tasks.knowledge import JOB as KNOWLEDGE
 from tasks.propertyaudit import JOB as AUDIT
 from tasks.reviewflow import JOB as REVIEWFLOW

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 from pydantic import ValidationError
 
-from dataengine.budgets import call_cost, dollars
 from dataengine.infra.settings import ModelPrice, Settings
+from dataengine.llm.budgets import call_cost, dollars
 
 
 def test_cached_input_is_priced_apart_and_costs_are_kept_to_the_millionth(monkeypatch):
@@ -38,7 +38,8 @@ def test_the_default_prices_carry_cached_input_and_a_bad_price_is_refused():
 
 def test_a_response_usage_with_cached_tokens_is_read_and_an_unknown_model_counts_zero_and_unpriced(caplog,
                                                                                                  monkeypatch):
-    from dataengine import ledger, llm
+    from dataengine.llm import calls as llm
+    from dataengine.llm import ledger
 
     spends: list[ledger.Spend] = []
     monkeypatch.setattr(ledger, "add", spends.append)  # no database here

@@ -17,7 +17,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from dataengine.ratelimit import (
+from dataengine.llm.limits import (
     REDIS_RETRY_S,
     FleetLimiter,
     ModelLimits,
@@ -274,7 +274,7 @@ def free_port() -> int:
 def test_unreachable_redis_falls_back_to_a_local_share_and_says_so_once(clock, caplog):
     client = redis.Redis(port=free_port(), socket_connect_timeout=0.5, socket_timeout=0.5, retry=Retry(NoBackoff(), 0))
     lim = FleetLimiter(client, lambda m: ModelLimits(rpm=1200), sleep=clock.sleep, clock=clock)  # local: 120 RPM
-    caplog.set_level(logging.INFO, "dataengine.ratelimit")
+    caplog.set_level(logging.INFO, "dataengine.llm.limits")
     times = []
     while clock.now < 1030:
         assert lim.acquire("m", 1).local
@@ -289,7 +289,7 @@ def test_unreachable_redis_falls_back_to_a_local_share_and_says_so_once(clock, c
 
 def test_the_fallback_ends_when_redis_answers_again(server, clock, caplog):
     lim = limiter(server, clock, {"m": ModelLimits(rpm=6000, tpm=600_000)})
-    caplog.set_level(logging.INFO, "dataengine.ratelimit")
+    caplog.set_level(logging.INFO, "dataengine.llm.limits")
     server.connected = False
     local = lim.acquire("m", 500)
     assert local.local

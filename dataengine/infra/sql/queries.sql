@@ -203,7 +203,7 @@ AND model IS NOT DISTINCT FROM CAST(:model AS text)
 
 
 -- name: journal_insert
--- The LLM response journal's insert, batched by the process's writer thread (dataengine.recorder):
+-- The LLM response journal's insert, batched by the process's writer thread (dataengine.llm.writer):
 -- the rows arrive as one JSON array. A response already recorded is kept.
 INSERT INTO llm_responses (run_id, step_index, fingerprint, job, model, response, prompt_tokens,
                            completion_tokens, cost_usd)
@@ -230,7 +230,7 @@ DELETE FROM llm_responses j WHERE j.job = :job AND j.created_at < now() - CAST(:
 
 
 -- name: ledger_upsert
--- The cost ledger's upsert, batched by the writer thread (dataengine.recorder): one row per job,
+-- The cost ledger's upsert, batched by the writer thread (dataengine.llm.writer): one row per job,
 -- model, property, workspace and hour, summed into (the batch is summed by key first: an upsert may
 -- touch a row once).
 INSERT INTO llm_costs AS c (hour, job, model, property, workspace_id, calls, prompt_tokens, cached_tokens,

@@ -1,4 +1,4 @@
--- FleetLimiter.pause (dataengine/ratelimit.py): pause a model for the whole fleet after a 429 (the
+-- FleetLimiter.pause (dataengine/llm/limits.py): pause a model for the whole fleet after a 429 (the
 -- later of an existing pause and the new one), or only read the pause.
 --
 -- KEYS: pause. ARGV: retry-after seconds ('' = only read), recovery seconds, now ('' = Redis's clock).

@@ -1,4 +1,4 @@
--- FleetLimiter.settle (dataengine/ratelimit.py): correct a call's TPM reservation by its real usage;
+-- FleetLimiter.settle (dataengine/llm/limits.py): correct a call's TPM reservation by its real usage;
 -- a refund gives back only the part of its backlog that has not yet elapsed.
 --
 -- KEYS: tpm state. ARGV: tokens to charge (negative: refund), seconds per token, the call's slot

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
-from dataengine import ledger
 from dataengine.infra.errors import BudgetExceeded, BudgetPaused, RunFatal
 from dataengine.infra.settings import get_settings
+from dataengine.llm import ledger
 
 #: How long a process trusts its last reading of a day's spend.
 DAILY_READ_S = 1.0
@@ -97,7 +97,7 @@ def daily_pause(workspace_id: str | None) -> BudgetPaused | None:
     spent), or None."""
     limits: list[tuple[str, str | None, Decimal | None]] = [("the fleet's", None, get_settings().daily_budget_usd)]
     if workspace_id is not None:
-        from dataengine.workspaces import daily_budget
+        from dataengine.llm.workspaces import daily_budget
 
         limits.insert(0, (f"workspace {workspace_id!r}'s", workspace_id, daily_budget(workspace_id)))
     for scope, key, limit in limits:

@@ -1,4 +1,4 @@
--- FleetLimiter.acquire (dataengine/ratelimit.py): one GCRA step over a model's RPM and TPM state
+-- FleetLimiter.acquire (dataengine/llm/limits.py): one GCRA step over a model's RPM and TPM state
 -- together, so a call takes from both limits or from neither; reads Redis's clock unless told 'now'.
 --
 -- KEYS: rpm state, tpm state, pause. ARGV: seconds per request and burst (s), the same for tokens

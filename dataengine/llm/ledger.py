@@ -1,7 +1,7 @@
 """The cost ledger: every LLM call's tokens and cost, summed by the hour per job, model, property and
 workspace (``llm_costs``), and what ``dataengine costs`` and ``GET /v1/costs`` read back.
 
-Each paid call adds a ``Spend`` (``dataengine.llm``); the process's writer thread (``dataengine.recorder``)
+Each paid call adds a ``Spend`` (``dataengine.llm.calls``); the process's writer thread (``dataengine.llm.writer``)
 sums what is waiting and upserts one row per key and hour. A call whose model has no price counts 0 and
 is counted in ``unpriced_calls``, so a report says its total is short rather than silently free.
 """
@@ -18,9 +18,9 @@ from typing import Any, Literal
 from sqlalchemy import DateTime, func, literal, literal_column, select, text
 from sqlalchemy.sql.elements import ColumnElement
 
-from dataengine import recorder
 from dataengine.infra.db import session_scope
 from dataengine.infra.queries import statement
+from dataengine.llm import writer
 from models.costs import LLMCost
 
 COSTS = LLMCost.__table__
@@ -50,7 +50,7 @@ class Spend:
     priced: bool
 
 
-#: The ledger's upsert, batched with the journal's by the process's writer thread (``dataengine.recorder``).
+#: The ledger's upsert, batched with the journal's by the process's writer thread (``dataengine.llm.writer``).
 UPSERT_SQL = statement("ledger_upsert")
 UNPRICED_MODELS = text(statement("unpriced_models"))
 SPENT_TODAY = text(statement("spent_today"))
@@ -75,12 +75,12 @@ def _rows(spends: list[Spend]) -> str:
     ])
 
 
-recorder.register(Spend, UPSERT_SQL, _rows)
+writer.register(Spend, UPSERT_SQL, _rows)
 
 
 def add(spend: Spend) -> None:
     """Count a paid call (written within moments, with whatever else is waiting)."""
-    recorder.put(spend)
+    writer.put(spend)
 
 
 @dataclass(frozen=True)

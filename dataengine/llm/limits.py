@@ -81,7 +81,7 @@ _UNREACHABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
 
 def _script(name: str) -> str:
     """The Lua script ``lua/<name>.lua`` of this package (package data, so an installed wheel has it)."""
-    return resources.files("dataengine").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+    return resources.files("dataengine.llm").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
 
 
 #: The limiter's scripts, one per file beside this module (their KEYS and ARGV are described at

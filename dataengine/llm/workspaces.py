@@ -1,8 +1,8 @@
 """Workspaces, "bring your own key": one engine, many customers, each paying the provider with its own key.
 
-A workspace (``models.workspaces``) holds its provider key encrypted (``dataengine.keyring``), its
+A workspace (``models.workspaces``) holds its provider key encrypted (``dataengine.llm.keyring``), its
 base URL, its default models and its limits. A run that names a ``workspace_id`` makes its calls
-with that key and URL (``dataengine.llm``), uses the workspace's models where its spec names none
+with that key and URL (``dataengine.llm.calls``), uses the workspace's models where its spec names none
 (:func:`default_model`), keeps to the workspace's rate limits apart from every other key's
 (:func:`limit_name`) and counts against its daily budget (:func:`daily_budget`).
 
@@ -28,12 +28,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from dataengine import keyring
 from dataengine.infra.db import session_scope
 from dataengine.infra.dbretry import db_unavailable
 from dataengine.infra.errors import DataEngineError, RunFatal
 from dataengine.infra.settings import LLMLimits, get_settings
-from dataengine.ratelimit import ModelLimits
+from dataengine.llm import keyring
+from dataengine.llm.limits import ModelLimits
 from models.workspaces import WORKSPACE_ID_CHARS, Workspace
 
 #: What a workspace id may be: letters, digits, ``.``, ``_`` and ``-``, starting with a letter or digit.

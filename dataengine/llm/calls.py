@@ -1,6 +1,6 @@
 """The only module that imports ``openai``: one client per process, the fleet's rate limits, usage and cost.
 
-Every call waits its turn under the fleet-wide limits (``dataengine.ratelimit``: requests and
+Every call waits its turn under the fleet-wide limits (``dataengine.llm.limits``: requests and
 tokens per minute per model, shared through Redis), reserving its estimated tokens; the real usage
 corrects the reservation after. A 429 pauses the model for the whole fleet for its ``Retry-After``.
 
@@ -28,13 +28,13 @@ from typing import Any, TypeVar
 import openai
 from pydantic import BaseModel
 
-from dataengine import journal, ledger, workspaces
-from dataengine.budgets import call_cost
 from dataengine.infra.errors import ProviderKeyRejected
 from dataengine.infra.logs import current_run
 from dataengine.infra.metrics import metrics, model_label
 from dataengine.infra.settings import get_settings
-from dataengine.ratelimit import FleetLimiter, ModelLimits, estimate_tokens, limiter_from
+from dataengine.llm import journal, ledger, workspaces
+from dataengine.llm.budgets import call_cost
+from dataengine.llm.limits import FleetLimiter, ModelLimits, estimate_tokens, limiter_from
 
 log = logging.getLogger(__name__)
 T = TypeVar("T", bound=BaseModel)
@@ -100,7 +100,7 @@ class Usage:
 def client() -> openai.OpenAI:
     """This thread's client of the process: the run's workspace's (its key and base URL) when the run names
     one, else the engine's. A forked pool child builds its own connection pools; a workspace's replaced key
-    (``dataengine.workspaces.lookup``, read again every few seconds) gets new clients."""
+    (``dataengine.llm.workspaces.lookup``, read again every few seconds) gets new clients."""
     global _clients, _workspace_clients, _client_pid
     shard = getattr(_shard, "index", None)
     if shard is None:
@@ -248,7 +248,7 @@ def _within_limits(model: str, tokens: int, send: Callable[[], R]) -> R:
 
 
 def _paid(model: str, prompt: list[Any], output_tokens: int, send: Callable[[], Any]) -> tuple[Any, Usage]:
-    """``send()`` within the run's budgets (``dataengine.budgets``) and the fleet's rate limits: its
+    """``send()`` within the run's budgets (``dataengine.llm.budgets``) and the fleet's rate limits: its
     response and usage. A rejected key ends the run at once (``ProviderKeyRejected``)."""
     run = current_run() or {}
     budget = run.get("budget")
@@ -277,7 +277,7 @@ def _paid(model: str, prompt: list[Any], output_tokens: int, send: Callable[[], 
 def _journaled(kind: str, model: str, request: Any, ask: Callable[[], tuple[R, Usage]],
                encode: Callable[[R], Any], decode: Callable[[Any], R]) -> tuple[R, Usage]:
     """``ask()`` within a run's step: its answer recorded before the step goes on with it, and a
-    recorded answer of the same request reused by a step run again (``dataengine.journal``): not paid
+    recorded answer of the same request reused by a step run again (``dataengine.llm.journal``): not paid
     again, its usage as recorded (so the step's cost is what was paid for it, once)."""
     run = current_run()
     if run is None or run.get("step") is None or run.get("run_id") is None:

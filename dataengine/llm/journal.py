@@ -8,7 +8,7 @@ instead of asking again, and a request that differs (a new model, a changed prom
 asked anew.
 
 Cost: the writes of a process go through one thread that commits whatever is waiting in one
-statement (group commit, ``dataengine.recorder``), so many calls in flight share a round trip, and
+statement (group commit, ``dataengine.llm.writer``), so many calls in flight share a round trip, and
 the checkpoint path does not change. Reads happen only for steps that have journal rows, found once per claim
 (:func:`journaled_steps`). Rows of finished runs are pruned after ``DATAENGINE_JOURNAL_RETENTION_DAYS``.
 """
@@ -25,9 +25,9 @@ from typing import Any
 
 from sqlalchemy import text
 
-from dataengine import recorder
 from dataengine.infra.db import session_scope
 from dataengine.infra.queries import identifier, statement
+from dataengine.llm import writer
 
 JOURNALED_STEPS = text(statement("journaled_steps"))
 RECORDED = text(statement("journal_recorded"))
@@ -56,7 +56,7 @@ class Entry:
     cost_usd: Decimal
 
 
-#: The journal's insert, batched with the ledger's by the process's writer thread (``dataengine.recorder``).
+#: The journal's insert, batched with the ledger's by the process's writer thread (``dataengine.llm.writer``).
 INSERT_SQL = statement("journal_insert")
 
 
@@ -64,12 +64,12 @@ def _rows(entries: list[Entry]) -> str:
     return json.dumps([{**entry.__dict__, "cost_usd": str(entry.cost_usd)} for entry in entries], default=str)
 
 
-recorder.register(Entry, INSERT_SQL, _rows)
+writer.register(Entry, INSERT_SQL, _rows)
 
 
 def record(entry: Entry) -> None:
-    """Record a response, returning once it is committed (or after ``recorder.RECORD_WAIT_S``)."""
-    recorder.put_and_wait(entry)
+    """Record a response, returning once it is committed (or after ``writer.RECORD_WAIT_S``)."""
+    writer.put_and_wait(entry)
 
 
 def journaled_steps(run_id: uuid.UUID, from_index: int) -> frozenset[int]:
