@@ -197,8 +197,8 @@ def audit_spec(queries: int, *, prefix: str = "best apartments near downtown Aus
 
 def new_audit_run(queries: int) -> str:
     """Create a queued PropertyAudit run row (not enqueued); returns its id."""
+    from dataengine.engine.submitting import create_run, validate_spec
     from dataengine.infra.db import session_scope
-    from dataengine.submitting import create_run, validate_spec
     from tasks.propertyaudit import JOB
 
     spec, options = validate_spec(JOB, audit_spec(queries))

@@ -37,10 +37,10 @@ _common.configure("checkpoint_throughput", step_concurrency=4)
 # Imported after configure(): the package reads its settings once, at import.
 from sqlalchemy import distinct, func, select, text  # noqa: E402
 
+from dataengine.engine.jobs import Job, StepOutcome  # noqa: E402
+from dataengine.engine.runloop import execute_run  # noqa: E402
 from dataengine.infra.db import get_engine, session_scope  # noqa: E402
 from dataengine.infra.settings import get_settings  # noqa: E402
-from dataengine.jobs import Job, StepOutcome  # noqa: E402
-from dataengine.runloop import execute_run  # noqa: E402
 from tasks.propertyaudit import JOB  # noqa: E402
 
 

@@ -28,9 +28,9 @@ import _common
 SPEED_TARGET = 20.0
 _common.configure("knowledge_refresh", step_concurrency=4, knowledge_allow_private_urls="true", knowledge_max_sources=100_000)
 # Imported after configure(): the package reads its settings once, at import.
+from dataengine.engine.jobs import get_job, load_jobs  # noqa: E402
+from dataengine.engine.runloop import execute_run  # noqa: E402
 from dataengine.infra.settings import get_settings  # noqa: E402
-from dataengine.jobs import get_job, load_jobs  # noqa: E402
-from dataengine.runloop import execute_run  # noqa: E402
 
 PARAGRAPHS = (
     "The leasing office is open from nine to six on weekdays and from ten to four on Saturdays.",

@@ -26,10 +26,10 @@ _common.configure("resume_cost", max_queries=20_000)  # the big run is above the
 # Imported after configure(): the package reads its settings once, at import.
 from sqlalchemy import text  # noqa: E402
 
+from dataengine.engine.jobs import Job, StepOutcome  # noqa: E402
+from dataengine.engine.runloop import execute_run  # noqa: E402
 from dataengine.infra.db import session_scope  # noqa: E402
 from dataengine.infra.errors import StepFailed  # noqa: E402
-from dataengine.jobs import Job, StepOutcome  # noqa: E402
-from dataengine.runloop import execute_run  # noqa: E402
 from tasks.propertyaudit import JOB  # noqa: E402
 
 RECORD_RESULTS = text(

@@ -26,11 +26,11 @@ RATE_TARGET = 1.0
 TOKENS_TARGET = 0.7
 _common.configure("reviewflow_throughput", step_concurrency=4, max_reviews=100_000)
 # Imported after configure(): the package reads its settings once, at import.
+from dataengine.engine.jobs import Job, get_job, load_jobs  # noqa: E402
+from dataengine.engine.runloop import execute_run  # noqa: E402
+from dataengine.engine.submitting import create_run, validate_spec  # noqa: E402
 from dataengine.infra.db import session_scope  # noqa: E402
 from dataengine.infra.settings import get_settings  # noqa: E402
-from dataengine.jobs import Job, get_job, load_jobs  # noqa: E402
-from dataengine.runloop import execute_run  # noqa: E402
-from dataengine.submitting import create_run, validate_spec  # noqa: E402
 
 SENTENCES = (
     "Great location and friendly staff, I love the rooftop pool.",

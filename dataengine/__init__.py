@@ -17,30 +17,30 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # what the names are, for type checkers and readers; at run time they load on first use
     from dataengine.celery_app import app, enqueue
     from dataengine.cliout import console, fail
+    from dataengine.engine.jobs import Job, JobDemo, NewRun, PlannedCall, StepOutcome, get_job, register
+    from dataengine.engine.submitting import SpecText, create_run
     from dataengine.fakellm import FakeLLMServer
     from dataengine.infra.db import session_scope
     from dataengine.infra.errors import DataEngineError, RunFatal, SpecInvalid
     from dataengine.infra.settings import JobSettings, get_settings
-    from dataengine.jobs import Job, JobDemo, NewRun, PlannedCall, StepOutcome, get_job, register
     from dataengine.llm import calls as llm
     from dataengine.llm.calls import Usage
     from dataengine.llm.workspaces import default_model
     from dataengine.schedules import parse_schedule
-    from dataengine.submitting import SpecText, create_run
     from models.base import Base, RunMixin, StepMixin, StepResultMixin, new_base
 
 #: Each public name, and the module it comes from.
 _PUBLIC = {
     # Defining and registering a job
-    "Job": "dataengine.jobs",
-    "register": "dataengine.jobs",
-    "get_job": "dataengine.jobs",
-    "NewRun": "dataengine.jobs",
-    "StepOutcome": "dataengine.jobs",
-    "PlannedCall": "dataengine.jobs",
-    "JobDemo": "dataengine.jobs",
-    "SpecText": "dataengine.submitting",
-    "create_run": "dataengine.submitting",
+    "Job": "dataengine.engine.jobs",
+    "register": "dataengine.engine.jobs",
+    "get_job": "dataengine.engine.jobs",
+    "NewRun": "dataengine.engine.jobs",
+    "StepOutcome": "dataengine.engine.jobs",
+    "PlannedCall": "dataengine.engine.jobs",
+    "JobDemo": "dataengine.engine.jobs",
+    "SpecText": "dataengine.engine.submitting",
+    "create_run": "dataengine.engine.submitting",
     "JobSettings": "dataengine.infra.settings",
     "parse_schedule": "dataengine.schedules",
     # Its tables

@@ -32,7 +32,7 @@ RETRY_S = 1.0
 def job_schedules() -> dict[str, dict[str, Any]]:
     """Beat entries of the registered jobs' schedules (``Job.schedules``): each sends the job's task
     without arguments."""
-    from dataengine.jobs import load_jobs
+    from dataengine.engine.jobs import load_jobs
     from dataengine.schedules import parse_schedule
 
     return {name: {"task": job.task_name, "schedule": parse_schedule(when)}

@@ -30,16 +30,16 @@ from celery.worker import control
 from kombu.utils.url import maybe_sanitize_url
 
 from dataengine import hosting
-from dataengine.heartbeats import close_heartbeats
+from dataengine.engine.heartbeats import close_heartbeats
+from dataengine.engine.jobs import load_jobs, on_register
+from dataengine.engine.runloop import drain
+from dataengine.engine.sweeper import Sweeper
 from dataengine.infra import malloc, metrics
 from dataengine.infra.logs import configure_handlers
 from dataengine.infra.sentry import init_sentry
 from dataengine.infra.settings import get_settings
-from dataengine.jobs import load_jobs, on_register
 from dataengine.llm import calls as llm
 from dataengine.queued import broker_lost_messages, waiting_runs
-from dataengine.recovery import Sweeper
-from dataengine.runloop import drain
 from dataengine.tasking import define_tasks
 
 app = Celery("dataengine")

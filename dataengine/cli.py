@@ -22,7 +22,7 @@ cli = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
 
 def _jobs() -> list[Any]:
-    from dataengine.jobs import load_jobs
+    from dataengine.engine.jobs import load_jobs
 
     return load_jobs()
 
@@ -61,9 +61,9 @@ def submit(
     in the spec, its estimate instead)."""
     _jobs()
     from dataengine.celery_app import enqueue
-    from dataengine.estimates import Estimate
-    from dataengine.jobs import get_job
-    from dataengine.submitting import submit_run
+    from dataengine.engine.estimates import Estimate
+    from dataengine.engine.jobs import get_job
+    from dataengine.engine.submitting import submit_run
 
     try:
         kind = get_job(job)
@@ -95,7 +95,7 @@ def status(
 ) -> None:
     """Show a run's row (status, progress, ETA, tokens, cost, error), or list the latest runs of every job."""
     _jobs()
-    from dataengine.inspect import STATUS_COLUMNS, describe, find_run
+    from dataengine.engine.run_views import STATUS_COLUMNS, describe, find_run
 
     if run_id is None:
         _list_runs(limit=limit, as_json=as_json)
@@ -116,7 +116,7 @@ def status(
 def _list_runs(*, limit: int, as_json: bool) -> None:
     from rich.table import Table
 
-    from dataengine.inspect import latest_runs
+    from dataengine.engine.run_views import latest_runs
 
     runs = latest_runs(limit)
     if as_json:
@@ -139,8 +139,8 @@ def _list_runs(*, limit: int, as_json: bool) -> None:
 def watch(run_id: str) -> None:
     """A live progress bar with ETA until the run ends."""
     _jobs()
-    from dataengine.inspect import describe, find_run
-    from dataengine.inspect import watch as watch_run
+    from dataengine.engine.run_views import describe, find_run
+    from dataengine.engine.run_views import watch as watch_run
 
     try:
         row = watch_run(run_id, console=console)
@@ -157,9 +157,9 @@ def cancel(run_id: str) -> None:
     """Ask a run to stop: within 2 s, the results of its steps in flight dropped (a run no worker holds is
     cancelled at once)."""
     _jobs()
+    from dataengine.engine.run_views import find_run
+    from dataengine.engine.runs import request_cancel
     from dataengine.infra.db import session_scope
-    from dataengine.inspect import find_run
-    from dataengine.runs import request_cancel
 
     try:
         job, row = find_run(run_id)
@@ -175,7 +175,7 @@ def sweep() -> None:
     """Re-enqueue runs whose worker died, once (workers and beat do this every second)."""
     _jobs()
     from dataengine.celery_app import enqueue, still_queued
-    from dataengine.recovery import sweep as sweep_all
+    from dataengine.engine.sweeper import sweep as sweep_all
 
     requeued = sweep_all(send=enqueue, waiting=still_queued)
     console.print(f"{len(requeued)} run(s) taken back")

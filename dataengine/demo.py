@@ -23,15 +23,15 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from dataengine.celery_app import enqueue
+from dataengine.engine.jobs import Job, JobDemo, get_job, load_jobs
+from dataengine.engine.run_views import find_run, watch
+from dataengine.engine.runs import finish_run
+from dataengine.engine.submitting import submit_run
 from dataengine.fakellm import FakeConfig, FakeLLMServer
 from dataengine.infra.db import session_scope
 from dataengine.infra.migrate import migrate
 from dataengine.infra.settings import get_settings
-from dataengine.inspect import find_run, watch
-from dataengine.jobs import Job, JobDemo, get_job, load_jobs
 from dataengine.procs import CeleryProcess, start_beat, start_worker
-from dataengine.runs import finish_run
-from dataengine.submitting import submit_run
 from models.base import RunStatus
 
 LOG_DIR = Path(".dataengine") / "demo"

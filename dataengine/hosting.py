@@ -25,12 +25,12 @@ from typing import Any
 from celery import Task
 from celery.utils.time import get_exponential_backoff_interval
 
+from dataengine.engine.jobs import Job
+from dataengine.engine.runloop import Execution, is_draining
+from dataengine.engine.stepbudget import budget
 from dataengine.infra.errors import DatabaseUnavailable, LeaseLost, TransientStepError
 from dataengine.infra.logs import run_logger
 from dataengine.infra.settings import get_settings
-from dataengine.jobs import Job
-from dataengine.runloop import Execution, is_draining
-from dataengine.stepbudget import budget
 
 log = logging.getLogger("dataengine.hosting")
 

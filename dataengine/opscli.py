@@ -20,7 +20,7 @@ from models.base import RunStatus
 
 
 def _jobs(kind: str | None) -> list[Any] | None:
-    from dataengine.jobs import get_job, load_jobs
+    from dataengine.engine.jobs import get_job, load_jobs
 
     load_jobs()
     if kind is None:
@@ -32,7 +32,7 @@ def _jobs(kind: str | None) -> list[Any] | None:
 
 
 def _since(value: str | None) -> timedelta | None:
-    from dataengine.operations import parse_since
+    from dataengine.engine.operator_views import parse_since
 
     try:
         return None if value is None else parse_since(value)
@@ -54,7 +54,7 @@ def runs(
 
     dataengine runs --status failed --since 1d lists the runs that failed in the last day, newest first.
     """
-    from dataengine.operations import list_runs
+    from dataengine.engine.operator_views import list_runs
 
     if status is not None and status not in {s.value for s in RunStatus}:
         raise fail(f"--status must be one of {STATUSES}, not {status!r}")
@@ -86,8 +86,8 @@ def events(
     completed, failed or cancelled.
     """
     _jobs(None)
-    from dataengine.inspect import describe
-    from dataengine.operations import events_of
+    from dataengine.engine.operator_views import events_of
+    from dataengine.engine.run_views import describe
 
     try:
         job, row, found = events_of(run_id)
@@ -124,9 +124,9 @@ def retry(
     goes on with a larger one: dataengine retry RUN_ID --max-cost 5.
     """
     from dataengine.celery_app import enqueue
-    from dataengine.inspect import find_run
-    from dataengine.operations import list_runs
-    from dataengine.operations import retry as send_back
+    from dataengine.engine.operator_views import list_runs
+    from dataengine.engine.operator_views import retry as send_back
+    from dataengine.engine.run_views import find_run
 
     if (run_id is None) == (not all_failed):
         raise fail("name one run (dataengine retry RUN_ID) or ask for --all-failed, not both")
@@ -169,7 +169,7 @@ def costs(
     From the cost ledger, which counts every call paid for, including those of steps a crash cut short.
     Calls of a model without a price (DATAENGINE_MODEL_PRICES_PER_MTOK) count $0 and are flagged.
     """
-    from dataengine.operations import cost_report
+    from dataengine.engine.operator_views import cost_report
 
     if by not in GROUPINGS:
         raise fail(f"--by must be one of {', '.join(GROUPINGS)}, not {by!r}")

@@ -8,7 +8,11 @@ from typing import Any
 from celery import Task, current_app, shared_task
 from celery.exceptions import Ignore, Reject
 
-from dataengine.estimates import Estimate
+from dataengine.engine.estimates import Estimate
+from dataengine.engine.jobs import Job
+from dataengine.engine.runloop import RunOutcome, adopt_run, start_run
+from dataengine.engine.runs import parse_run_id
+from dataengine.engine.submitting import Created, StartHere, submit_run
 from dataengine.hosting import (
     TaskMessage,
     attach,
@@ -30,10 +34,6 @@ from dataengine.infra.errors import (
 )
 from dataengine.infra.settings import get_settings
 from dataengine.infra.workerid import worker_id as make_worker_id
-from dataengine.jobs import Job
-from dataengine.runloop import RunOutcome, adopt_run, start_run
-from dataengine.runs import parse_run_id
-from dataengine.submitting import Created, StartHere, submit_run
 
 
 class RunTask(Task):

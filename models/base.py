@@ -1,7 +1,7 @@
 """The columns every run row and every step-result row share (the declarative base is ``models.declarative``).
 
-The lease and checkpoint columns are written by ``dataengine.runs`` and
-``dataengine.recovery`` only.
+The lease and checkpoint columns are written by ``dataengine.engine.runs`` and
+``dataengine.engine.sweeper`` only.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class RunMixin:
     #: refused. NULL for runs made without a key, by a producer's own SQL, or before it was stored.
     spec_digest: Mapped[str | None] = mapped_column(String(64))
 
-    # Lease and fencing: owned by dataengine.runs and dataengine.recovery.
+    # Lease and fencing: owned by dataengine.engine.runs and dataengine.engine.sweeper.
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None] = _ts()
     heartbeat_at: Mapped[datetime | None] = _ts()

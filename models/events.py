@@ -1,4 +1,4 @@
-"""A run's history: what happened to it, when, and by which worker (``dataengine.events``)."""
+"""A run's history: what happened to it, when, and by which worker (``dataengine.engine.events``)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from models.base import Base
 
 
 class WorkerHeartbeat(Base):
-    """One row per process holding runs, written a few times a second (``dataengine.heartbeats``).
+    """One row per process holding runs, written a few times a second (``dataengine.engine.heartbeats``).
 
     ``backend_pid`` and ``backend_start`` name the PostgreSQL connection the last beat came over:
     a process that dies closes it at once, so a sweeper need not wait for the heartbeat to go stale

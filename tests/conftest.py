@@ -230,7 +230,7 @@ def db_url(template_db: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     reload_settings()
     yield url
     # Owners this process ran under beat on for a moment after their last run: not into the next test's database.
-    from dataengine.heartbeats import close_heartbeats
+    from dataengine.engine.heartbeats import close_heartbeats
 
     close_heartbeats()
     reload_settings()

@@ -56,8 +56,8 @@ def review_spec(n: int = 8, *, key: str | None = None, tag: str = "r") -> dict[s
 
 def create(spec: dict[str, Any], *, job: Any = None) -> uuid.UUID:
     """A queued run of ``job`` made from ``spec``, in the database (not enqueued)."""
+    from dataengine.engine.submitting import create_run, validate_spec
     from dataengine.infra.db import session_scope
-    from dataengine.submitting import create_run, validate_spec
 
     job = _job(job)
     validated, options = validate_spec(job, spec)
@@ -130,8 +130,8 @@ def answered_within(fake: Any, text: str) -> int:
 
 def claim(run_id: uuid.UUID, worker: str = "w/1", *, job: Any = None) -> Any:
     """Claim a run as worker ``worker``; fails the test if the claim is refused."""
+    from dataengine.engine.runs import Claim, claim_run
     from dataengine.infra.db import session_scope
-    from dataengine.runs import Claim, claim_run
 
     with session_scope() as session:
         c = claim_run(session=session, job=_job(job), run_id=run_id, worker_id=worker, task_id=None)
@@ -148,8 +148,8 @@ def result_row(i: int, *, job: Any = None) -> dict[str, Any]:
 
 def record(c: Any, indexes: list[int], next_index: int, in_flight: tuple[int, ...] = (), *, job: Any = None) -> None:
     """Checkpoint results for ``indexes`` under claim ``c``, with ``in_flight`` steps started."""
+    from dataengine.engine.runs import checkpoint
     from dataengine.infra.db import session_scope
-    from dataengine.runs import checkpoint
 
     with session_scope() as session:
         checkpoint(session=session, job=_job(job), claim=c, results=[result_row(i, job=job) for i in indexes],

@@ -31,7 +31,7 @@ class Kind:
 
     @property
     def job(self) -> Any:
-        from dataengine.jobs import get_job, load_jobs
+        from dataengine.engine.jobs import get_job, load_jobs
 
         load_jobs()
         return get_job(self.key)
@@ -52,7 +52,7 @@ def assert_nothing_paid_twice(fake_llm: Any, prompts: list[str], checkpointed: s
 
     In flight means started and not yet recorded: the steps running (``step_concurrency`` units) and,
     for the moment their checkpoint takes, the steps that had just finished, whose slots steps
-    recorded ahead take at once (``dataengine.runloop``): twice the units at most."""
+    recorded ahead take at once (``dataengine.engine.runloop``): twice the units at most."""
     asked, group = (kind.asked, kind.group) if kind else (answered, 1)
     counts = {i: asked(fake_llm, q) for i, q in enumerate(prompts)}
     assert all(c >= 1 for c in counts.values()), counts

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import MetaData, Text, func, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from dataengine.jobs import Job, NewRun, StepOutcome, register
+from dataengine.engine.jobs import Job, NewRun, StepOutcome, register
 from models.base import NAMING, RunMixin, StepMixin, StepResultMixin
 
 

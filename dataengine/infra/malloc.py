@@ -5,7 +5,7 @@ thread its own malloc arena (up to eight per core) and keeps what is freed in th
 once had 512 calls in flight held about twice its idle memory for ever after
 (``bench/peers/worker_memory.py``). ``limit_arenas`` caps the arenas when a pool process starts;
 ``trim`` hands the free pages back to the system when the process's step threads have all ended
-(``dataengine.stepthreads``), which happens a second after a burst is over.
+(``dataengine.engine.stepthreads``), which happens a second after a burst is over.
 """
 
 from __future__ import annotations

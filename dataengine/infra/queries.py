@@ -26,7 +26,7 @@ from sqlalchemy.dialects import postgresql
 
 
 class JobTables(Protocol):
-    """What filling a statement needs of a job (``dataengine.jobs.Job``): its three tables. A protocol,
+    """What filling a statement needs of a job (``dataengine.engine.jobs.Job``): its three tables. A protocol,
     so that this module, which the LLM journal and ledger use too, imports nothing of the engine."""
 
     @property

@@ -158,7 +158,7 @@ class Settings(BaseSettings):
     llm_recovery_start: float = Field(0.5, gt=0, le=1)
     llm_recovery_s: float = Field(30.0, ge=0)
 
-    # The run engine (dataengine.runs / dataengine.recovery / dataengine.liveness).
+    # The run engine (dataengine.engine.runs / dataengine.engine.sweeper / dataengine.engine.liveness).
     #: A process whose heartbeat is this late is dead and its runs are taken back (at twice the
     #: heartbeat interval if its database connection is gone too); a run whose holder has no
     #: heartbeat holds this long after its claim or last checkpoint.

@@ -49,8 +49,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app() -> FastAPI:
     """The API with a start route for every registered job."""
+    from dataengine.engine.jobs import load_jobs
     from dataengine.infra.sentry import init_sentry
-    from dataengine.jobs import load_jobs
     from dataengine.web import pages, runs_api
     from dataengine.web.costs_api import add_costs
     from dataengine.web.metrics_route import add_metrics, add_request_counter

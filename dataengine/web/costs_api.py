@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from dataengine.operations import CostReport, cost_report, parse_since
+from dataengine.engine.operator_views import CostReport, cost_report, parse_since
 from dataengine.web.runs_api import new_router, unprocessable
 
 

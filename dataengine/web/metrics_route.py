@@ -17,10 +17,10 @@ from fastapi import FastAPI, Response
 from sqlalchemy import func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from dataengine.engine.jobs import all_jobs
 from dataengine.infra.db import session_scope
 from dataengine.infra.metrics import metrics
 from dataengine.infra.settings import get_settings
-from dataengine.jobs import all_jobs
 from models.base import ACTIVE_STATUSES
 
 log = logging.getLogger(__name__)

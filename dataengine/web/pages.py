@@ -29,10 +29,10 @@ from pydantic import BaseModel
 from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
-from dataengine.events import history
+from dataengine.engine.events import history
+from dataengine.engine.jobs import Job, all_jobs
+from dataengine.engine.run_views import find_run
 from dataengine.infra.db import session_scope
-from dataengine.inspect import find_run
-from dataengine.jobs import Job, all_jobs
 from dataengine.web import runs_api
 from dataengine.web.login import LoginCrossSite, LoginFormTooLarge, check_same_origin, cookie_secure, read_form
 from dataengine.web.schemas import EventView, RunState, RunView

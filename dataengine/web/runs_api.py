@@ -16,15 +16,15 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, create_model
 from sqlalchemy import select, tuple_
 
-from dataengine import operations
-from dataengine.estimates import Estimate
+from dataengine.engine import operator_views
+from dataengine.engine.estimates import Estimate
+from dataengine.engine.jobs import Job, all_jobs, get_job
+from dataengine.engine.run_views import find_run
+from dataengine.engine.runs import request_cancel
+from dataengine.engine.submitting import MAX_BUDGET_USD, MAX_WORKSPACE_ID_CHARS, submit_run
 from dataengine.infra.db import session_scope
 from dataengine.infra.errors import RunNotFound, SpecInvalid
 from dataengine.infra.settings import get_settings
-from dataengine.inspect import find_run
-from dataengine.jobs import Job, all_jobs, get_job
-from dataengine.runs import request_cancel
-from dataengine.submitting import MAX_BUDGET_USD, MAX_WORKSPACE_ID_CHARS, submit_run
 from dataengine.web.bodies import StrictJSONRoute
 from dataengine.web.keys import check_key
 from dataengine.web.middleware import KEY_ACCEPTED, key_from
@@ -225,7 +225,7 @@ def get_events(run_id: uuid.UUID) -> RunEvents:
     """What happened to the run, oldest first: submitted, claimed or resumed (by which worker, with
     which fencing token, at which step), steps failed and retried, handed back, lease lost, recovered
     by a sweeper, stalled, retried, and how it ended."""
-    job, _, found = operations.events_of(run_id)
+    job, _, found = operator_views.events_of(run_id)
     return RunEvents(run_id=run_id, kind=job.key, events=[EventView.model_validate(e) for e in found])
 
 
@@ -293,7 +293,7 @@ def retry(run_id: uuid.UUID, body: Annotated[RetryOptions | None, Body()] = None
     new ``max_cost_usd``, a run its budget stopped goes on)."""
     job, _ = find_run(run_id)
     budget = None if body is None or body.max_cost_usd is None else body.max_cost_usd.quantize(Decimal("0.000001"))
-    kept = operations.retry(job, run_id, enqueue, max_cost_usd=budget)
+    kept = operator_views.retry(job, run_id, enqueue, max_cost_usd=budget)
     if kept is not None:
         raise HTTPException(409, f"run is {kept}; only failed or cancelled runs can be retried")
     return RunState(run_id=run_id, status=RunStatus.queued.value)

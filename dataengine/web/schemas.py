@@ -44,7 +44,7 @@ class CallCountView(BaseModel):
 
 
 class EstimateView(BaseModel):
-    """A dry run's answer (``dataengine.estimates.Estimate``): what the run would do and cost; nothing
+    """A dry run's answer (``dataengine.engine.estimates.Estimate``): what the run would do and cost; nothing
     was created. Amounts are decimal strings; a figure with nothing to estimate it from is null, and
     ``basis`` says where each figure came from."""
 

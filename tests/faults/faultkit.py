@@ -119,7 +119,7 @@ def private_db(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         reload_settings()
         cluster.app_url = url  # type: ignore[attr-defined]
         yield cluster
-        from dataengine.heartbeats import close_heartbeats
+        from dataengine.engine.heartbeats import close_heartbeats
 
         close_heartbeats()
         reload_settings()

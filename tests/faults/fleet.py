@@ -37,7 +37,7 @@ STEPS = 100
 
 def audit_writes(url: str) -> None:
     """Record, for every result inserted into ``url``'s database, the run's fencing token at that moment."""
-    from dataengine.jobs import all_jobs, load_jobs
+    from dataengine.engine.jobs import all_jobs, load_jobs
 
     load_jobs()
     engine = create_engine(url, isolation_level="AUTOCOMMIT")

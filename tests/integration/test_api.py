@@ -17,8 +17,8 @@ from helpers import answered, audit_spec, create_audit, record, review_spec, run
 from sqlalchemy import text
 
 from dataengine.celery_app import still_queued
+from dataengine.engine.runloop import execute_run
 from dataengine.infra.db import session_scope
-from dataengine.runloop import execute_run
 from dataengine.web.app import create_app
 from dataengine.web.keys import create_key, revoke_key
 from tasks.propertyaudit import JOB as AUDIT

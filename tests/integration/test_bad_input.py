@@ -102,8 +102,8 @@ def test_a_spec_of_10000_queries_is_accepted_and_written_without_holding_it_many
     """The steps go to the database as one JSON document encoded a step at a time: the submit's peak
     (the validated spec included) stays within a few times the spec's own size (7.3x when the whole
     list was encoded at once, 5.1x now)."""
+    from dataengine.engine.submitting import create_run, validate_spec
     from dataengine.infra.db import session_scope
-    from dataengine.submitting import create_run, validate_spec
     from tasks.propertyaudit import JOB
 
     spec = {**audit_spec(1), "queries": [f"best apartments near the river {i} " + "x" * 150 for i in range(10_000)]}
@@ -133,9 +133,9 @@ def _waiting_on_a_lock() -> int:
 def test_two_submits_racing_with_one_key_and_two_specs_make_one_run_and_refuse_the_other(db_url):
     """The unique index decides: the second insert waits for the first one's commit, does nothing, and
     the first one's digest refuses its spec (it read no row before, so only the insert can tell)."""
+    from dataengine.engine.submitting import create_run, submit_run, validate_spec
     from dataengine.infra.db import session_scope
     from dataengine.infra.errors import IdempotencyKeyReused
-    from dataengine.submitting import create_run, submit_run, validate_spec
     from tasks.propertyaudit import JOB
 
     sent: list[Any] = []

@@ -18,8 +18,8 @@ from helpers import answered, audit_spec, create_audit, run_row
 from sqlalchemy.engine import make_url
 from tcpproxy import TcpProxy
 
-from dataengine.recovery import Sweeper
-from dataengine.runloop import execute_run
+from dataengine.engine.runloop import execute_run
+from dataengine.engine.sweeper import Sweeper
 from tasks.propertyaudit import JOB
 
 OUTAGE_S = 5.0  # longer than the 3 s lease

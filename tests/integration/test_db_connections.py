@@ -58,7 +58,7 @@ def test_session_limits_hold_in_every_transaction(db_url, db_route, monkeypatch)
 
 @ROUTES
 def test_a_worker_frozen_inside_a_transaction_frees_the_run_row_within_seconds(db_url, db_route):
-    from dataengine.runs import Claim, claim_run
+    from dataengine.engine.runs import Claim, claim_run
     from tasks.propertyaudit import JOB
 
     run_id = create_audit(3)

@@ -19,16 +19,16 @@ from echoruns import claim, create_texts, expire_lease, record, results, run_row
 from enginejob import ECHO
 from helpers import Concurrency
 
-from dataengine import runloop, runs
+from dataengine.engine import runloop, runs
+from dataengine.engine.jobs import StepOutcome
+from dataengine.engine.runloop import execute_run
+from dataengine.engine.runs import Claim, claim_run, release_run, request_cancel
+from dataengine.engine.sweeper import sweep_job
 from dataengine.infra.db import session_scope
 from dataengine.infra.errors import InvalidRunId, LeaseLost, RunNotFound, StepFailed
 from dataengine.infra.settings import get_settings
 from dataengine.infra.workerid import process_space, worker_id
-from dataengine.jobs import StepOutcome
 from dataengine.llm.calls import Usage
-from dataengine.recovery import sweep_job
-from dataengine.runloop import execute_run
-from dataengine.runs import Claim, claim_run, release_run, request_cancel
 
 pytestmark = pytest.mark.usefixtures("echo")
 JOB = ECHO

@@ -19,11 +19,11 @@ from typer.testing import CliRunner
 
 from dataengine import app
 from dataengine.cli import cli
-from dataengine.estimates import Estimate
+from dataengine.engine.estimates import Estimate
+from dataengine.engine.runloop import execute_run
+from dataengine.engine.submitting import submit_run
 from dataengine.infra.db import session_scope
 from dataengine.infra.errors import SpecInvalid
-from dataengine.runloop import execute_run
-from dataengine.submitting import submit_run
 from tasks.propertyaudit import JOB as AUDIT
 from tasks.reviewflow import JOB as REVIEWFLOW
 

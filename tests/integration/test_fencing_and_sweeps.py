@@ -17,15 +17,10 @@ from enginejob import ECHO as JOB
 from helpers import result_row
 from sqlalchemy import text
 
-from dataengine.heartbeats import Heartbeats, Lease
-from dataengine.infra.db import session_scope
-from dataengine.infra.errors import LeaseLost
-from dataengine.infra.logs import run_logger
-from dataengine.infra.settings import get_settings
-from dataengine.jobs import StepOutcome
-from dataengine.recovery import sweep_job
-from dataengine.runloop import execute_run
-from dataengine.runs import (
+from dataengine.engine.heartbeats import Heartbeats, Lease
+from dataengine.engine.jobs import StepOutcome
+from dataengine.engine.runloop import execute_run
+from dataengine.engine.runs import (
     Claim,
     checkpoint,
     due_runs,
@@ -33,6 +28,11 @@ from dataengine.runs import (
     release_run,
     requeue_expired,
 )
+from dataengine.engine.sweeper import sweep_job
+from dataengine.infra.db import session_scope
+from dataengine.infra.errors import LeaseLost
+from dataengine.infra.logs import run_logger
+from dataengine.infra.settings import get_settings
 from models.base import RunStatus
 
 pytestmark = pytest.mark.usefixtures("echo")
@@ -189,9 +189,10 @@ def test_after_the_broker_is_found_without_its_epoch_a_message_a_worker_took_is_
     acknowledged, were not lost. Only an overdue run whose message is nowhere is sent again."""
     import redis
 
-    from dataengine import app, jobs
+    from dataengine import app
+    from dataengine.engine import jobs
+    from dataengine.engine.sweeper import Sweeper
     from dataengine.queued import waiting_runs
-    from dataengine.recovery import Sweeper
 
     monkeypatch.setitem(jobs._JOBS, JOB.key, JOB)  # the sweeper sweeps the registered jobs
     queue = redis.Redis.from_url(redis_url)
@@ -264,7 +265,7 @@ def test_a_long_run_is_read_in_pages_and_resumes_mid_page():
 def test_a_worker_whose_lease_may_have_run_out_confirms_it_before_starting_a_step(monkeypatch):
     """As after a SIGSTOP: the whole process, heartbeat included, stood still past its lease, and
     another worker took the run over. Waking, it finishes what was in flight but starts nothing."""
-    from dataengine import heartbeats
+    from dataengine.engine import heartbeats
 
     monkeypatch.setattr(heartbeats.Heartbeats, "beat", lambda self: None)  # frozen
     run_id = create_texts(6)

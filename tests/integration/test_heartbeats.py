@@ -13,14 +13,14 @@ from echoruns import claim, create_texts, expire_lease, run_row
 from enginejob import ECHO as JOB
 from sqlalchemy import event, text
 
-from dataengine.heartbeats import Heartbeats, Lease
+from dataengine.engine.heartbeats import Heartbeats, Lease
+from dataengine.engine.jobs import StepOutcome
+from dataengine.engine.liveness import dead_owners
+from dataengine.engine.runloop import execute_run
+from dataengine.engine.runs import request_cancel
+from dataengine.engine.sweeper import take_back_dead
 from dataengine.infra.db import get_engine, session_scope, statement_scope
 from dataengine.infra.logs import run_logger
-from dataengine.jobs import StepOutcome
-from dataengine.liveness import dead_owners
-from dataengine.recovery import take_back_dead
-from dataengine.runloop import execute_run
-from dataengine.runs import request_cancel
 
 pytestmark = pytest.mark.usefixtures("echo")
 

@@ -1,5 +1,5 @@
 """One worker process holds many runs and keeps their calls in flight together (``dataengine.hosting``,
-``dataengine.stepbudget``), with real ``celery worker`` processes on the stand-in.
+``dataengine.engine.stepbudget``), with real ``celery worker`` processes on the stand-in.
 
 The other crash tests pace each run at 4 steps in flight; here runs take their adaptive share.
 """
@@ -107,8 +107,8 @@ def test_a_warm_shutdown_hands_back_every_run_the_process_holds(workers, fake_ll
 
 
 def audit_queries(run_id: uuid.UUID) -> list[str]:
+    from dataengine.engine.jobs import get_job
     from dataengine.infra.db import session_scope
-    from dataengine.jobs import get_job
 
     with session_scope() as session:
         return [q for _, q in get_job("propertyaudit").load_steps(session, run_id, 0, 10_000)]

@@ -13,10 +13,10 @@ from enginejob import CHUNKS, ECHO, HANG_S
 from helpers import create, results, run_row
 from sqlalchemy import func, select
 
+from dataengine.engine.jobs import StepOutcome
+from dataengine.engine.runloop import execute_run
 from dataengine.infra.db import session_scope
 from dataengine.infra.errors import StepFailed, TransientStepError
-from dataengine.jobs import StepOutcome
-from dataengine.runloop import execute_run
 
 pytestmark = pytest.mark.usefixtures("echo")
 
@@ -160,7 +160,7 @@ def test_steps_one_loss_from_failing_the_run_never_share_a_call(deaths):
     (``max_losses_per_step``, 3) each goes alone, so a poison one is the only one charged."""
     from echoruns import claim, expire_lease, record
 
-    from dataengine.recovery import sweep_job
+    from dataengine.engine.sweeper import sweep_job
 
     run_id = texts("a", "b", "c", "d", "e", "f")
     for death in range(deaths):

@@ -24,10 +24,10 @@ from helpers import claim, expire_lease, results, run_row
 from knowledgeserver import KnowledgeSite, gzip_bomb, page
 from sqlalchemy import select, text
 
+from dataengine.engine.runloop import execute_run
+from dataengine.engine.runs import _checkpoint_sql, checkpoint
 from dataengine.infra.db import session_scope, statement_scope
 from dataengine.infra.errors import LeaseLost, SpecInvalid
-from dataengine.runloop import execute_run
-from dataengine.runs import _checkpoint_sql, checkpoint
 from models.knowledge import DocumentChunk, KnowledgeSource
 from tasks.knowledge import JOB, fetch, vectors, wire
 from tasks.knowledge.config import KnowledgeLimits

@@ -39,7 +39,7 @@ def send(node: str, redis_url: str, task: str, kwargs: dict[str, Any]) -> dict[s
 
 
 def test_a_node_app_submits_every_job_and_reads_the_results(node, workers, fake_llm, redis_url):
-    from dataengine.jobs import get_job, load_jobs
+    from dataengine.engine.jobs import get_job, load_jobs
 
     load_jobs()
     workers("a")

@@ -10,9 +10,9 @@ from decimal import Decimal
 import pytest
 from helpers import answered, audit_spec, claim, create_audit, expire_lease, record, results, run_row
 
+from dataengine.engine.runloop import execute_run
 from dataengine.infra.db import session_scope
 from dataengine.infra.errors import StepFailed, TransientStepError
-from dataengine.runloop import execute_run
 from tasks.propertyaudit import JOB
 
 pytestmark = pytest.mark.usefixtures("db_url", "fake_llm")

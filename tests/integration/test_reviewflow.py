@@ -10,8 +10,8 @@ import pytest
 from helpers import SAMPLE_REVIEWS, answered_within, claim, create, expire_lease, results, review_spec, run_row
 from sqlalchemy import text
 
+from dataengine.engine.runloop import execute_run
 from dataengine.infra.db import session_scope
-from dataengine.runloop import execute_run
 from tasks.reviewflow import JOB
 
 pytestmark = pytest.mark.usefixtures("db_url", "fake_llm")
@@ -65,7 +65,7 @@ def test_resume_asks_only_the_reviews_without_an_analysis(fake_llm):
     spec = review_spec(6)
     run_id = create(spec, job=JOB)
     rows = [{"query_index": i, "sentiment_label": "neutral", "urgency": "low", "needs_reply": False} for i in (0, 1, 3)]
-    from dataengine.runs import checkpoint
+    from dataengine.engine.runs import checkpoint
 
     c = claim(run_id, job=JOB)
     with session_scope() as session:

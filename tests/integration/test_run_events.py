@@ -10,10 +10,10 @@ from echoruns import claim, create_texts, expire_lease, record, run_row
 from enginejob import ECHO as JOB
 from sqlalchemy import text
 
-from dataengine.events import history, prune
+from dataengine.engine.events import history, prune
+from dataengine.engine.runs import finish_run, release_run, retry_run
+from dataengine.engine.sweeper import sweep_job
 from dataengine.infra.db import session_scope
-from dataengine.recovery import sweep_job
-from dataengine.runs import finish_run, release_run, retry_run
 from models.base import RunStatus
 from models.events import EventType
 
@@ -87,8 +87,8 @@ def test_events_older_than_the_retention_are_pruned_and_newer_ones_kept():
 def test_a_run_that_stops_making_progress_is_flagged_stalled_once_and_cleared_by_its_next_step(monkeypatch):
     from conftest import reload_settings
 
-    from dataengine import jobs
-    from dataengine.recovery import flag_stalled_runs
+    from dataengine.engine import jobs
+    from dataengine.engine.sweeper import flag_stalled_runs
 
     monkeypatch.setitem(jobs._JOBS, JOB.key, JOB)  # the sweepers look after the registered jobs
     monkeypatch.setenv("DATAENGINE_STALL_MIN_S", "1")

@@ -57,7 +57,7 @@ def progressed(run_id: uuid.UUID, steps: int, job: Any = None) -> dict[str, Any]
 
 def events_of(run_id: uuid.UUID) -> list[tuple[str, str | None, int | None]]:
     """The run's history as (event, worker, fencing token)."""
-    from dataengine.events import history
+    from dataengine.engine.events import history
     from dataengine.infra.db import session_scope
 
     with session_scope() as session:
@@ -364,8 +364,8 @@ def test_a_step_still_failing_after_the_last_retry_fails_the_run_saying_so(worke
 
 
 def test_a_running_run_of_any_job_is_cancelled_between_steps(workers, fake_llm, kind):
+    from dataengine.engine.runs import request_cancel
     from dataengine.infra.db import session_scope
-    from dataengine.runs import request_cancel
 
     job = kind.job
     a, prompts, run_id = run_on_worker_a(workers, fake_llm, 60, latency_ms=120, kind=kind)
@@ -388,9 +388,9 @@ def test_a_cancel_does_not_wait_for_hung_steps_and_never_records_them(workers, f
     """A run whose LLM calls hang is cancelled within ``CANCEL_WITHIN_S`` of the request; the hung steps are
     abandoned, their late results never written, and the worker runs another run on the same step threads
     (as many as the run keeps in flight: a thread or a count lost to the abandoned steps would stall it)."""
-    from dataengine.events import history
+    from dataengine.engine.events import history
+    from dataengine.engine.runs import request_cancel
     from dataengine.infra.db import session_scope
-    from dataengine.runs import request_cancel
     from tasks.propertyaudit import JOB
 
     spec = audit_spec(6)

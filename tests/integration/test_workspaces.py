@@ -19,7 +19,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from dataengine import app
-from dataengine.events import history
+from dataengine.engine.events import history
+from dataengine.engine.submitting import submit_run
 from dataengine.fakellm import key_digest
 from dataengine.infra.db import session_scope
 from dataengine.infra.errors import ProviderKeyRejected, SpecInvalid
@@ -28,7 +29,6 @@ from dataengine.llm import calls as llm
 from dataengine.llm import keyring, workspaces
 from dataengine.llm.limits import ModelLimits
 from dataengine.llm.workspaces import add_workspace
-from dataengine.submitting import submit_run
 from tasks.knowledge import JOB as KNOWLEDGE
 from tasks.propertyaudit import JOB as AUDIT
 from tasks.reviewflow import JOB as REVIEWFLOW

@@ -22,8 +22,8 @@ ENGINE_ROLES = ("migrate", "worker", "beat", "flower", "api")
 
 def _setting_env_names() -> set[str]:
     """The variables the engine's settings and every job's own (``JobSettings``) read."""
+    from dataengine.engine.jobs import load_jobs
     from dataengine.infra.settings import JobSettings
-    from dataengine.jobs import load_jobs
 
     names = set()
     for name, field in Settings.model_fields.items():

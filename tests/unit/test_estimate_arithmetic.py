@@ -12,10 +12,10 @@ from decimal import Decimal
 import pytest
 from helpers import audit_spec, review_spec
 
-from dataengine.estimates import Recent, combine, plan
+from dataengine.engine.estimates import Recent, combine, plan
+from dataengine.engine.jobs import PlannedCall
+from dataengine.engine.submitting import validate_spec
 from dataengine.infra.settings import get_settings
-from dataengine.jobs import PlannedCall
-from dataengine.submitting import validate_spec
 from dataengine.web.schemas import EstimateView
 from tasks.knowledge import JOB as KNOWLEDGE
 from tasks.propertyaudit import JOB as AUDIT

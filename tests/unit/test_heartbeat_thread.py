@@ -6,7 +6,7 @@ import time
 
 from conftest import wait_for
 
-from dataengine import heartbeats
+from dataengine.engine import heartbeats
 
 
 def test_the_heartbeat_thread_survives_refused_settings_and_a_failing_beat(monkeypatch):

@@ -11,8 +11,8 @@ import sys
 def test_importing_the_engine_and_a_job_builds_no_app_and_reads_no_settings():
     code = (
         "import sys\n"
-        "import dataengine, dataengine.infra.errors, dataengine.jobs, dataengine.runs, dataengine.runloop\n"
-        "import dataengine.recovery, dataengine.submitting, tasks.propertyaudit\n"
+        "import dataengine, dataengine.infra.errors, dataengine.engine.jobs, dataengine.engine.runs, dataengine.engine.runloop\n"
+        "import dataengine.engine.sweeper, dataengine.engine.submitting, tasks.propertyaudit\n"
         "from dataengine.infra.settings import get_settings\n"
         "print(int(get_settings.loaded), 'dataengine.celery_app' in sys.modules, 'celeryconfig' in sys.modules)\n"
     )

@@ -28,7 +28,7 @@ def test_every_public_name_resolves_and_nothing_else_is_offered():
 
 
 def _engine_imports(path: Path) -> list[str]:
-    """The engine modules ``path`` imports other than the package itself (``dataengine.jobs``...)."""
+    """The engine modules ``path`` imports other than the package itself (``dataengine.engine.jobs``...)."""
     found = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("dataengine."):
@@ -49,7 +49,7 @@ def _job_words() -> set[str]:
     """What names a job: its key, name and task names, and the tables of its models' module."""
     import sys
 
-    from dataengine.jobs import load_jobs
+    from dataengine.engine.jobs import load_jobs
 
     words: set[str] = set()
     for job in load_jobs():

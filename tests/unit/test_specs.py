@@ -7,10 +7,10 @@ from decimal import Decimal
 import pytest
 from helpers import audit_spec
 
+from dataengine.engine.runs import parse_run_id
+from dataengine.engine.submitting import spec_digest, validate_spec
 from dataengine.infra.errors import InvalidRunId, SpecInvalid
 from dataengine.infra.settings import PLACEHOLDER_API_KEY, Settings
-from dataengine.runs import parse_run_id
-from dataengine.submitting import spec_digest, validate_spec
 from tasks.propertyaudit import JOB
 
 

@@ -1,4 +1,4 @@
-"""How a process's step threads are shared by the runs it executes (``dataengine.stepbudget``)."""
+"""How a process's step threads are shared by the runs it executes (``dataengine.engine.stepbudget``)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
+from dataengine.engine.stepbudget import StepBudget
 from dataengine.infra.settings import get_settings
-from dataengine.stepbudget import StepBudget
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import pytest
 from conftest import wait_for
 from helpers import Concurrency
 
-from dataengine import stepthreads
-from dataengine.stepthreads import StepThreads
+from dataengine.engine import stepthreads
+from dataengine.engine.stepthreads import StepThreads
 
 
 @pytest.fixture(autouse=True)

@@ -12,12 +12,12 @@
 
 -- name: checkpoint
 -- Record finished steps and advance the run row, in one statement fenced by the claim's token
--- (dataengine.runs.checkpoint). The rows arrive as one JSON array, so the SQL never changes with the
+-- (dataengine.engine.runs.checkpoint). The rows arrive as one JSON array, so the SQL never changes with the
 -- batch size and the server plans it once. "fenced" locks the run row only if it is still this
 -- claim's; the insert reads from it, so a stale worker inserts nothing even if its caller commits.
 -- {job_rows}: the job's own statement over "inserted" (Job.checkpoint_sql) as a CTE, or nothing;
 -- data-modifying CTEs always run. {result_columns}, {result_values}, {result_types}: the result
--- table's columns, generated from its model (dataengine.runs.json_rows_sql).
+-- table's columns, generated from its model (dataengine.engine.runs.json_rows_sql).
 WITH fenced AS (
     SELECT id FROM {runs}
     WHERE id = :id AND fencing_token = :token AND status = 'running'
@@ -56,7 +56,7 @@ RETURNING {runs}.completed_steps, {runs}.cancel_requested
 
 -- name: finish_run
 -- Move an active run to a final status and free its lease, with its event (completed, failed,
--- cancelled), in one statement (dataengine.runs.finish_run): a run's last write is on every run's
+-- cancelled), in one statement (dataengine.engine.runs.finish_run): a run's last write is on every run's
 -- path. With :token, only if the run is still that claim's. A NULL :summary leaves the column as is.
 WITH ended AS (
     UPDATE {runs} SET status = CAST(:status AS text), finished_at = now(), last_updated_at = now(),
@@ -80,7 +80,7 @@ SELECT count(*) FROM ended
 -- name: create_run
 -- Insert a run (the job's own columns and the engine's), its steps, which arrive as one JSON array,
 -- and its "submitted" event: one statement, so a submit is one round trip
--- (dataengine.submitting). ON CONFLICT on the idempotency key: a repeated submit inserts nothing
+-- (dataengine.engine.submitting). ON CONFLICT on the idempotency key: a repeated submit inserts nothing
 -- and finds the run that exists. {run_columns}, {run_values}: the run's columns and what each is
 -- (bound parameters, and now() for the lease); {step_columns}, {step_values}, {step_types}: the
 -- step table's own columns, generated from its model.
@@ -102,7 +102,7 @@ SELECT * FROM run
 
 
 -- name: count_losses
--- Fragment (an expression of the claim and the sweep, dataengine.runs): the run's step losses with
+-- Fragment (an expression of the claim and the sweep, dataengine.engine.runs): the run's step losses with
 -- one more charged to every step its lost worker had in flight.
 {runs}.step_losses || COALESCE(
     (SELECT jsonb_object_agg(i::text, COALESCE(({runs}.step_losses ->> i::text)::int, 0) + 1)
@@ -115,7 +115,7 @@ SELECT * FROM run
 EXISTS (SELECT 1 FROM worker_heartbeats h WHERE h.worker_id = {runs}.lease_owner AND (h.beat_at >= now() - :lease OR pg_postmaster_start_time() >= now() - :lease))
 
 -- name: stalled
--- Fragment (a condition of dataengine.runs.flag_stalled): the run has recorded no step for
+-- Fragment (a condition of dataengine.engine.runs.flag_stalled): the run has recorded no step for
 -- :stall_factor times its usual time per step, and at least :stall_min.
 now() - {runs}.last_updated_at > GREATEST(CAST(:stall_min AS interval),
     ({runs}.last_updated_at - COALESCE({runs}.started_at, {runs}.last_updated_at)) / GREATEST({runs}.completed_steps, 1)
@@ -123,7 +123,7 @@ now() - {runs}.last_updated_at > GREATEST(CAST(:stall_min AS interval),
 
 
 -- name: beat
--- One process's heartbeat (dataengine.liveness.beat_sql): its heartbeat rows (one per owner id), its
+-- One process's heartbeat (dataengine.engine.liveness.beat_sql): its heartbeat rows (one per owner id), its
 -- orphans handed back ({orphans}: a beat_orphans CTE per job), and the state of the runs it holds
 -- ({held}: a beat_held SELECT per job, joined by UNION ALL). One statement however many runs it holds.
 WITH beat AS (
@@ -179,7 +179,7 @@ DELETE FROM worker_heartbeats WHERE worker_id = ANY(:dead) AND beat_at < now() -
 
 -- name: recent_steps
 -- The averages of the newest :steps recorded steps of the job's newest :runs runs that have any
--- (dataengine.estimates): the runs walk the newest-first index, and each run's steps its primary
+-- (dataengine.engine.estimates): the runs walk the newest-first index, and each run's steps its primary
 -- key. {on_model}: recent_steps_on_model for a job whose runs name a model, else nothing.
 WITH runs AS (
     SELECT id, created_at FROM {runs}

@@ -15,12 +15,12 @@ from typing import Any
 
 from sqlalchemy import func, literal, select
 
-from dataengine.events import history
+from dataengine.engine.events import history
+from dataengine.engine.jobs import Job, all_jobs
+from dataengine.engine.run_views import find_run
+from dataengine.engine.runs import retry_run
 from dataengine.infra.db import session_scope
-from dataengine.inspect import find_run
-from dataengine.jobs import Job, all_jobs
 from dataengine.llm.ledger import CostLine, Grouping, summary, unpriced_models
-from dataengine.runs import retry_run
 
 #: ``--since`` units: 90s, 30m, 12h, 1d, 2w.
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}

@@ -22,15 +22,15 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 from sqlalchemy import TextClause, text
 
+from dataengine.engine.jobs import Job, NewRun, PlannedCall
 from dataengine.infra.db import session_scope
 from dataengine.infra.queries import statement
 from dataengine.infra.settings import get_settings
-from dataengine.jobs import Job, NewRun, PlannedCall
 from dataengine.llm.budgets import MICRO, call_cost, dollars
 from dataengine.llm.limits import estimate_tokens
 
 if TYPE_CHECKING:
-    from dataengine.options import SubmitOptions
+    from dataengine.engine.options import SubmitOptions
 
 #: The averages are over the newest recorded steps of the newest runs, this many of each at most.
 RECENT_STEPS = 300

@@ -1,5 +1,5 @@
 """What a submit may carry besides the job's own spec: the engine's options, the same for every job
-(validated by ``dataengine.submitting.validate_spec``, priced by ``dataengine.estimates``)."""
+(validated by ``dataengine.engine.submitting.validate_spec``, priced by ``dataengine.engine.estimates``)."""
 
 from __future__ import annotations
 

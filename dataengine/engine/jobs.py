@@ -2,7 +2,7 @@
 
 A job module (a package under ``tasks/``) is its tables, its spec, its step and its summary: it
 builds one ``Job`` and registers it. Everything else is the engine's, driven by the ``Job``:
-creating runs idempotently (``dataengine.submitting``), reading steps in pages, the two Celery
+creating runs idempotently (``dataengine.engine.submitting``), reading steps in pages, the two Celery
 tasks ``<key>.run`` and ``<key>.submit`` (``dataengine.tasking``), the sweeper and the CLI.
 """
 
@@ -49,7 +49,7 @@ class NewRun:
 @dataclass(frozen=True)
 class PlannedCall:
     """An LLM call a run will make, as far as its spec tells before anything is created: what a dry
-    run's estimate prices (``dataengine.estimates``)."""
+    run's estimate prices (``dataengine.engine.estimates``)."""
 
     kind: Literal["chat", "parse", "embed"]
     model: str

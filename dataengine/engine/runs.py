@@ -1,5 +1,5 @@
 """Claim, lease, checkpoint, finish and requeue: the writer of the lease columns (with the heartbeat's
-hand-back of orphans, ``dataengine.liveness``).
+hand-back of orphans, ``dataengine.engine.liveness``).
 
 A run is leased by a worker process (``lease_owner``): the lease holds while that process's
 heartbeat is fresh, or until ``lease_expires_at`` (from the database clock, set by the claim) when
@@ -36,12 +36,12 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
-from dataengine.events import logged
+from dataengine.engine.events import logged
+from dataengine.engine.jobs import Job
 from dataengine.infra.errors import PAUSED, InvalidRunId, LeaseLost, RunNotFound
 from dataengine.infra.metrics import metrics
 from dataengine.infra.queries import column_list, identifier, json_rows_sql, statement
 from dataengine.infra.settings import get_settings
-from dataengine.jobs import Job
 from dataengine.llm.budgets import dollars
 from models.base import ACTIVE_STATUSES, FINAL_STATUSES, RunStatus
 from models.events import EventType

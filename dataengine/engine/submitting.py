@@ -26,16 +26,16 @@ from pydantic import BaseModel, StringConstraints, ValidationError
 from sqlalchemy import Connection, TextClause, bindparam, select, text
 from sqlalchemy.orm import Session
 
-from dataengine.estimates import Estimate, estimate
+from dataengine.engine.estimates import Estimate, estimate
+from dataengine.engine.jobs import STEP_KEY_COLUMNS, Job
+from dataengine.engine.options import SubmitOptions
+from dataengine.engine.runs import AHEAD, Claim
 from dataengine.infra.db import statement_scope
 from dataengine.infra.errors import IdempotencyKeyReused, SpecInvalid
 from dataengine.infra.metrics import metrics
 from dataengine.infra.queries import column_list, identifier, json_rows_sql, statement
 from dataengine.infra.settings import get_settings
-from dataengine.jobs import STEP_KEY_COLUMNS, Job
 from dataengine.llm import workspaces
-from dataengine.options import SubmitOptions
-from dataengine.runs import AHEAD, Claim
 from models.base import ACTIVE_STATUSES, RunStatus
 
 #: Longest idempotency key a producer may send (the column's width).

@@ -1,12 +1,12 @@
 """The run loop every job shares: claim, resume, run steps a few at a time, checkpoint, finish.
 
 Steps run on the process's step threads, each run keeping its fair share of them in flight
-(``dataengine.stepbudget``); results are checkpointed from the loop's own thread, in the order
+(``dataengine.engine.stepbudget``); results are checkpointed from the loop's own thread, in the order
 they finish, each batch in one transaction that also records the steps about to start and a few
 after them, so a worker that dies is charged to the steps it may have had in flight; being
 fenced, that write also proves the lease is still this worker's before any step starts (steps
 recorded ahead start within a heartbeat interval of such a proof). The process's heartbeat
-(``dataengine.heartbeats``) keeps the lease alive and notices cancellation or a takeover; a cancelled
+(``dataengine.engine.heartbeats``) keeps the lease alive and notices cancellation or a takeover; a cancelled
 run abandons its steps in flight, as it does a step past ``step_timeout_s``, and ends without them.
 Database outages are waited out (``db_retry_limit_s``): every write is fenced and idempotent,
 so retrying is safe.
@@ -23,8 +23,24 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import select
 
-from dataengine.events import record
-from dataengine.heartbeats import Lease
+from dataengine.engine.events import record
+from dataengine.engine.heartbeats import Lease
+from dataengine.engine.jobs import STEP_PAGE_SIZE, Job, StepOutcome
+from dataengine.engine.runs import (
+    AHEAD,
+    Claim,
+    Refusal,
+    checkpoint,
+    claim_run,
+    count_steps,
+    finish_run,
+    parse_run_id,
+    poison_step,
+    recorded_steps,
+    release_run,
+)
+from dataengine.engine.stepbudget import budget
+from dataengine.engine.sweeper import describe_losses
 from dataengine.infra.db import session_scope, statement_scope, statement_session
 from dataengine.infra.dbretry import db_unavailable, retry_db
 from dataengine.infra.errors import (
@@ -41,30 +57,14 @@ from dataengine.infra.logs import RunLogger, in_run_context, run_context, run_lo
 from dataengine.infra.metrics import metrics
 from dataengine.infra.settings import get_settings
 from dataengine.infra.workerid import dead_sibling
-from dataengine.jobs import STEP_PAGE_SIZE, Job, StepOutcome
 from dataengine.llm import calls as llm
 from dataengine.llm.budgets import RunBudget, daily_pause, pause_for_s
 from dataengine.llm.journal import journaled_steps
-from dataengine.recovery import describe_losses
-from dataengine.runs import (
-    AHEAD,
-    Claim,
-    Refusal,
-    checkpoint,
-    claim_run,
-    count_steps,
-    finish_run,
-    parse_run_id,
-    poison_step,
-    recorded_steps,
-    release_run,
-)
-from dataengine.stepbudget import budget
 from models.base import RunStatus
 from models.events import EventType
 
 if TYPE_CHECKING:
-    from dataengine.submitting import Created
+    from dataengine.engine.submitting import Created
 
 #: How long finished steps that cost nothing may wait to be checkpointed with the next ones.
 GATHER_S = 0.05
@@ -121,7 +121,7 @@ def start_run(*, job: Job, run_id: object, worker_id: str, task_id: str | None,
 
 
 def adopt_run(*, job: Job, created: Created, task_id: str | None) -> Execution:
-    """The execution of a run this worker created already claimed (``dataengine.submitting.StartHere``):
+    """The execution of a run this worker created already claimed (``dataengine.engine.submitting.StartHere``):
     nothing to check or read back; its first steps are on record as in flight since the insert."""
     claim = created.claim
     assert claim is not None  # noqa: S101  narrows a type the code above guarantees; not input validation

@@ -17,17 +17,10 @@ from typing import Any
 
 from sqlalchemy import text
 
-from dataengine.events import prune
-from dataengine.infra.db import session_scope, statement_scope
-from dataengine.infra.dbretry import db_unavailable
-from dataengine.infra.metrics import metrics
-from dataengine.infra.redis_keys import BROKER_EPOCH_KEY
-from dataengine.infra.settings import get_settings
-from dataengine.jobs import Job, all_jobs
-from dataengine.liveness import bury, dead_owners
-from dataengine.llm import journal
-from dataengine.llm.budgets import daily_pause
-from dataengine.runs import (
+from dataengine.engine.events import prune
+from dataengine.engine.jobs import Job, all_jobs
+from dataengine.engine.liveness import bury, dead_owners
+from dataengine.engine.runs import (
     Requeued,
     finish_run,
     flag_stalled,
@@ -36,9 +29,16 @@ from dataengine.runs import (
     redispatch_unclaimed,
     requeue_expired,
 )
+from dataengine.infra.db import session_scope, statement_scope
+from dataengine.infra.dbretry import db_unavailable
+from dataengine.infra.metrics import metrics
+from dataengine.infra.redis_keys import BROKER_EPOCH_KEY
+from dataengine.infra.settings import get_settings
+from dataengine.llm import journal
+from dataengine.llm.budgets import daily_pause
 from models.base import RunStatus
 
-log = logging.getLogger("dataengine.recovery")
+log = logging.getLogger("dataengine.engine.sweeper")
 
 #: (task name, kwargs) -> None; the Celery app's ``send_task`` in production.
 Sender = Callable[[str, dict[str, str]], object]

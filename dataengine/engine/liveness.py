@@ -21,9 +21,9 @@ from typing import Any
 
 from sqlalchemy import Connection, TextClause, text
 
+from dataengine.engine.jobs import Job
 from dataengine.infra.queries import identifier, statement
 from dataengine.infra.settings import get_settings
-from dataengine.jobs import Job
 
 FORGET = text(statement("forget_heartbeat"))
 DEAD = text(statement("dead_owners"))

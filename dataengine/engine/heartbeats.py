@@ -1,6 +1,6 @@
 """One heartbeat per process: a thread writes the process's heartbeat row a few times a second
 (``heartbeat_interval_s``), one statement however many runs the process holds, so liveness writes
-do not grow with its runs (``dataengine.liveness``).
+do not grow with its runs (``dataengine.engine.liveness``).
 
 The same statement reads what became of each run it holds, for the run's loop (its ``Lease``):
 ``lost`` once the run was taken over, taken back, handed back or finished elsewhere; ``cancel``
@@ -21,14 +21,14 @@ import uuid
 
 from sqlalchemy import Connection, Engine
 
+from dataengine.engine.jobs import Job, all_jobs
+from dataengine.engine.liveness import beat_sql, forget, lease_param
+from dataengine.engine.runs import Claim
 from dataengine.infra.db import get_engine, statement_scope
 from dataengine.infra.logs import RunLogger
 from dataengine.infra.settings import get_settings
-from dataengine.jobs import Job, all_jobs
-from dataengine.liveness import beat_sql, forget, lease_param
-from dataengine.runs import Claim
 
-log = logging.getLogger("dataengine.heartbeats")
+log = logging.getLogger("dataengine.engine.heartbeats")
 
 #: Seconds an owner with no run left keeps beating before its heartbeat row is deleted.
 IDLE_FORGET_S = 1.0

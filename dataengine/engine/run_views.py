@@ -11,10 +11,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 from sqlalchemy import select
 
+from dataengine.engine.jobs import Job, all_jobs
+from dataengine.engine.runs import parse_run_id
 from dataengine.infra.db import session_scope
 from dataengine.infra.errors import RunNotFound
-from dataengine.jobs import Job, all_jobs
-from dataengine.runs import parse_run_id
 from models.base import FINAL_STATUSES
 
 #: Columns shown by ``dataengine status``, in order.

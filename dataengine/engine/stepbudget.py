@@ -20,8 +20,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
+from dataengine.engine.stepthreads import StepThreads
 from dataengine.infra.settings import get_settings
-from dataengine.stepthreads import StepThreads
 
 
 class StepBudget:

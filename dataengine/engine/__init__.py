@@ -1,0 +1,1 @@
+"""The run engine, which knows no job by name and no Celery task: the job definition and its registry, claim, lease, checkpoint and finish (runs), the run loop, the step threads, heartbeats and liveness, the sweeper, submitting and estimates, a run's history, and the operator's views."""
