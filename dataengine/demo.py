@@ -8,10 +8,10 @@ in this process; worker and beat are real ``celery`` subprocesses on the user's 
 from __future__ import annotations
 
 import signal
-import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +19,12 @@ import redis
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from dataengine.celery_app import enqueue
+from dataengine.engine.events import history
 from dataengine.engine.jobs import Job, JobDemo, get_job, load_jobs
 from dataengine.engine.run_views import find_run, watch
 from dataengine.engine.runs import finish_run
@@ -33,6 +35,7 @@ from dataengine.infra.migrate import migrate
 from dataengine.infra.settings import get_settings
 from dataengine.procs import CeleryProcess, start_beat, start_worker
 from models.base import RunStatus
+from models.events import EventType
 
 LOG_DIR = Path(".dataengine") / "demo"
 READY_TIMEOUT_S = 30.0
@@ -93,7 +96,7 @@ class Demo:
         self.at_kill: dict[str, Any] = {}
         self.procs: dict[str, CeleryProcess] = {}
         self.run_id: str | None = None
-        self.killed_at: float | None = None
+        self.killed_at: datetime | None = None  # the database's clock, to compare with the run's events
         self.checkpointed = 0  # answers recorded when demo-1 died: the resume point
         self.recovered_after: float | None = None  # seconds from the kill to demo-2's claim
 
@@ -114,8 +117,8 @@ class Demo:
         if self.killed_at is None and row["status"] == "running" and row["completed_steps"] >= n // 2:
             victim = self.procs["demo-1"]
             self.at_kill = self.llm_stats()
-            self.killed_at = time.monotonic()
             victim.kill_main()
+            self.killed_at = self.now()
             # Re-read: the row may have moved on since this poll, and nothing writes to it now.
             _, row = find_run(self.run_id)
             self.checkpointed = row["current_query_index"]
@@ -125,10 +128,22 @@ class Demo:
             self.start("demo-2")
             self.console.print("started worker demo-2; the run is taken back once demo-1's lease "
                                f"({get_settings().lease_s:g} s) expires", style="dim")
-        elif self.killed_at and self.recovered_after is None and (row["lease_owner"] or "").startswith("demo-2@"):
-            self.recovered_after = time.monotonic() - self.killed_at
+        elif self.killed_at and self.recovered_after is None and (taken_at := self.taken_over_at()) is not None:
+            self.recovered_after = max(0.0, (taken_at - self.killed_at).total_seconds())
             self.console.print(f"[bold green]demo-2 resumed[/bold green] at {noun} {self.checkpointed + 1}/{n} "
                                f"after {self.recovered_after:.1f}s")
+
+    def now(self) -> datetime:
+        with session_scope() as session:
+            return session.execute(select(func.clock_timestamp())).scalar_one()
+
+    def taken_over_at(self) -> datetime | None:
+        """When demo-2 took the run (its claim in the run's history): a poll may not see demo-2 holding the
+        lease at all, when it finishes the last steps between two polls."""
+        with session_scope() as session:
+            events = history(session, uuid.UUID(str(self.run_id)))
+        return next((e["at"] for e in events if e["event"] in (EventType.claimed, EventType.resumed)
+                     and (e["worker"] or "").startswith("demo-2@")), None)
 
     def cleanup(self) -> None:
         """Stop every process started here; a run they left unfinished is cancelled, so no later worker resumes it."""
