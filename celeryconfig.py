@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from dataengine.broker import BROKER_CONNECT_TIMEOUT_S, BROKER_SOCKET_TIMEOUT_S, RESULT_RETRY_MAX_SLEEP_MS
 from dataengine.infra.redis_keys import REDBEAT_KEY_PREFIX
 from dataengine.infra.settings import get_settings, job_module_names
+from dataengine.worker.broker_guards import BROKER_CONNECT_TIMEOUT_S, BROKER_SOCKET_TIMEOUT_S, RESULT_RETRY_MAX_SLEEP_MS
 
 _s = get_settings()
 
 broker_url = _s.redis_url
 result_backend = _s.redis_url
 # kombu's Redis transport, except that a malformed queue item is set aside instead of ending the
-# worker (dataengine.broker); an explicit transport wins over the URL's scheme.
-broker_transport = "dataengine.broker:Transport"
+# worker (dataengine.worker.broker_guards); an explicit transport wins over the URL's scheme.
+broker_transport = "dataengine.worker.broker_guards:Transport"
 broker_connection_retry_on_startup = True
 # A run needs no broker while it works (its lease lives in PostgreSQL): a broker outage only
 # pauses the flow of messages. The consumer reconnects for ever, no socket waits without a
@@ -47,8 +47,8 @@ worker_prefetch_multiplier = 1
 worker_cancel_long_running_tasks_on_connection_loss = False
 task_track_started = True
 # Every task checks its message before Celery builds the request: a malformed one is rejected
-# and set aside with its reason, not allowed to end the worker (dataengine.broker).
-task_annotations = {"*": {"Request": "dataengine.broker:Request", "Strategy": "dataengine.broker:strategy"}}
+# and set aside with its reason, not allowed to end the worker (dataengine.worker.broker_guards).
+task_annotations = {"*": {"Request": "dataengine.worker.broker_guards:Request", "Strategy": "dataengine.worker.broker_guards:strategy"}}
 result_expires = 7 * 24 * 3600
 
 # Events for Flower (task-sent only when asked for: it costs every send a second round trip).
@@ -58,8 +58,8 @@ task_send_sent_event = _s.task_sent_events
 include = job_module_names()  # each registers its job and its tasks
 
 # One beat at a time across the fleet (celery-redbeat holds a lock in Redis); a broker outage
-# pauses the schedule instead of ending beat and the sweeper in it (dataengine.beat).
-beat_scheduler = "dataengine.beat:Scheduler"
+# pauses the schedule instead of ending beat and the sweeper in it (dataengine.worker.beat).
+beat_scheduler = "dataengine.worker.beat:Scheduler"
 redbeat_redis_url = _s.redis_url
 redbeat_key_prefix = REDBEAT_KEY_PREFIX
 redbeat_redis_options = {"socket_timeout": BROKER_SOCKET_TIMEOUT_S, "socket_connect_timeout": BROKER_CONNECT_TIMEOUT_S}

@@ -71,9 +71,9 @@ max_tasks = _unless_set("max_tasks", 10_000)
 # The run id travels as the task's keyword argument: show it next to the name.
 tasks_columns = _unless_set("tasks_columns", "name,uuid,state,kwargs,result,received,runtime,worker")
 
-# Flower reads no task message, so it needs not the workers' transport (dataengine.broker), and
+# Flower reads no task message, so it needs not the workers' transport (dataengine.worker.broker_guards), and
 # with kombu's own its Broker page and /api/queues/length can count the queues: Flower knows a
-# broker by its URL's scheme, which would read "dataengine.broker:Transport" instead of "redis".
+# broker by its URL's scheme, which would read "dataengine.worker.broker_guards:Transport" instead of "redis".
 _app.conf.broker_transport = None
 
 if _settings.die_with_parent:  # started by the demo or a test: end with it, as workers and beat do

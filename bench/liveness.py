@@ -29,11 +29,11 @@ _common.configure("liveness")
 # Imported after configure(): the package reads its settings once, at import.
 from sqlalchemy import text  # noqa: E402
 
-from dataengine.celery_app import enqueue  # noqa: E402
 from dataengine.engine.submitting import submit_run  # noqa: E402
 from dataengine.infra.db import get_engine, session_scope  # noqa: E402
 from dataengine.infra.settings import get_settings  # noqa: E402
 from dataengine.procs import CeleryProcess, start_worker  # noqa: E402
+from dataengine.worker.app import enqueue  # noqa: E402
 from tasks.propertyaudit import JOB  # noqa: E402
 
 BEATS = text("SELECT worker_id, beats FROM worker_heartbeats")

@@ -41,9 +41,9 @@ _common.configure("llm_throughput")
 import httpx  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
-from dataengine.celery_app import enqueue  # noqa: E402
 from dataengine.infra.db import session_scope  # noqa: E402
 from dataengine.procs import CeleryProcess, start_worker  # noqa: E402
+from dataengine.worker.app import enqueue  # noqa: E402
 
 
 @dataclass(frozen=True)

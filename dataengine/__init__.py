@@ -15,7 +15,6 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what the names are, for type checkers and readers; at run time they load on first use
-    from dataengine.celery_app import app, enqueue
     from dataengine.cliout import console, fail
     from dataengine.engine.jobs import Job, JobDemo, NewRun, PlannedCall, StepOutcome, get_job, register
     from dataengine.engine.submitting import SpecText, create_run
@@ -26,7 +25,8 @@ if TYPE_CHECKING:  # what the names are, for type checkers and readers; at run t
     from dataengine.llm import calls as llm
     from dataengine.llm.calls import Usage
     from dataengine.llm.workspaces import default_model
-    from dataengine.schedules import parse_schedule
+    from dataengine.worker.app import app, enqueue
+    from dataengine.worker.schedules import parse_schedule
     from models.base import Base, RunMixin, StepMixin, StepResultMixin, new_base
 
 #: Each public name, and the module it comes from.
@@ -42,7 +42,7 @@ _PUBLIC = {
     "SpecText": "dataengine.engine.submitting",
     "create_run": "dataengine.engine.submitting",
     "JobSettings": "dataengine.infra.settings",
-    "parse_schedule": "dataengine.schedules",
+    "parse_schedule": "dataengine.worker.schedules",
     # Its tables
     "RunMixin": "models.base",
     "StepMixin": "models.base",
@@ -63,10 +63,10 @@ _PUBLIC = {
     # A job's own commands (``Job.cli``): print, fail, send a run's task
     "console": "dataengine.cliout",
     "fail": "dataengine.cliout",
-    "enqueue": "dataengine.celery_app",
+    "enqueue": "dataengine.worker.app",
     # The engine's settings, and the Celery app (``celery -A dataengine``)
     "get_settings": "dataengine.infra.settings",
-    "app": "dataengine.celery_app",
+    "app": "dataengine.worker.app",
 }
 
 __all__ = [

@@ -60,10 +60,10 @@ def submit(
     """Create a run from a JSON spec and enqueue it; prints the run id (with --dry-run, or ``"dry_run": true``
     in the spec, its estimate instead)."""
     _jobs()
-    from dataengine.celery_app import enqueue
     from dataengine.engine.estimates import Estimate
     from dataengine.engine.jobs import get_job
     from dataengine.engine.submitting import submit_run
+    from dataengine.worker.app import enqueue
 
     try:
         kind = get_job(job)
@@ -174,8 +174,8 @@ def cancel(run_id: str) -> None:
 def sweep() -> None:
     """Re-enqueue runs whose worker died, once (workers and beat do this every second)."""
     _jobs()
-    from dataengine.celery_app import enqueue, still_queued
     from dataengine.engine.sweeper import sweep as sweep_all
+    from dataengine.worker.app import enqueue, still_queued
 
     requeued = sweep_all(send=enqueue, waiting=still_queued)
     console.print(f"{len(requeued)} run(s) taken back")
@@ -189,9 +189,9 @@ def rejected(
     """Messages the workers rejected and set aside (malformed, not JSON, unknown task), with the reason."""
     import redis
 
-    from dataengine.broker import clear_rejected, rejected_messages
     from dataengine.infra.redis_keys import REJECTED_KEY
     from dataengine.infra.settings import get_settings
+    from dataengine.worker.broker_guards import clear_rejected, rejected_messages
 
     with redis.Redis.from_url(get_settings().redis_url) as client:
         if clear:

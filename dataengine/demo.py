@@ -23,7 +23,6 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from dataengine.celery_app import enqueue
 from dataengine.engine.events import history
 from dataengine.engine.jobs import Job, JobDemo, get_job, load_jobs
 from dataengine.engine.run_views import find_run, watch
@@ -34,6 +33,7 @@ from dataengine.infra.db import session_scope
 from dataengine.infra.migrate import migrate
 from dataengine.infra.settings import get_settings
 from dataengine.procs import CeleryProcess, start_beat, start_worker
+from dataengine.worker.app import enqueue
 from models.base import RunStatus
 from models.events import EventType
 

@@ -123,10 +123,10 @@ def retry(
     that failed in the last day, after a confirmation (--yes skips it). A run stopped by its budget
     goes on with a larger one: dataengine retry RUN_ID --max-cost 5.
     """
-    from dataengine.celery_app import enqueue
     from dataengine.engine.operator_views import list_runs
     from dataengine.engine.operator_views import retry as send_back
     from dataengine.engine.run_views import find_run
+    from dataengine.worker.app import enqueue
 
     if (run_id is None) == (not all_failed):
         raise fail("name one run (dataengine retry RUN_ID) or ask for --all-failed, not both")

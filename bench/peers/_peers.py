@@ -157,7 +157,7 @@ def _seconds_until_done(started: datetime, query: str, params: dict[str, object]
 def submit_runs(runs: int, *, task: str, spec: dict[str, Any], table: str) -> float:
     """Send ``runs`` of the submit ``task`` with ``spec``, as a producer does; seconds (database clock) from just
     before the first send until the last run (a row of ``table``) is ``completed``."""
-    from dataengine.celery_app import app
+    from dataengine.worker.app import app
 
     started = _db_now()
     for _ in range(runs):

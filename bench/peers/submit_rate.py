@@ -29,7 +29,7 @@ WARM_UP = 100
 
 _common.configure("peers_submit_rate")
 # Imported after configure(): the package reads its settings once, at import.
-from dataengine.celery_app import app  # noqa: E402
+from dataengine.worker.app import app  # noqa: E402
 
 
 def sends_per_s(n: int, send: Callable[[], object]) -> float:

@@ -3,7 +3,7 @@
 A job module (a package under ``tasks/``) is its tables, its spec, its step and its summary: it
 builds one ``Job`` and registers it. Everything else is the engine's, driven by the ``Job``:
 creating runs idempotently (``dataengine.engine.submitting``), reading steps in pages, the two Celery
-tasks ``<key>.run`` and ``<key>.submit`` (``dataengine.tasking``), the sweeper and the CLI.
+tasks ``<key>.run`` and ``<key>.submit`` (``dataengine.worker.tasks``), the sweeper and the CLI.
 """
 
 from __future__ import annotations

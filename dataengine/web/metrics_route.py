@@ -140,7 +140,7 @@ def add_metrics(app: FastAPI) -> None:
     """Serve ``/metrics``: this process's metrics and the fleet's."""
     from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
-    from dataengine.celery_app import app as celery
+    from dataengine.worker.app import app as celery
 
     metrics()  # the engine's own families exist from the first scrape on
     fleet = CollectorRegistry()

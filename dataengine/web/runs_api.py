@@ -92,7 +92,7 @@ router = new_router()
 
 
 def enqueue(task_name: str, kwargs: dict[str, str]) -> object:
-    from dataengine.celery_app import enqueue as send
+    from dataengine.worker.app import enqueue as send
 
     return send(task_name, kwargs)
 

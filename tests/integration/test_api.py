@@ -16,11 +16,11 @@ from fastapi.testclient import TestClient
 from helpers import answered, audit_spec, create_audit, record, review_spec, run_row
 from sqlalchemy import text
 
-from dataengine.celery_app import still_queued
 from dataengine.engine.runloop import execute_run
 from dataengine.infra.db import session_scope
 from dataengine.web.app import create_app
 from dataengine.web.keys import create_key, revoke_key
+from dataengine.worker.app import still_queued
 from tasks.propertyaudit import JOB as AUDIT
 
 pytestmark = pytest.mark.timeout(60)

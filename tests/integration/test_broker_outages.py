@@ -100,7 +100,7 @@ def test_beat_keeps_running_through_a_broker_restart(beat, broker):
 
 
 def test_beat_keeps_running_through_a_stalled_broker(beat, broker):
-    from dataengine.broker import BROKER_SOCKET_TIMEOUT_S
+    from dataengine.worker.broker_guards import BROKER_SOCKET_TIMEOUT_S
 
     broker.pause()
     time.sleep(BROKER_SOCKET_TIMEOUT_S + 2)  # the stall itself: longer than every socket timeout on beat's side
@@ -122,8 +122,8 @@ def test_beat_keeps_running_when_the_broker_comes_back_empty(beat, broker, tmp_p
 
 
 def test_beat_started_while_the_broker_is_down_waits_for_it(broker, db_url, tmp_path):
-    from dataengine.beat import RETRY_S
     from dataengine.procs import start_beat
+    from dataengine.worker.beat import RETRY_S
 
     schedule_every_second(broker.url())
     broker.kill()
@@ -159,7 +159,7 @@ def test_the_scheduler_takes_its_lock_back_and_restores_static_entries_when_redi
     from celery import Celery
     from redbeat import RedBeatSchedulerEntry
 
-    from dataengine.beat import RETRY_S, Scheduler
+    from dataengine.worker.beat import RETRY_S, Scheduler
 
     broker = RedisServer(tmp_path / "redis").start()  # not persisted: a restart comes back empty
     app = Celery("beat-unit", set_as_current=False)
@@ -269,7 +269,7 @@ def test_a_run_goes_on_through_a_broker_restart_and_asks_nothing_twice(broker, p
 def test_a_run_goes_on_while_the_broker_is_stalled(broker, producer, workers, fake_llm):
     from helpers import results
 
-    from dataengine.broker import BROKER_SOCKET_TIMEOUT_S
+    from dataengine.worker.broker_guards import BROKER_SOCKET_TIMEOUT_S
 
     worker, (run_id, task), queries = audit_on_worker(workers, fake_llm, broker, producer, 40)
     broker.pause()

@@ -145,7 +145,7 @@ def test_a_run_no_worker_claimed_is_sent_again_only_when_its_message_is_gone(red
     import redis
 
     from dataengine import app
-    from dataengine.queued import waiting_runs
+    from dataengine.worker.broker_backlog import waiting_runs
 
     queue = redis.Redis.from_url(redis_url)
     queue.delete("celery")
@@ -192,7 +192,7 @@ def test_after_the_broker_is_found_without_its_epoch_a_message_a_worker_took_is_
     from dataengine import app
     from dataengine.engine import jobs
     from dataengine.engine.sweeper import Sweeper
-    from dataengine.queued import waiting_runs
+    from dataengine.worker.broker_backlog import waiting_runs
 
     monkeypatch.setitem(jobs._JOBS, JOB.key, JOB)  # the sweeper sweeps the registered jobs
     queue = redis.Redis.from_url(redis_url)

@@ -1,4 +1,4 @@
-"""One worker process holds many runs and keeps their calls in flight together (``dataengine.hosting``,
+"""One worker process holds many runs and keeps their calls in flight together (``dataengine.worker.hosted_runs``,
 ``dataengine.engine.stepbudget``), with real ``celery worker`` processes on the stand-in.
 
 The other crash tests pace each run at 4 steps in flight; here runs take their adaptive share.

@@ -11,8 +11,8 @@ import pytest
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual.base import Base64
 
-from dataengine.broker import REJECTED_MAX, clear_rejected, envelope_problem, rejected_messages, set_aside
 from dataengine.infra.redis_keys import REJECTED_KEY
+from dataengine.worker.broker_guards import REJECTED_MAX, clear_rejected, envelope_problem, rejected_messages, set_aside
 
 CODECS = {"base64": Base64()}
 
@@ -79,7 +79,7 @@ def test_the_rejected_list_keeps_the_newest_entries_truncated():
 
 
 def test_the_mirrored_brpop_read_is_still_kombus():
-    # dataengine.broker.Channel._brpop_read is kombu's with one check added; when kombu changes
+    # dataengine.worker.broker_guards.Channel._brpop_read is kombu's with one check added; when kombu changes
     # its method, compare the two again and update ours, then this digest.
     source = inspect.getsource(kombu_redis.Channel._brpop_read)
     assert hashlib.sha256(source.encode()).hexdigest()[:16] == "c42518699709f2df"

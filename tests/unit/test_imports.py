@@ -14,7 +14,7 @@ def test_importing_the_engine_and_a_job_builds_no_app_and_reads_no_settings():
         "import dataengine, dataengine.infra.errors, dataengine.engine.jobs, dataengine.engine.runs, dataengine.engine.runloop\n"
         "import dataengine.engine.sweeper, dataengine.engine.submitting, tasks.propertyaudit\n"
         "from dataengine.infra.settings import get_settings\n"
-        "print(int(get_settings.loaded), 'dataengine.celery_app' in sys.modules, 'celeryconfig' in sys.modules)\n"
+        "print(int(get_settings.loaded), 'dataengine.worker.app' in sys.modules, 'celeryconfig' in sys.modules)\n"
     )
     # An invalid setting would raise at once if anything read the settings on import.
     env = {**os.environ, "DATAENGINE_LEASE_S": "not a number"}

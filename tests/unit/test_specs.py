@@ -168,7 +168,7 @@ def test_a_valid_reviewflow_spec_becomes_a_run_and_its_reviews():
 def test_schedules_are_cron_expressions_or_seconds_and_bad_ones_are_named():
     from celery.schedules import crontab, schedule
 
-    from dataengine.schedules import parse_schedule
+    from dataengine.worker.schedules import parse_schedule
 
     nightly = parse_schedule("0 3 * * *")
     assert isinstance(nightly, crontab) and nightly.hour == {3} and nightly.minute == {0}

@@ -21,7 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import LockError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-log = logging.getLogger("dataengine.beat")
+log = logging.getLogger("dataengine.worker.beat")
 
 #: What a broker outage raises on beat's side; anything else still ends beat, as it should.
 OUTAGE_ERRORS = (RedisConnectionError, RedisTimeoutError, LockError, OperationalError)
@@ -33,7 +33,7 @@ def job_schedules() -> dict[str, dict[str, Any]]:
     """Beat entries of the registered jobs' schedules (``Job.schedules``): each sends the job's task
     without arguments."""
     from dataengine.engine.jobs import load_jobs
-    from dataengine.schedules import parse_schedule
+    from dataengine.worker.schedules import parse_schedule
 
     return {name: {"task": job.task_name, "schedule": parse_schedule(when)}
             for job in load_jobs() if job.schedules is not None

@@ -41,7 +41,7 @@ from kombu.utils.encoding import bytes_to_str
 from dataengine.infra.errors import DataEngineError
 from dataengine.infra.redis_keys import REJECTED_KEY
 
-log = logging.getLogger("dataengine.broker")
+log = logging.getLogger("dataengine.worker.broker_guards")
 
 #: The rejected list keeps this many entries, the newest.
 REJECTED_MAX = 1000
@@ -221,7 +221,7 @@ class Channel(kombu_redis.Channel):
 
 
 class Transport(kombu_redis.Transport):
-    """kombu's Redis transport with :class:`Channel`; ``broker_transport = "dataengine.broker:Transport"``."""
+    """kombu's Redis transport with :class:`Channel`; ``broker_transport = "dataengine.worker.broker_guards:Transport"``."""
 
     Channel = Channel
 
@@ -325,5 +325,5 @@ def _on_task_unknown(sender: Any = None, message: Any = None, name: str | None =
 
 def _connect_signals() -> None:
     # Connected when a worker builds its strategies, not on import; dispatch_uid makes it once.
-    task_rejected.connect(_on_task_rejected, dispatch_uid="dataengine.broker.rejected", weak=False)
-    task_unknown.connect(_on_task_unknown, dispatch_uid="dataengine.broker.unknown", weak=False)
+    task_rejected.connect(_on_task_rejected, dispatch_uid="dataengine.worker.broker_guards.rejected", weak=False)
+    task_unknown.connect(_on_task_unknown, dispatch_uid="dataengine.worker.broker_guards.unknown", weak=False)

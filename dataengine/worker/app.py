@@ -29,7 +29,6 @@ from celery.utils.serialization import strtobool
 from celery.worker import control
 from kombu.utils.url import maybe_sanitize_url
 
-from dataengine import hosting
 from dataengine.engine.heartbeats import close_heartbeats
 from dataengine.engine.jobs import load_jobs, on_register
 from dataengine.engine.runloop import drain
@@ -39,8 +38,9 @@ from dataengine.infra.logs import configure_handlers
 from dataengine.infra.sentry import init_sentry
 from dataengine.infra.settings import get_settings
 from dataengine.llm import calls as llm
-from dataengine.queued import broker_lost_messages, waiting_runs
-from dataengine.tasking import define_tasks
+from dataengine.worker import hosted_runs
+from dataengine.worker.broker_backlog import broker_lost_messages, waiting_runs
+from dataengine.worker.tasks import define_tasks
 
 app = Celery("dataengine")
 app.config_from_object("celeryconfig")
@@ -155,7 +155,7 @@ def _hand_back_hosted_runs(**_: object) -> None:
     # Celery tasks any more, so Celery would not wait for them. Each finishes its steps in flight,
     # checkpoints, and is handed back before the process exits.
     drain()
-    hosting.join_all(timeout_s=get_settings().step_timeout_s)
+    hosted_runs.join_all(timeout_s=get_settings().step_timeout_s)
     close_heartbeats()
     metrics.process_exited(os.getpid())
 

@@ -13,16 +13,6 @@ from dataengine.engine.jobs import Job
 from dataengine.engine.runloop import RunOutcome, adopt_run, start_run
 from dataengine.engine.runs import parse_run_id
 from dataengine.engine.submitting import Created, StartHere, submit_run
-from dataengine.hosting import (
-    TaskMessage,
-    attach,
-    database_away,
-    has_room,
-    host,
-    retry_allowed,
-    run_eagerly,
-    wait_for_room,
-)
 from dataengine.infra.errors import (
     DatabaseUnavailable,
     IdempotencyKeyReused,
@@ -34,6 +24,16 @@ from dataengine.infra.errors import (
 )
 from dataengine.infra.settings import get_settings
 from dataengine.infra.workerid import worker_id as make_worker_id
+from dataengine.worker.hosted_runs import (
+    TaskMessage,
+    attach,
+    database_away,
+    has_room,
+    host,
+    retry_allowed,
+    run_eagerly,
+    wait_for_room,
+)
 
 
 class RunTask(Task):
@@ -59,7 +59,7 @@ class RunTask(Task):
 
 
 def run_job(task: Task, job: Job, run_id: object) -> dict[str, Any]:
-    """Claim ``run_id`` of ``job`` and hand it to this process's threads (``dataengine.hosting``),
+    """Claim ``run_id`` of ``job`` and hand it to this process's threads (``dataengine.worker.hosted_runs``),
     which report its end as this task's; returns the task's JSON result only when this worker does
     not run it (finished, held elsewhere) or when the task runs eagerly."""
     worker_id = make_worker_id(task.request.hostname)

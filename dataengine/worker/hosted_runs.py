@@ -32,7 +32,7 @@ from dataengine.infra.errors import DatabaseUnavailable, LeaseLost, TransientSte
 from dataengine.infra.logs import run_logger
 from dataengine.infra.settings import get_settings
 
-log = logging.getLogger("dataengine.hosting")
+log = logging.getLogger("dataengine.worker.hosted_runs")
 
 _room = threading.Condition()
 _threads: set[threading.Thread] = set()
