@@ -128,7 +128,7 @@ class FakeLLMProcess:
 
     def start(self, timeout_s: float = 20.0) -> FakeLLMProcess:
         """Start the server and return once ``/healthz`` answers."""
-        from dataengine.fakellm import wait_until_serving
+        from dataengine.testing.standin_llm import wait_until_serving
 
         LOG_DIR.mkdir(parents=True, exist_ok=True)
         log = (LOG_DIR / f"{self.log_name}.log").open("wb")

@@ -32,7 +32,7 @@ from sqlalchemy import text  # noqa: E402
 from dataengine.engine.submitting import submit_run  # noqa: E402
 from dataengine.infra.db import get_engine, session_scope  # noqa: E402
 from dataengine.infra.settings import get_settings  # noqa: E402
-from dataengine.procs import CeleryProcess, start_worker  # noqa: E402
+from dataengine.testing.processes import CeleryProcess, start_worker  # noqa: E402
 from dataengine.worker.app import enqueue  # noqa: E402
 from tasks.propertyaudit import JOB  # noqa: E402
 

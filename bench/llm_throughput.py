@@ -42,7 +42,7 @@ import httpx  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
 from dataengine.infra.db import session_scope  # noqa: E402
-from dataengine.procs import CeleryProcess, start_worker  # noqa: E402
+from dataengine.testing.processes import CeleryProcess, start_worker  # noqa: E402
 from dataengine.worker.app import enqueue  # noqa: E402
 
 

@@ -41,7 +41,7 @@ from dataengine.engine.runs import parse_run_id, request_cancel  # noqa: E402
 from dataengine.engine.submitting import submit_run  # noqa: E402
 from dataengine.infra.db import get_engine, session_scope  # noqa: E402
 from dataengine.infra.settings import get_settings  # noqa: E402
-from dataengine.procs import CeleryProcess, start_worker  # noqa: E402
+from dataengine.testing.processes import CeleryProcess, start_worker  # noqa: E402
 from dataengine.worker.app import enqueue  # noqa: E402
 from tasks.propertyaudit import JOB  # noqa: E402
 

@@ -18,13 +18,13 @@ if TYPE_CHECKING:  # what the names are, for type checkers and readers; at run t
     from dataengine.cliout import console, fail
     from dataengine.engine.jobs import Job, JobDemo, NewRun, PlannedCall, StepOutcome, get_job, register
     from dataengine.engine.submitting import SpecText, create_run
-    from dataengine.fakellm import FakeLLMServer
     from dataengine.infra.db import session_scope
     from dataengine.infra.errors import DataEngineError, RunFatal, SpecInvalid
     from dataengine.infra.settings import JobSettings, get_settings
     from dataengine.llm import calls as llm
     from dataengine.llm.calls import Usage
     from dataengine.llm.workspaces import default_model
+    from dataengine.testing.standin_llm import FakeLLMServer
     from dataengine.worker.app import app, enqueue
     from dataengine.worker.schedules import parse_schedule
     from models.base import Base, RunMixin, StepMixin, StepResultMixin, new_base
@@ -59,7 +59,7 @@ _PUBLIC = {
     "SpecInvalid": "dataengine.infra.errors",
     "RunFatal": "dataengine.infra.errors",
     # Testing a job: the OpenAI-compatible stand-in server (``dataengine fake-llm``)
-    "FakeLLMServer": "dataengine.fakellm",
+    "FakeLLMServer": "dataengine.testing.standin_llm",
     # A job's own commands (``Job.cli``): print, fail, send a run's task
     "console": "dataengine.cliout",
     "fail": "dataengine.cliout",

@@ -218,7 +218,7 @@ def fake_llm(
     allow_remote: Annotated[bool, typer.Option(help="Listen on a non-loopback address (containers)")] = False,
 ) -> None:
     """Serve the OpenAI-compatible stand-in LLM (for tests, the demo and benchmarks)."""
-    from dataengine.fakellm import FakeConfig, serve
+    from dataengine.testing.standin_llm import FakeConfig, serve
 
     console.print(f"stand-in LLM on http://{host}:{port}/v1 (OPENAI_BASE_URL); answers are canned, not a real model")
     config = FakeConfig(latency_ms=latency_ms, fail_429_every=fail_429_every, fail_5xx_every=fail_5xx_every,

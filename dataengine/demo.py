@@ -1,7 +1,7 @@
 """``dataengine demo [JOB]``: a run of a job that declares a demo (``Job.demo``, a ``JobDemo``) end to
 end on real local processes, its worker SIGKILLed half-way.
 
-Everything runs on this machine: the LLM is the project's stand-in server (``dataengine.fakellm``)
+Everything runs on this machine: the LLM is the project's stand-in server (``dataengine.testing.standin_llm``)
 in this process; worker and beat are real ``celery`` subprocesses on the user's PostgreSQL and Redis.
 """
 
@@ -28,11 +28,11 @@ from dataengine.engine.jobs import Job, JobDemo, get_job, load_jobs
 from dataengine.engine.run_views import find_run, watch
 from dataengine.engine.runs import finish_run
 from dataengine.engine.submitting import submit_run
-from dataengine.fakellm import FakeConfig, FakeLLMServer
 from dataengine.infra.db import session_scope
 from dataengine.infra.migrate import migrate
 from dataengine.infra.settings import get_settings
-from dataengine.procs import CeleryProcess, start_beat, start_worker
+from dataengine.testing.processes import CeleryProcess, start_beat, start_worker
+from dataengine.testing.standin_llm import FakeConfig, FakeLLMServer
 from dataengine.worker.app import enqueue
 from models.base import RunStatus
 from models.events import EventType
@@ -216,7 +216,7 @@ def run_demo(*, console: Console, job_key: str | None = None, steps: int = 30, l
     console.rule(f"[bold]dataengine demo {job_key}")
     console.print(f"A {job.name} of {steps} {job.step_plural} runs on a real Celery worker; half-way through, the "
                   "worker is SIGKILLed and a second worker resumes the run from its last checkpoint.")
-    console.print("[yellow]The LLM answers come from dataengine's local stand-in server (dataengine.fakellm), not a "
+    console.print("[yellow]The LLM answers come from dataengine's local stand-in server (dataengine.testing.standin_llm), not a "
                   "real model: no internet and no API key are needed.[/yellow]")
     # A closed terminal (SIGHUP) or a kill (SIGTERM) must still stop the workers the demo started.
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}

@@ -240,7 +240,7 @@ def db_url(template_db: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def fake_llm_server() -> Iterator[Any]:
     """The stand-in LLM server, one per session."""
-    from dataengine.fakellm import FakeLLMServer
+    from dataengine.testing.standin_llm import FakeLLMServer
 
     with FakeLLMServer() as server:
         yield server
@@ -249,7 +249,7 @@ def fake_llm_server() -> Iterator[Any]:
 @pytest.fixture
 def fake_llm(fake_llm_server: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """The stand-in server with zeroed counts and default behaviour, set as ``OPENAI_BASE_URL``."""
-    from dataengine.fakellm import FakeConfig
+    from dataengine.testing.standin_llm import FakeConfig
 
     fake_llm_server.reset()
     fake_llm_server.configure(**FakeConfig().model_dump())
@@ -319,7 +319,7 @@ def db_route(request: pytest.FixtureRequest) -> dict[str, str]:
 @pytest.fixture
 def workers(engine_env: dict[str, str], db_route: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Any]]:
     """Start real ``celery -A dataengine worker`` processes; all are stopped after the test."""
-    from dataengine.procs import start_worker
+    from dataengine.testing.processes import start_worker
 
     started: list[Any] = []
 

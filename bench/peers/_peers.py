@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from dataengine.procs import CeleryProcess
+    from dataengine.testing.processes import CeleryProcess
 
 PEERS_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(PEERS_DIR.parent))  # bench/: _common and the benchmarks reused here
@@ -81,8 +81,8 @@ def kill(proc: subprocess.Popen[bytes]) -> None:
 
 
 def start_bare_worker(name: str, *, concurrency: int) -> CeleryProcess:
-    """A prefork worker of the bare Celery app (``bare_celery``), flags as ``dataengine.procs.start_worker`` gives ours."""
-    from dataengine.procs import CeleryProcess, celery_command
+    """A prefork worker of the bare Celery app (``bare_celery``), flags as ``dataengine.testing.processes.start_worker`` gives ours."""
+    from dataengine.testing.processes import CeleryProcess, celery_command
 
     _common.LOG_DIR.mkdir(parents=True, exist_ok=True)
     log_path = _common.LOG_DIR / f"{name}.log"

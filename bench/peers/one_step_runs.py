@@ -40,7 +40,7 @@ import instant_job  # noqa: E402
 
 from dataengine.infra.db import get_engine  # noqa: E402
 from dataengine.infra.settings import job_module_names  # noqa: E402
-from dataengine.procs import start_worker  # noqa: E402
+from dataengine.testing.processes import start_worker  # noqa: E402
 
 
 def main() -> int:

@@ -34,7 +34,7 @@ SETTLE_S = 2.0
 _common.configure("peers_worker_memory")
 # Imported after configure(): the package reads its settings once, at import.
 from dataengine.infra.db import get_engine  # noqa: E402
-from dataengine.procs import CeleryProcess, start_worker  # noqa: E402
+from dataengine.testing.processes import CeleryProcess, start_worker  # noqa: E402
 
 
 def rss_mb(pid: int) -> float:

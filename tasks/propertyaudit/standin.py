@@ -34,5 +34,5 @@ def evaluate_query(prompt: str, schema: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-#: The stand-in server's answers, by schema name (``dataengine.fakellm.load_standins``).
+#: The stand-in server's answers, by schema name (``dataengine.testing.standin_llm.load_standins``).
 ANSWERS = {"QueryEvaluation": evaluate_query}

@@ -69,5 +69,5 @@ def analyze_group(prompt: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"analyses": [{"number": n, **analyze_review(text, schema)} for n, text in blocks]}
 
 
-#: The stand-in server's answers, by schema name (``dataengine.fakellm.load_standins``).
+#: The stand-in server's answers, by schema name (``dataengine.testing.standin_llm.load_standins``).
 ANSWERS = {"ReviewAnalysis": analyze_review, "ReviewGroupAnalysis": analyze_group}

@@ -25,7 +25,7 @@ def test_two_beats_and_three_workers_sweeping_at_once_take_each_expired_run_once
                                                                                db_url, fleet_on, tmp_path, report):
     """7. Two beats and three workers sweeping at once: each run whose worker died is re-enqueued once
     (one takeback, one message, one executor), and completes."""
-    from dataengine.procs import start_beat
+    from dataengine.testing.processes import start_beat
 
     fleet = fleet_on(db_url)
     runs = fleet.submit(send=False, latency_ms=100)

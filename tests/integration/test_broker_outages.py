@@ -57,7 +57,7 @@ def schedule_every_second(url: str) -> None:
 @pytest.fixture
 def beat(broker: RedisServer, db_url: str, tmp_path: Path) -> Iterator[Any]:
     """celery beat (redbeat, with its sweeper thread) on the private broker, firing every second."""
-    from dataengine.procs import start_beat
+    from dataengine.testing.processes import start_beat
 
     schedule_every_second(broker.url())
     proc = start_beat("beat", env={"DATABASE_URL": db_url, "REDIS_URL": broker.url()}, log_dir=tmp_path)
@@ -122,7 +122,7 @@ def test_beat_keeps_running_when_the_broker_comes_back_empty(beat, broker, tmp_p
 
 
 def test_beat_started_while_the_broker_is_down_waits_for_it(broker, db_url, tmp_path):
-    from dataengine.procs import start_beat
+    from dataengine.testing.processes import start_beat
     from dataengine.worker.beat import RETRY_S
 
     schedule_every_second(broker.url())

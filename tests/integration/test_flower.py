@@ -19,7 +19,7 @@ from conftest import wait_for
 from helpers import create_audit, run_row
 
 from dataengine import app
-from dataengine.procs import CeleryProcess, start_celery
+from dataengine.testing.processes import CeleryProcess, start_celery
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = Path(__file__).resolve().parents[2]

@@ -31,7 +31,7 @@ def refreshes_queued(url: str) -> int:
 
 def test_two_beats_fire_the_refresh_once_per_tick_and_a_worker_runs_it(broker, db_url, fake_llm, workers, tmp_path):
     from dataengine.infra.db import session_scope
-    from dataengine.procs import start_beat
+    from dataengine.testing.processes import start_beat
     from models.knowledge import KnowledgeRefreshRun
     from tasks.knowledge.spec import add_sources
 

@@ -272,7 +272,7 @@ def test_rate_limits_and_outages_are_ridden_out_and_logs_carry_run_and_task_ids(
 def test_beat_alone_takes_back_a_run_whose_worker_died(engine_env, tmp_path):
     from helpers import expire_lease
 
-    from dataengine.procs import start_beat
+    from dataengine.testing.processes import start_beat
 
     run_id = create_audit(3)
     expire_lease(run_id)

@@ -21,7 +21,6 @@ from sqlalchemy.exc import IntegrityError
 from dataengine import app
 from dataengine.engine.events import history
 from dataengine.engine.submitting import submit_run
-from dataengine.fakellm import key_digest
 from dataengine.infra.db import session_scope
 from dataengine.infra.errors import ProviderKeyRejected, SpecInvalid
 from dataengine.infra.logs import run_context
@@ -29,6 +28,7 @@ from dataengine.llm import calls as llm
 from dataengine.llm import keyring, workspaces
 from dataengine.llm.limits import ModelLimits
 from dataengine.llm.workspaces import add_workspace
+from dataengine.testing.standin_llm import key_digest
 from tasks.knowledge import JOB as KNOWLEDGE
 from tasks.propertyaudit import JOB as AUDIT
 from tasks.reviewflow import JOB as REVIEWFLOW

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dataengine.fakelimits import ProviderLimits
+from dataengine.testing.standin_limits import ProviderLimits
 
 
 class Clock:

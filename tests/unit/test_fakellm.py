@@ -19,7 +19,7 @@ import pytest
 from conftest import wait_for
 from pydantic import BaseModel
 
-from dataengine.fakellm import ROSTER, FakeConfig, FakeLLMServer, example_from_schema, plain_answer, serve
+from dataengine.testing.standin_llm import ROSTER, FakeConfig, FakeLLMServer, example_from_schema, plain_answer, serve
 from tasks.propertyaudit.prompts import QueryEvaluation, answer_messages, evaluation_messages
 
 MODEL = "gpt-4o-mini"

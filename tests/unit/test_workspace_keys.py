@@ -10,10 +10,10 @@ from conftest import reload_settings
 from cryptography.fernet import Fernet
 from pydantic import ValidationError
 
-from dataengine.fakellm import FakeConfig, FakeLLMServer, key_digest
 from dataengine.infra.settings import Settings
 from dataengine.llm import keyring, workspaces
 from dataengine.llm.limits import ModelLimits
+from dataengine.testing.standin_llm import FakeConfig, FakeLLMServer, key_digest
 
 PROVIDER_KEY = "sk-workspace-secret-0123456789"
 

@@ -32,8 +32,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from dataengine.fakelimits import ProviderLimits
 from dataengine.infra.settings import job_module_names
+from dataengine.testing.standin_limits import ProviderLimits
 
 #: Fictional apartment communities the plain answers recommend.
 ROSTER: tuple[str, ...] = (
