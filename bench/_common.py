@@ -133,7 +133,7 @@ class FakeLLMProcess:
         LOG_DIR.mkdir(parents=True, exist_ok=True)
         log = (LOG_DIR / f"{self.log_name}.log").open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dataengine.cli", "fake-llm", "--port", str(self.port),
+            [sys.executable, "-m", "dataengine.cli.main", "fake-llm", "--port", str(self.port),
              "--latency-ms", str(self.latency_ms)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )

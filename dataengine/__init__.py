@@ -15,7 +15,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what the names are, for type checkers and readers; at run time they load on first use
-    from dataengine.cliout import console, fail
+    from dataengine.cli.output import console, fail
     from dataengine.engine.jobs import Job, JobDemo, NewRun, PlannedCall, StepOutcome, get_job, register
     from dataengine.engine.submitting import SpecText, create_run
     from dataengine.infra.db import session_scope
@@ -61,8 +61,8 @@ _PUBLIC = {
     # Testing a job: the OpenAI-compatible stand-in server (``dataengine fake-llm``)
     "FakeLLMServer": "dataengine.testing.standin_llm",
     # A job's own commands (``Job.cli``): print, fail, send a run's task
-    "console": "dataengine.cliout",
-    "fail": "dataengine.cliout",
+    "console": "dataengine.cli.output",
+    "fail": "dataengine.cli.output",
     "enqueue": "dataengine.worker.app",
     # The engine's settings, and the Celery app (``celery -A dataengine``)
     "get_settings": "dataengine.infra.settings",

@@ -177,7 +177,7 @@ def invoke(*args: str, code: int = 0, stdin: str | None = None) -> str:
     """What ``dataengine ARGS`` printed, run in this process; fails the test unless it exits with ``code``."""
     from typer.testing import CliRunner
 
-    from dataengine.cli import command_line
+    from dataengine.cli.main import command_line
 
     result = CliRunner().invoke(command_line(), list(args), input=stdin)
     assert result.exit_code == code, result.output

@@ -38,7 +38,7 @@ def live_api(env: dict[str, str], *, log_path: Path) -> Iterator[APIBase]:
     base = APIBase(f"http://127.0.0.1:{port}")
     full_env = {**os.environ, "DATAENGINE_DIE_WITH_PARENT": "1", "DATAENGINE_LOG_LEVEL": "WARNING", **env}
     with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "dataengine.cli", "api", "--port", str(port)], cwd=ROOT,
+        proc = subprocess.Popen([sys.executable, "-m", "dataengine.cli.main", "api", "--port", str(port)], cwd=ROOT,
                                 env=full_env, stdout=log, stderr=subprocess.STDOUT)
         base.pid = proc.pid
         try:

@@ -256,7 +256,7 @@ def test_the_api_refuses_to_start_in_production_without_a_key(engine_env, monkey
 def test_api_keys_from_the_command_line_are_shown_once_listed_without_the_key_and_revoked(api):
     from typer.testing import CliRunner
 
-    from dataengine.cli import cli
+    from dataengine.cli.main import cli
 
     made = CliRunner().invoke(cli, ["api-keys", "create", "nextjs-prod"])
     assert made.exit_code == 0, made.output

@@ -9,7 +9,7 @@ import pytest
 from helpers import audit_spec, create, create_audit, review_spec, run_row
 from typer.testing import CliRunner
 
-from dataengine.cli import cli
+from dataengine.cli.main import cli
 from tasks.reviewflow import JOB as REVIEWFLOW
 
 pytestmark = pytest.mark.usefixtures("db_url")

@@ -18,7 +18,7 @@ from sqlalchemy import text
 from typer.testing import CliRunner
 
 from dataengine import app
-from dataengine.cli import cli
+from dataengine.cli.main import cli
 from dataengine.engine.estimates import Estimate
 from dataengine.engine.runloop import execute_run
 from dataengine.engine.submitting import submit_run

@@ -426,7 +426,7 @@ def test_knowledge_refresh_sent_to_a_worker_with_a_property_id_completes(workers
 def test_the_command_line_adds_lists_refreshes_and_searches(knowledge, site, engine_env):
     from typer.testing import CliRunner
 
-    from dataengine.cli import command_line
+    from dataengine.cli.main import command_line
 
     runner = CliRunner()
 

@@ -120,7 +120,7 @@ def test_malformed_messages_are_set_aside_and_the_worker_goes_on(workers, fake_l
 def test_the_cli_shows_the_newest_rejected_messages_and_clears_them(client):
     from typer.testing import CliRunner
 
-    from dataengine.cli import cli
+    from dataengine.cli.main import cli
     from dataengine.worker.broker_guards import set_aside
 
     client.delete(REJECTED_KEY)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from dataengine.cli import cli
+from dataengine.cli.main import cli
 from dataengine.infra.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

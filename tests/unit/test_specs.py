@@ -194,7 +194,7 @@ def test_a_job_naming_a_page_column_its_results_lack_is_refused_when_defined():
 def test_a_command_under_refused_settings_says_why_without_a_trace(monkeypatch):
     from typer.testing import CliRunner
 
-    from dataengine.cli import cli
+    from dataengine.cli.main import cli
     from dataengine.infra.settings import get_settings
 
     monkeypatch.setenv("DATAENGINE_ENVIRONMENT", "production")

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from dataengine.cliout import console, fail
+from dataengine.cli.output import console, fail
 from dataengine.infra.errors import DataEngineError
 
 keys_cli = typer.Typer(no_args_is_help=True, help="The HTTP API's keys (stored hashed; a key is shown once).")

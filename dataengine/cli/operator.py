@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from dataengine.cliout import console, fail
+from dataengine.cli.output import console, fail
 from dataengine.infra.errors import DataEngineError
 from dataengine.llm.budgets import dollars
 from dataengine.llm.ledger import GROUPINGS

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dataengine.cliout import console, fail
+from dataengine.cli.output import console, fail
 from dataengine.infra.errors import DataEngineError
 
 workspaces_cli = typer.Typer(no_args_is_help=True, help="Workspaces: each run of one uses its own provider key.")

@@ -11,12 +11,12 @@ from typing import Annotated, Any
 
 import typer
 
-from dataengine.cliout import console, fail
+from dataengine.cli.api import api as api_command
+from dataengine.cli.api import keys_cli
+from dataengine.cli.operator import register as register_operations
+from dataengine.cli.output import console, fail
+from dataengine.cli.workspaces import workspaces_cli
 from dataengine.infra.errors import DataEngineError
-from dataengine.opscli import register as register_operations
-from dataengine.web.commands import api as api_command
-from dataengine.web.commands import keys_cli
-from dataengine.workspacecli import workspaces_cli
 
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
@@ -234,7 +234,7 @@ def demo(
     latency_ms: Annotated[float, typer.Option(help="Stand-in LLM latency per call")] = 300.0,
 ) -> None:
     """Run a job's demo end to end, SIGKILL its worker half-way, and show it resume."""
-    from dataengine.demo import demos, run_demo
+    from dataengine.cli.demo import demos, run_demo
 
     if job is not None and job not in demos():
         raise fail(f"no demo for {job!r}; known: {', '.join(sorted(demos()))}")
