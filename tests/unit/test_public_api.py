@@ -44,6 +44,10 @@ def test_jobs_import_the_engine_through_its_public_api_only():
     assert [line for path in JOB_FILES for line in _engine_imports(path)] == []
 
 
+def test_echo_is_a_whole_job_in_sixty_lines():
+    """Tables (run, step, result and a table of its own), spec, step, transient errors and definition."""
+    assert len((ROOT / "tests" / "enginejob.py").read_text().splitlines()) <= 60
+
 
 def _job_words() -> set[str]:
     """What names a job: its key, name and task names, and the tables of its models' module."""
