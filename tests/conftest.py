@@ -64,9 +64,9 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["REDIS_URL"] = _redis_db_url(base, _redis_db)
 
 
-#: Fixtures that start processes of their own (workers, a browser, a pooler, a live API): a test
-#: that uses one is ``slow``, left out of the quick tier (``scripts/test.sh --quick``).
-PROCESS_FIXTURES = frozenset({"workers", "browser", "pgbouncer", "live"})
+#: Fixtures that start processes of their own (workers, beat, Flower, a redis-server, a browser, a pooler,
+#: a live API): a test that uses one is ``slow``, left out of the quick tier (``scripts/test.sh --quick``).
+PROCESS_FIXTURES = frozenset({"workers", "beat", "flower", "broker", "locked_redis", "browser", "pgbouncer", "live"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

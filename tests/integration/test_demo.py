@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 
+@pytest.mark.slow  # real worker processes
 @pytest.mark.timeout(150)
 @pytest.mark.parametrize(("args", "noun", "plural"), [([], "query", "queries"), (["reviewflow"], "review", "reviews")])
 def test_the_demo_resumes_after_its_worker_is_killed_and_pays_nothing_twice(engine_env, tmp_path, args, noun, plural):

@@ -269,6 +269,7 @@ def test_rate_limits_and_outages_are_ridden_out_and_logs_carry_run_and_task_ids(
     assert "sk-test" not in log
 
 
+@pytest.mark.slow  # a beat process of its own
 def test_beat_alone_takes_back_a_run_whose_worker_died(engine_env, tmp_path):
     from helpers import expire_lease
 
