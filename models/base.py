@@ -125,6 +125,8 @@ class RunMixin:
             ),
             # Newest first, a page at a time (the API's list, the runs page): scanned backwards.
             Index(f"ix_{cls.__tablename__}_newest", "created_at", "id"),
+            # The runs that ended one way, the latest first (dataengine runs --status failed --since 1d).
+            Index(f"ix_{cls.__tablename__}_ended", "status", "finished_at"),
         )
 
 

@@ -21,15 +21,15 @@ from sqlalchemy import (
     Select,
     String,
     Update,
-    delete,
-    func,
     insert,
     literal,
     select,
+    text,
 )
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from dataengine.infra.queries import statement
 from models.events import EventType, RunEvent
 
 EVENTS = RunEvent.__table__
@@ -37,6 +37,7 @@ EVENTS = RunEvent.__table__
 COLUMNS = ("run_id", "job", "event", "worker", "fencing_token", "step_index", "detail")
 #: Events deleted per statement when pruning, so that no statement holds many row locks for long.
 PRUNE_BATCH = 5000
+PRUNE = text(statement("events_prune"))
 
 
 #: A value of an event's column: a constant, or an expression over the columns the statement returned.
@@ -77,6 +78,5 @@ def history(conn: Session | Connection, run_id: uuid.UUID, *, limit: int = 1000)
 
 
 def prune(conn: Session | Connection, *, older_than: timedelta) -> int:
-    """Delete up to ``PRUNE_BATCH`` events older than ``older_than``; returns how many went."""
-    old = select(EVENTS.c.id).where(EVENTS.c.at < func.now() - literal(older_than)).limit(PRUNE_BATCH)
-    return conn.execute(delete(EVENTS).where(EVENTS.c.id.in_(old.scalar_subquery()))).rowcount
+    """Delete the oldest ``PRUNE_BATCH`` events older than ``older_than``; returns how many went."""
+    return conn.execute(PRUNE, {"older_than": older_than, "batch": PRUNE_BATCH}).rowcount

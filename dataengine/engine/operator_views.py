@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, literal, select
+from sqlalchemy import Select, func, literal, select
 
 from dataengine.engine.events import history
 from dataengine.engine.jobs import Job, all_jobs
@@ -21,6 +21,7 @@ from dataengine.engine.run_views import find_run
 from dataengine.engine.runs import retry_run
 from dataengine.infra.db import session_scope
 from dataengine.llm.ledger import CostLine, Grouping, summary, unpriced_models
+from models.base import FINAL_STATUSES
 
 #: ``--since`` units: 90s, 30m, 12h, 1d, 2w.
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -58,6 +59,19 @@ class ListedRun:
         return f"{self.job.step_noun} {min(r['current_query_index'] + 1, max(r['total_steps'], 1))}/{r['total_steps']}"
 
 
+def listing(job: Job, *, status: str | None, since: timedelta | None, limit: int) -> Select:
+    """The newest ``limit`` runs of ``job`` for :func:`list_runs`. A run that ended is found by its end
+    (the run tables' index on status and ``finished_at``), however many runs ended before it."""
+    t = job.runs
+    when = t.c.finished_at if status in FINAL_STATUSES else func.coalesce(t.c.finished_at, t.c.created_at)
+    query = select(*(t.c[c] for c in LISTED), when.label("at")).order_by(when.desc()).limit(limit)
+    if status is not None:
+        query = query.where(t.c.status == status, when.isnot(None))
+    if since is not None:
+        query = query.where(when >= func.now() - literal(since))
+    return query
+
+
 def list_runs(*, status: str | None, kinds: list[Job] | None = None, since: timedelta | None = None,
               limit: int = 50) -> list[ListedRun]:
     """Runs of ``status`` (any when None) of ``kinds`` (every job when None), finished (or, if not
@@ -65,13 +79,7 @@ def list_runs(*, status: str | None, kinds: list[Job] | None = None, since: time
     found: list[ListedRun] = []
     with session_scope() as session:
         for job in kinds or all_jobs():
-            t = job.runs
-            when = func.coalesce(t.c.finished_at, t.c.created_at)
-            query = select(*(t.c[c] for c in LISTED), when.label("at")).order_by(when.desc()).limit(limit)
-            if status is not None:
-                query = query.where(t.c.status == status)
-            if since is not None:
-                query = query.where(when >= func.now() - literal(since))
+            query = listing(job, status=status, since=since, limit=limit)
             found += [ListedRun(job, dict(r)) for r in session.execute(query).mappings()]
     found.sort(key=lambda r: r.row["at"], reverse=True)
     return found[:limit]

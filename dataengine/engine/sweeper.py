@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from dataengine.engine.events import prune
+from dataengine.engine.events import PRUNE_BATCH, prune
 from dataengine.engine.jobs import Job, all_jobs
 from dataengine.engine.liveness import bury, dead_owners
 from dataengine.engine.runs import (
@@ -51,6 +51,10 @@ BrokerLost = Callable[[], bool]
 #: How often a sweeper looks for stalled runs, and prunes old run events.
 STALL_CHECK_S = 10.0
 PRUNE_EVERY_S = 3600.0
+#: A pruning pass deletes batch after batch for this long at most (each batch its own transaction);
+#: when it stops with more left, the next pass comes after ``PRUNE_AGAIN_S``, not an hour.
+PRUNE_BUDGET_S = 2.0
+PRUNE_AGAIN_S = 10.0
 
 _sweeping = threading.Lock()
 _forks_guarded = False
@@ -168,6 +172,20 @@ def flag_stalled_runs() -> list[tuple[Job, Any]]:
     return flagged
 
 
+def prune_events(*, older_than: timedelta, budget_s: float = PRUNE_BUDGET_S) -> tuple[int, bool]:
+    """Delete events older than ``older_than``, a batch per transaction, for ``budget_s`` at most.
+    Returns how many went, and whether older ones are left."""
+    deadline, total = time.monotonic() + budget_s, 0
+    while True:
+        with session_scope() as session:
+            n = prune(session, older_than=older_than)
+        total += n
+        if n < PRUNE_BATCH:
+            return total, False
+        if time.monotonic() >= deadline:
+            return total, True
+
+
 class Sweeper(threading.Thread):
     """Sweeps every ``sweep_interval_s`` until stopped; an error is logged and the next sweep goes on.
 
@@ -264,10 +282,9 @@ class Sweeper(threading.Thread):
             self._next_stall_check = now + min(STALL_CHECK_S, get_settings().stall_min_s / 2)
             flag_stalled_runs()
         if now >= self._next_prune:
-            self._next_prune = now + PRUNE_EVERY_S
             s = get_settings()
-            with session_scope() as session:
-                pruned = prune(session, older_than=timedelta(days=s.events_retention_days))
+            pruned, more = prune_events(older_than=timedelta(days=s.events_retention_days))
+            self._next_prune = time.monotonic() + (PRUNE_AGAIN_S if more else PRUNE_EVERY_S)
             answers = journal.prune(older_than=timedelta(days=s.journal_retention_days),
                                     run_tables={job.key: job.runs.name for job in all_jobs()})
             if pruned or answers:

@@ -150,11 +150,13 @@ WITH beat AS (
 
 -- name: beat_held
 -- Fragment of beat, one per job: the runs this process holds that are still its own (same token
--- and owner, still running), and whether cancelling them was asked.
-SELECT r.id, r.cancel_requested FROM {runs} r
-JOIN unnest(CAST(:held AS uuid[]), CAST(:tokens AS bigint[]), CAST(:holders AS text[])) AS x(id, token, owner)
-  ON r.id = x.id AND r.fencing_token = x.token AND r.lease_owner = x.owner
- AND r.status = 'running'
+-- and owner, still running), and whether cancelling them was asked. Each is looked up by its
+-- primary key (a LATERAL subquery, which its LIMIT keeps from being flattened into a join the planner
+-- could serve from the owner index), so the cost is the runs held here, whatever the rest of the fleet holds.
+SELECT r.id, r.cancel_requested
+FROM unnest(CAST(:held AS uuid[]), CAST(:tokens AS bigint[]), CAST(:holders AS text[])) AS x(id, token, owner)
+CROSS JOIN LATERAL (SELECT id, cancel_requested, fencing_token, lease_owner, status FROM {runs} WHERE id = x.id LIMIT 1) r
+WHERE r.fencing_token = x.token AND r.lease_owner = x.owner AND r.status = 'running'
 
 -- name: forget_heartbeat
 -- A process that holds no run any more: its heartbeat goes (a lease it left behind runs out).
@@ -175,6 +177,14 @@ WHERE NOT (pg_postmaster_start_time() >= now() - :lease)
 -- name: bury_heartbeats
 -- The heartbeats of dead processes whose runs were taken back, unless one beat again meanwhile.
 DELETE FROM worker_heartbeats WHERE worker_id = ANY(:dead) AND beat_at < now() - :grace
+
+
+-- name: events_prune
+-- The oldest :batch events older than :older_than (dataengine.engine.events.prune): found through the
+-- index on "at" (ix_run_events_at), then deleted by primary key, so a batch costs the same however
+-- long the history is (an IN (SELECT ...) was a hash semi-join over the whole table).
+DELETE FROM run_events WHERE id = ANY(ARRAY(
+    SELECT id FROM run_events WHERE at < now() - :older_than ORDER BY at LIMIT :batch))
 
 
 -- name: recent_steps
