@@ -269,10 +269,36 @@ def command_line(argv: list[str] | None = None) -> typer.Typer:
     return cli
 
 
+def database_trouble(exc: BaseException) -> str | None:
+    """What to tell the user when a command failed for want of a database (unreachable, missing, not
+    migrated); None for any other error."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ProgrammingError
+
+    from dataengine.infra.dbretry import db_unavailable
+    from dataengine.infra.errors import DatabaseUnavailable
+    from dataengine.infra.settings import get_settings
+
+    where = make_url(get_settings().database_url).render_as_string(hide_password=True)
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    if isinstance(exc, DatabaseUnavailable) or db_unavailable(exc):
+        return (f"cannot use the database at {where} (DATABASE_URL): {reason}. Start PostgreSQL or fix "
+                "DATABASE_URL; 'dataengine migrate' creates a missing database")
+    if isinstance(exc, ProgrammingError) and "does not exist" in reason:
+        return f"the database at {where} has not been migrated ({reason}): run 'dataengine migrate'"
+    return None
+
+
 def main() -> None:
     """Entry point of the ``dataengine`` script."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    command_line(sys.argv[1:])()
+    try:
+        command_line(sys.argv[1:])()
+    except Exception as exc:
+        message = database_trouble(exc)
+        if message is None:
+            raise
+        raise SystemExit(fail(message).exit_code) from None
 
 
 if __name__ == "__main__":
