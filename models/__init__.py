@@ -2,7 +2,7 @@
 
 from models.apikeys import ApiKey, WebSession
 from models.base import Base, RunMixin, RunStatus, StepMixin, StepResultMixin
-from models.costs import LLMCost
+from models.costs import LLMCost, LLMCostRollup, LLMCostTotal
 from models.events import EventType, RunEvent
 from models.journal import LLMResponse
 from models.knowledge import (
@@ -19,6 +19,6 @@ from models.workspaces import Workspace
 
 __all__ = [
     "ApiKey", "Base", "DocumentChunk", "EventType", "GeoQuery", "GeoQueryResult", "GeoRun", "KnowledgeRefreshResult", "KnowledgeRefreshRun",
-    "KnowledgeRefreshSource", "KnowledgeSource", "LLMCost", "LLMResponse", "Review", "ReviewAnalysisRow", "ReviewFlowRun", "RunEvent", "RunMixin",
+    "KnowledgeRefreshSource", "KnowledgeSource", "LLMCost", "LLMCostRollup", "LLMCostTotal", "LLMResponse", "Review", "ReviewAnalysisRow", "ReviewFlowRun", "RunEvent", "RunMixin",
     "RunStatus", "StepMixin", "StepResultMixin", "WebSession", "WorkerHeartbeat", "Workspace",
 ]

@@ -162,6 +162,8 @@ def costs(
     by: Annotated[str, typer.Option(help=f"Group by {', '.join(GROUPINGS)}")] = "day",
     since: Annotated[str | None, typer.Option(help="Only the last 12h, 7d, 2w... (whole hours)")] = None,
     workspace: Annotated[str | None, typer.Option(help="Only this workspace's calls")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100_000, help="Lines to show (the total counts them all)")] = 50,
+    offset: Annotated[int, typer.Option(min=0, help="Lines to skip first")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
 ) -> None:
     """What LLM calls cost: calls, tokens (cached input apart) and USD, by day, kind, model, property or workspace.
@@ -174,19 +176,25 @@ def costs(
     if by not in GROUPINGS:
         raise fail(f"--by must be one of {', '.join(GROUPINGS)}, not {by!r}")
     _jobs(None)
-    report = cost_report(by=by, since=_since(since), workspace_id=workspace)  # type: ignore[arg-type]
+    report = cost_report(by=by, since=_since(since), workspace_id=workspace,  # type: ignore[arg-type]
+                         limit=limit + 1, offset=offset)
+    more, lines = len(report.lines) > limit, report.lines[:limit]
     if as_json:
-        print(json.dumps({"by": by, "since": since, "lines": [line.as_dict() for line in report.lines],
-                          "total": report.total.as_dict(), "unpriced_models": report.unpriced_models}, indent=2))
+        print(json.dumps({"by": by, "since": since, "lines": [line.as_dict() for line in lines], "offset": offset,
+                          "next_offset": offset + limit if more else None, "total": report.total.as_dict(),
+                          "unpriced_models": report.unpriced_models}, indent=2))
         return
     table = Table(title=f"LLM costs by {by}" + (f", last {since}" if since else ""), title_justify="left")
     for name in (by, "calls", "prompt tokens", "cached", "completion tokens", "USD"):
         table.add_column(name, justify="left" if name == by else "right")
-    for line in [*report.lines, report.total]:
+    for line in [*lines, report.total]:
         table.add_row(line.key or "(none)", f"{line.calls:,}", f"{line.prompt_tokens:,}", f"{line.cached_tokens:,}",
                       f"{line.completion_tokens:,}", f"${dollars(line.cost_usd)}",
-                      end_section=line is report.lines[-1] if report.lines else False)
+                      end_section=line is lines[-1] if lines else False)
     console.print(table)
+    if more:
+        console.print(f"lines {offset + 1:,} to {offset + limit:,}; the total counts every line: --offset "
+                      f"{offset + limit} for the next ones", style="dim", highlight=False)
     if report.unpriced_models:
         console.print(f"[yellow]{report.total.unpriced_calls:,} call(s) of {', '.join(report.unpriced_models)} had no "
                       "price and count $0 above: add them to DATAENGINE_MODEL_PRICES_PER_MTOK[/yellow]", highlight=False)

@@ -20,7 +20,7 @@ from dataengine.engine.jobs import Job, all_jobs
 from dataengine.engine.run_views import find_run
 from dataengine.engine.runs import retry_run
 from dataengine.infra.db import session_scope
-from dataengine.llm.ledger import CostLine, Grouping, summary, unpriced_models
+from dataengine.llm.ledger import CostLine, Grouping, summary, total, unpriced_models
 from models.base import FINAL_STATUSES
 
 #: ``--since`` units: 90s, 30m, 12h, 1d, 2w.
@@ -112,11 +112,11 @@ class CostReport:
     unpriced_models: list[str]
 
 
-def cost_report(*, by: Grouping, since: timedelta | None = None, workspace_id: str | None = None) -> CostReport:
-    """What LLM calls cost, grouped ``by`` day, kind, model, property or workspace, within ``since``."""
+def cost_report(*, by: Grouping, since: timedelta | None = None, workspace_id: str | None = None,
+                limit: int | None = None, offset: int = 0) -> CostReport:
+    """What LLM calls cost, grouped ``by`` day, kind, model, property or workspace, within ``since``: the
+    ``limit`` lines after ``offset`` (all when None), and the total of every line."""
     start = None if since is None else datetime.now(UTC) - since
-    lines = summary(by=by, since=start, workspace_id=workspace_id)
-    total = CostLine("total", *(sum(getattr(line, f) for line in lines) for f in
-                               ("calls", "prompt_tokens", "cached_tokens", "completion_tokens")),
-                     sum((line.cost_usd for line in lines), Decimal(0)), sum(line.unpriced_calls for line in lines))
-    return CostReport(lines, total, unpriced_models(since=start) if total.unpriced_calls else [])
+    lines = summary(by=by, since=start, workspace_id=workspace_id, limit=limit, offset=offset)
+    whole = total(since=start, workspace_id=workspace_id)
+    return CostReport(lines, whole, unpriced_models(since=start) if whole.unpriced_calls else [])

@@ -34,7 +34,7 @@ from dataengine.infra.dbretry import db_unavailable
 from dataengine.infra.metrics import metrics
 from dataengine.infra.redis_keys import BROKER_EPOCH_KEY
 from dataengine.infra.settings import get_settings
-from dataengine.llm import journal
+from dataengine.llm import journal, ledger
 from dataengine.llm.budgets import daily_pause
 from models.base import RunStatus
 
@@ -55,6 +55,8 @@ PRUNE_EVERY_S = 3600.0
 #: when it stops with more left, the next pass comes after ``PRUNE_AGAIN_S``, not an hour.
 PRUNE_BUDGET_S = 2.0
 PRUNE_AGAIN_S = 10.0
+#: How often a sweeper rolls the ledger's finished hours up into the totals whole-history cost reports read.
+ROLLUP_EVERY_S = 300.0
 
 _sweeping = threading.Lock()
 _forks_guarded = False
@@ -208,7 +210,7 @@ class Sweeper(threading.Thread):
         #: The broker was found without its messages and the runs no worker holds are not yet made due.
         self.resend_unclaimed = False
         self._broker_error: str | None = None
-        self._next_stall_check = self._next_prune = 0.0
+        self._next_stall_check = self._next_prune = self._next_rollup = 0.0
 
     def start(self) -> None:
         """Start sweeping in the background."""
@@ -276,11 +278,14 @@ class Sweeper(threading.Thread):
 
     def _look_after_runs(self) -> None:
         """Every ``STALL_CHECK_S`` (or half ``stall_min_s``), flag the runs that stalled; every
-        ``PRUNE_EVERY_S``, prune old events."""
+        ``ROLLUP_EVERY_S``, roll up the cost ledger's finished hours; every ``PRUNE_EVERY_S``, prune old events."""
         now = time.monotonic()
         if now >= self._next_stall_check:
             self._next_stall_check = now + min(STALL_CHECK_S, get_settings().stall_min_s / 2)
             flag_stalled_runs()
+        if now >= self._next_rollup:
+            self._next_rollup = now + ROLLUP_EVERY_S
+            ledger.roll_up()
         if now >= self._next_prune:
             s = get_settings()
             pruned, more = prune_events(older_than=timedelta(days=s.events_retention_days))

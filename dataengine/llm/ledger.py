@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from sqlalchemy import DateTime, func, literal, literal_column, select, text
+from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from dataengine.infra.db import session_scope
@@ -52,9 +53,19 @@ class Spend:
 
 #: The ledger's upsert, batched with the journal's by the process's writer thread (``dataengine.llm.writer``).
 UPSERT_SQL = statement("ledger_upsert")
-UNPRICED_MODELS = text(statement("unpriced_models"))
+UNPRICED_MODELS, UNPRICED_MODELS_EVER = text(statement("unpriced_models")), text(statement("unpriced_models_ever"))
 SPENT_TODAY = text(statement("spent_today"))
 SPENT_TODAY_BY_WORKSPACE = text(statement("spent_today_by_workspace"))
+ROLLUP_LOCK, ROLLUP, ROLLUP_DONE = (text(statement(n)) for n in ("cost_rollup_lock", "cost_rollup", "cost_rollup_done"))
+COST_TOTAL, ROLLED_UNTIL = text(statement("cost_total")), text(statement("cost_rolled_until"))
+_SUMMED = ("calls", "prompt_tokens", "cached_tokens", "completion_tokens", "cost_usd", "unpriced_calls")
+#: A whole-history page for each grouping (days in order, the rest by cost), its key as ``_GROUP_BY`` has it.
+_PAGES = {
+    by: text(statement("cost_page", key=str(expr.compile(compile_kwargs={"literal_binds": True})),
+                       top=statement("day_top" if by == "day" else "cost_top"),
+                       order="k.key" if by == "day" else "cost_usd DESC, k.key"))
+    for by, expr in _GROUP_BY.items()
+}
 
 
 def _rows(spends: list[Spend]) -> str:
@@ -99,11 +110,21 @@ class CostLine:
         return {**self.__dict__, "cost_usd": str(self.cost_usd)}
 
 
-def summary(*, by: Grouping, since: datetime | None = None, workspace_id: str | None = None) -> list[CostLine]:
+def _line(r: Any) -> CostLine:
+    return CostLine(r.key, int(r.calls), int(r.prompt_tokens), int(r.cached_tokens), int(r.completion_tokens),
+                    Decimal(r.cost_usd), int(r.unpriced_calls))
+
+
+def summary(*, by: Grouping, since: datetime | None = None, workspace_id: str | None = None,
+            limit: int | None = None, offset: int = 0) -> list[CostLine]:
     """The ledger grouped ``by`` day (UTC), kind (job), model, property or workspace, since ``since``
-    (whole hours: a call counts in the hour it was written), largest cost first (days in order)."""
+    (whole hours: a call counts in the hour it was written), largest cost first (days in order), the
+    ``limit`` lines after the first ``offset``. The whole history is read from the rolled-up totals and
+    the hours not rolled up yet; a window, from the ledger's hours in it."""
     if by not in _GROUP_BY:
         raise ValueError(f"cannot group costs by {by!r}; choose one of {', '.join(GROUPINGS)}")
+    if since is None:
+        return _whole_history(by, workspace_id, limit, offset)
     c = COSTS.c
     key = _GROUP_BY[by].label("key")
     cost = func.sum(c.cost_usd).label("cost_usd")
@@ -111,20 +132,67 @@ def summary(*, by: Grouping, since: datetime | None = None, workspace_id: str | 
                     func.sum(c.cached_tokens).label("cached_tokens"),
                     func.sum(c.completion_tokens).label("completion_tokens"), cost,
                     func.sum(c.unpriced_calls).label("unpriced_calls"))
-             .group_by(key).order_by(*((key,) if by == "day" else (cost.desc(), key))))
-    if since is not None:
-        query = query.where(c.hour >= func.date_trunc("hour", literal(since, DateTime(timezone=True))))
+             .where(c.hour >= func.date_trunc("hour", literal(since, DateTime(timezone=True))))
+             .group_by(key).order_by(*((key,) if by == "day" else (cost.desc(), key)))
+             .limit(limit).offset(offset))
     if workspace_id is not None:
         query = query.where(c.workspace_id == workspace_id)
     with session_scope() as session:
-        rows = session.execute(query).all()
-    return [CostLine(r.key, int(r.calls), int(r.prompt_tokens), int(r.cached_tokens), int(r.completion_tokens),
-                     Decimal(r.cost_usd), int(r.unpriced_calls)) for r in rows]
+        return [_line(r) for r in session.execute(query).all()]
+
+
+def _scope(workspace_id: str | None) -> str:
+    return "all" if workspace_id is None else f"ws:{workspace_id}"
+
+
+def _rolled_until(session: Session) -> datetime:
+    """Where the roll-up stands, in a snapshot the rest of the transaction shares (a roll-up that commits
+    meanwhile is not seen half: its totals without the watermark it moved)."""
+    session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+    return session.execute(ROLLED_UNTIL).scalar_one()
+
+
+def _whole_history(by: str, workspace_id: str | None, limit: int | None, offset: int) -> list[CostLine]:
+    reach = offset + (limit if limit is not None else 1_000_000_000)
+    params = {"grouping": by, "scope": _scope(workspace_id), "reach": reach, "limit": limit, "offset": offset}
+    with session_scope() as session:
+        params["rolled_until"] = _rolled_until(session)
+        return [_line(r) for r in session.execute(_PAGES[by], params).all()]
+
+
+def total(*, since: datetime | None = None, workspace_id: str | None = None) -> CostLine:
+    """Everything the ledger counts since ``since`` (the whole history when None), as one line."""
+    with session_scope() as session:
+        if since is None:
+            r = session.execute(COST_TOTAL, {"scope": _scope(workspace_id), "rolled_until": _rolled_until(session)}).one()
+        else:
+            c = COSTS.c
+            query = select(*(func.coalesce(func.sum(c[f]), 0).label(f) for f in _SUMMED)).where(
+                c.hour >= func.date_trunc("hour", literal(since, DateTime(timezone=True))))
+            if workspace_id is not None:
+                query = query.where(c.workspace_id == workspace_id)
+            r = session.execute(query).one()
+    return CostLine("total", int(r.calls), int(r.prompt_tokens), int(r.cached_tokens), int(r.completion_tokens),
+                    Decimal(r.cost_usd), int(r.unpriced_calls))
+
+
+def roll_up() -> int:
+    """Add the ledger's hours before the last one to the totals whole-history reports read (once each,
+    whichever sweepers run it at once); returns the totals rows written."""
+    with session_scope() as session:
+        since, until = session.execute(ROLLUP_LOCK).one()
+        if until <= since:
+            return 0
+        written = session.execute(ROLLUP, {"since": since, "until": until}).rowcount
+        session.execute(ROLLUP_DONE, {"until": until})
+    return written
 
 
 def unpriced_models(*, since: datetime | None = None) -> list[str]:
-    """The models called without a price since ``since``: their calls are not in any total."""
+    """The models called without a price since ``since`` (ever, when None): their calls are not in any total."""
     with session_scope() as session:
+        if since is None:
+            return list(session.scalars(UNPRICED_MODELS_EVER, {"rolled_until": _rolled_until(session)}))
         return list(session.scalars(UNPRICED_MODELS, {"since": since}))
 
 

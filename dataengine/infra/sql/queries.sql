@@ -256,11 +256,102 @@ ON CONFLICT (hour, job, model, property, workspace_id) DO UPDATE SET
     completion_tokens = c.completion_tokens + excluded.completion_tokens,
     cost_usd = c.cost_usd + excluded.cost_usd, unpriced_calls = c.unpriced_calls + excluded.unpriced_calls
 
+-- name: cost_rollup_lock
+-- The roll-up's watermark, locked for the transaction: one sweeper rolls up at a time, the others wait
+-- and then find nothing left to roll up. :until is the start of the hour before this one.
+SELECT rolled_until, date_trunc('hour', now()) - interval '1 hour' AS until FROM llm_cost_rollup WHERE id = 1 FOR UPDATE
+
+-- name: cost_rollup
+-- The ledger's hours in [:since, :until) added to llm_cost_totals, by every grouping of a report, over
+-- every workspace (scope 'all') and for the row's own ('ws:' and its id). The day is the UTC date, as
+-- dataengine.llm.ledger groups it.
+INSERT INTO llm_cost_totals AS t (grouping, scope, key, calls, prompt_tokens, cached_tokens, completion_tokens,
+                                  cost_usd, unpriced_calls)
+SELECT g.grouping, s.scope, g.key, sum(c.calls), sum(c.prompt_tokens), sum(c.cached_tokens),
+       sum(c.completion_tokens), sum(c.cost_usd), sum(c.unpriced_calls)
+FROM llm_costs c
+CROSS JOIN LATERAL (VALUES ('day', to_char(timezone('UTC', c.hour), 'YYYY-MM-DD')), ('kind', c.job),
+                           ('model', c.model), ('property', c.property), ('workspace', c.workspace_id)) AS g(grouping, key)
+CROSS JOIN LATERAL (VALUES ('all'), ('ws:' || c.workspace_id)) AS s(scope)
+WHERE c.hour >= :since AND c.hour < :until
+GROUP BY g.grouping, s.scope, g.key
+ON CONFLICT (grouping, scope, key) DO UPDATE SET
+    calls = t.calls + excluded.calls, prompt_tokens = t.prompt_tokens + excluded.prompt_tokens,
+    cached_tokens = t.cached_tokens + excluded.cached_tokens,
+    completion_tokens = t.completion_tokens + excluded.completion_tokens,
+    cost_usd = t.cost_usd + excluded.cost_usd, unpriced_calls = t.unpriced_calls + excluded.unpriced_calls
+
+-- name: cost_rollup_done
+UPDATE llm_cost_rollup SET rolled_until = :until WHERE id = 1
+
+-- name: cost_rolled_until
+-- Where the roll-up stands: read first, in the same snapshot as the report that adds the hours after it
+-- (a bound value, so that the planner reads those hours through the ledger's key).
+SELECT rolled_until FROM llm_cost_rollup WHERE id = 1
+
+-- name: cost_page
+-- A page of a whole-history report grouped by :grouping ({key}: its expression over llm_costs), for
+-- :scope. The candidates are the totals' first :reach in the page's order ({top}: cost_top or day_top)
+-- and every key of the hours not rolled up yet (after :rolled_until); each is its total (looked up by
+-- key: the LATERAL's LIMIT keeps it from becoming a hash join over every total) plus those hours.
+WITH live AS (
+    SELECT {key} AS key, sum(calls) AS calls, sum(prompt_tokens) AS prompt_tokens,
+           sum(cached_tokens) AS cached_tokens, sum(completion_tokens) AS completion_tokens,
+           sum(cost_usd) AS cost_usd, sum(unpriced_calls) AS unpriced_calls
+    FROM llm_costs
+    WHERE hour >= :rolled_until AND (:scope = 'all' OR 'ws:' || workspace_id = :scope)
+    GROUP BY 1
+), top AS ({top}),
+candidates AS (SELECT key FROM top UNION SELECT key FROM live)
+SELECT k.key,
+       COALESCE(t.calls, 0) + COALESCE(l.calls, 0) AS calls,
+       COALESCE(t.prompt_tokens, 0) + COALESCE(l.prompt_tokens, 0) AS prompt_tokens,
+       COALESCE(t.cached_tokens, 0) + COALESCE(l.cached_tokens, 0) AS cached_tokens,
+       COALESCE(t.completion_tokens, 0) + COALESCE(l.completion_tokens, 0) AS completion_tokens,
+       COALESCE(t.cost_usd, 0) + COALESCE(l.cost_usd, 0) AS cost_usd,
+       COALESCE(t.unpriced_calls, 0) + COALESCE(l.unpriced_calls, 0) AS unpriced_calls
+FROM candidates k
+LEFT JOIN LATERAL (SELECT * FROM llm_cost_totals
+                   WHERE grouping = :grouping AND scope = :scope AND key = k.key LIMIT 1) t ON true
+LEFT JOIN live l ON l.key = k.key
+ORDER BY {order}
+LIMIT :limit OFFSET :offset
+
+-- name: cost_top
+-- Fragment of cost_page: the totals' first :reach keys by cost, ties by key (ix_llm_cost_totals_by_cost
+-- in its order). A key after them that the last hours do not touch comes after them in the page too.
+SELECT key FROM llm_cost_totals WHERE grouping = :grouping AND scope = :scope
+ORDER BY cost_usd DESC, key LIMIT :reach
+
+-- name: day_top
+-- Fragment of cost_page: the totals' first :reach days.
+SELECT key FROM llm_cost_totals WHERE grouping = :grouping AND scope = :scope ORDER BY key LIMIT :reach
+
+-- name: cost_total
+-- The whole history's total for :scope: the totals by kind (a few rows) and the hours not rolled up yet.
+SELECT COALESCE(sum(calls), 0) AS calls, COALESCE(sum(prompt_tokens), 0) AS prompt_tokens,
+       COALESCE(sum(cached_tokens), 0) AS cached_tokens, COALESCE(sum(completion_tokens), 0) AS completion_tokens,
+       COALESCE(sum(cost_usd), 0) AS cost_usd, COALESCE(sum(unpriced_calls), 0) AS unpriced_calls
+FROM (
+    SELECT calls, prompt_tokens, cached_tokens, completion_tokens, cost_usd, unpriced_calls
+    FROM llm_cost_totals WHERE grouping = 'kind' AND scope = :scope
+    UNION ALL
+    SELECT calls, prompt_tokens, cached_tokens, completion_tokens, cost_usd, unpriced_calls FROM llm_costs
+    WHERE hour >= :rolled_until AND (:scope = 'all' OR 'ws:' || workspace_id = :scope)
+) x
+
 -- name: unpriced_models
--- The models called without a price since :since (NULL: ever): their calls are in no total.
-SELECT DISTINCT model FROM llm_costs WHERE unpriced_calls > 0
-  AND (CAST(:since AS timestamptz) IS NULL OR hour >= date_trunc('hour', CAST(:since AS timestamptz)))
+-- The models called without a price since :since: their calls are in no total.
+SELECT DISTINCT model FROM llm_costs WHERE unpriced_calls > 0 AND hour >= date_trunc('hour', CAST(:since AS timestamptz))
 ORDER BY model
+
+-- name: unpriced_models_ever
+-- The models ever called without a price: from the totals by model (a few rows) and the hours not
+-- rolled up yet (after :rolled_until).
+SELECT key FROM llm_cost_totals WHERE grouping = 'model' AND scope = 'all' AND unpriced_calls > 0
+UNION
+SELECT model FROM llm_costs WHERE hour >= :rolled_until AND unpriced_calls > 0
+ORDER BY 1
 
 -- name: spent_today
 -- What the fleet spent since midnight UTC.
