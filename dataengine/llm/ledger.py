@@ -110,8 +110,8 @@ class CostLine:
         return {**self.__dict__, "cost_usd": str(self.cost_usd)}
 
 
-def _line(r: Any) -> CostLine:
-    return CostLine(r.key, int(r.calls), int(r.prompt_tokens), int(r.cached_tokens), int(r.completion_tokens),
+def _line(r: Any, key: str | None = None) -> CostLine:
+    return CostLine(r.key if key is None else key, int(r.calls), int(r.prompt_tokens), int(r.cached_tokens), int(r.completion_tokens),
                     Decimal(r.cost_usd), int(r.unpriced_calls))
 
 
@@ -172,8 +172,7 @@ def total(*, since: datetime | None = None, workspace_id: str | None = None) -> 
             if workspace_id is not None:
                 query = query.where(c.workspace_id == workspace_id)
             r = session.execute(query).one()
-    return CostLine("total", int(r.calls), int(r.prompt_tokens), int(r.cached_tokens), int(r.completion_tokens),
-                    Decimal(r.cost_usd), int(r.unpriced_calls))
+    return _line(r, key="total")
 
 
 def roll_up() -> int:
