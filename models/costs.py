@@ -15,7 +15,22 @@ from sqlalchemy.orm import Mapped, mapped_column
 from models.base import Base
 
 
-class LLMCost(Base):
+class CostSums:
+    """Calls, tokens and cost summed: an hour's in the ledger, or a whole history's in its totals (which
+    need the wider types declared here; the ledger's hourly rows keep their narrower ones)."""
+
+    calls: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    #: Of the prompt tokens, those the provider served from its prompt cache (priced lower).
+    cached_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    cost_usd: Mapped[Decimal] = mapped_column(Numeric(20, 6), nullable=False, server_default="0")
+    #: Calls of a model with no price in ``DATAENGINE_MODEL_PRICES_PER_MTOK``: their cost is unknown,
+    #: counted as 0 and flagged wherever costs are shown.
+    unpriced_calls: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+
+
+class LLMCost(CostSums, Base):
     """The calls of one hour for one job, model, property and workspace ('' where there is none: a call
     outside a run, a run without a workspace)."""
 
@@ -28,17 +43,11 @@ class LLMCost(Base):
     property: Mapped[str] = mapped_column(String(300), primary_key=True)
     workspace_id: Mapped[str] = mapped_column(String(100), primary_key=True)
     calls: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
-    prompt_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
-    #: Of the prompt tokens, those the provider served from its prompt cache (priced lower).
-    cached_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
-    completion_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
     cost_usd: Mapped[Decimal] = mapped_column(Numeric(16, 6), nullable=False, server_default="0")
-    #: Calls of a model with no price in ``DATAENGINE_MODEL_PRICES_PER_MTOK``: their cost is unknown,
-    #: counted as 0 and flagged wherever costs are shown.
     unpriced_calls: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
 
 
-class LLMCostTotal(Base):
+class LLMCostTotal(CostSums, Base):
     """The ledger's hours rolled up for good, by one grouping of a cost report (``grouping``: day, kind,
     model, property, workspace) and ``key`` (the day, the job...), over every workspace (``scope`` 'all')
     and for each (``scope`` 'ws:' and its id). A whole-history report reads these and the hours not yet
@@ -51,12 +60,6 @@ class LLMCostTotal(Base):
     grouping: Mapped[str] = mapped_column(String(16), primary_key=True)
     scope: Mapped[str] = mapped_column(String(110), primary_key=True)
     key: Mapped[str] = mapped_column(String(300), primary_key=True)
-    calls: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
-    prompt_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
-    cached_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
-    completion_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
-    cost_usd: Mapped[Decimal] = mapped_column(Numeric(20, 6), nullable=False, server_default="0")
-    unpriced_calls: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
 
 
 class LLMCostRollup(Base):
