@@ -142,8 +142,10 @@ class Settings(BaseSettings):
     #: Per-model limits as JSON: ``{"gpt-4o": {"rpm": 500, "tpm": 30000}}``. A model listed here uses
     #: only its own (a limit left out is no limit).
     llm_model_limits: dict[str, LLMLimits] = {}
-    #: What a model may send at once, in seconds of its request rate; the rest of the minute is spread evenly.
-    llm_burst_s: float = Field(1.0, ge=0, le=30)
+    #: What a model may send at once, in seconds of its request rate (at least one request); the rest of
+    #: the minute is spread evenly. Small, so that calls that reach the provider a little later or earlier
+    #: than they were let go (connections, scheduling) still fit its own bucket, which holds about a second.
+    llm_burst_s: float = Field(0.1, ge=0, le=30)
     #: The same for tokens. It should cover a typical call: a call larger than the burst waits for
     #: an idle gap, which costs throughput.
     llm_token_burst_s: float = Field(6.0, ge=0, le=30)
@@ -156,7 +158,11 @@ class Settings(BaseSettings):
     llm_fallback_share: float = Field(0.1, gt=0, le=1)
     #: After a 429's pause a model runs at this share of its rate, rising to all of it over ``llm_recovery_s``.
     llm_recovery_start: float = Field(0.5, gt=0, le=1)
-    llm_recovery_s: float = Field(30.0, ge=0)
+    llm_recovery_s: float = Field(3.0, ge=0)
+    #: A model with no configured limit keeps to the provider's, as its answers' ``x-ratelimit-limit-*``
+    #: headers say (OpenAI sends them); until the first answer is heard, to ``llm_unknown_rpm``.
+    llm_learn_limits: bool = True
+    llm_unknown_rpm: float = Field(600.0, gt=0)
 
     # The run engine (dataengine.engine.runs / dataengine.engine.sweeper / dataengine.engine.liveness).
     #: A process whose heartbeat is this late is dead and its runs are taken back (at twice the

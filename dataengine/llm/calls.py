@@ -12,6 +12,7 @@ retry with backoff takes over; errors are sorted here into transient (retry the 
 
 from __future__ import annotations
 
+import contextvars
 import email.utils
 import itertools
 import logging
@@ -25,6 +26,7 @@ from decimal import ROUND_DOWN, Decimal
 from functools import cache
 from typing import Any, TypeVar
 
+import httpx
 import openai
 from openai.types import CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion
@@ -58,6 +60,8 @@ _limiter: FleetLimiter | None = None
 _limiter_pid: int | None = None
 #: A run's step threads ask for the client at the same moment; only one may build it.
 _client_lock = threading.Lock()
+#: The name a call is limited as, while it is being sent: whose limits its answer's headers tell.
+_asking: contextvars.ContextVar[str | None] = contextvars.ContextVar("dataengine_llm_asking", default=None)
 _TRANSIENT = (
     openai.APIConnectionError,  # includes APITimeoutError
     openai.RateLimitError,
@@ -134,7 +138,16 @@ def _new_client(api_key: str | None = None, base_url: str | None = None) -> open
         base_url=base_url or s.openai_base_url,
         max_retries=0,  # retried here, within the fleet's limits (``_within_limits``)
         timeout=s.openai_timeout_s,
+        http_client=openai.DefaultHttpxClient(event_hooks={"response": [_heard]}),
     )
+
+
+def _heard(response: httpx.Response) -> None:
+    """Every answer of the provider (not a 5xx: a failing server may say nothing of its limits) tells the
+    limiter the provider's limits for the name the call is limited as."""
+    model = _asking.get()
+    if model is not None and response.status_code < 500:
+        limiter().learn(model, response.headers)
 
 
 def limiter() -> FleetLimiter:
@@ -147,7 +160,8 @@ def limiter() -> FleetLimiter:
                 s.redis_url, default=ModelLimits(s.llm_rpm, s.llm_tpm),
                 per_model={m: ModelLimits(v.rpm, v.tpm) for m, v in s.llm_model_limits.items()},
                 burst_s=s.llm_burst_s, token_burst_s=s.llm_token_burst_s, fallback_share=s.llm_fallback_share,
-                recovery_start=s.llm_recovery_start, recovery_s=s.llm_recovery_s, named=workspaces.limits_of,
+                recovery_start=s.llm_recovery_start, recovery_s=s.llm_recovery_s, learn=s.llm_learn_limits,
+                unknown_rpm=s.llm_unknown_rpm, named=workspaces.limits_of,
             )
             _limiter_pid = os.getpid()
         return _limiter
@@ -225,6 +239,7 @@ def _within_limits(model: str, tokens: int, send: Callable[[], R]) -> R:
         if attempt:
             m.llm_retries.labels(label).inc()
         reservation = limits.acquire(limited_as, tokens)
+        asking = _asking.set(limited_as)
         try:
             response = send()
         except openai.RateLimitError as exc:
@@ -246,6 +261,8 @@ def _within_limits(model: str, tokens: int, send: Callable[[], R]) -> R:
             used = getattr(response, "usage", None)
             limits.settle(reservation, getattr(used, "total_tokens", None) or tokens)
             return response
+        finally:
+            _asking.reset(asking)
     raise failure
 
 

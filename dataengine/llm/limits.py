@@ -32,9 +32,20 @@ backlog, so later calls wait for it; the 60-second bound then holds for the rese
 the excess.
 
 A 429 pauses the model until ``now + retry_after`` on Redis's clock (the later of an existing pause
-and the new one); after it the model runs at ``recovery_start`` of its rate, rising linearly to the
-full rate over ``recovery_s`` seconds. A model with no configured limit has no rate to scale: only
-the pause applies to it.
+and the new one) and spends its burst, so that when the pause ends calls go at the model's rate
+rather than all at once into a provider whose own bucket is about empty; the model then runs at
+``recovery_start`` of its rate, rising linearly to the full rate over ``recovery_s`` seconds. A model
+with no limit has no rate to scale: only the pause applies to it.
+
+Learned limits. With ``learn`` on, a model with no configured limit takes the provider's own: every
+answer's ``x-ratelimit-limit-requests`` and ``x-ratelimit-limit-tokens`` (OpenAI's per-minute limits,
+which it sends with every answer and every 429) are handed to :meth:`FleetLimiter.learn`, kept in the
+process and shared through Redis (``<model>:learned``, for an hour after the last answer that said
+it), so a new process starts at the provider's rate. An answer without them teaches that the
+provider sets no limit. Until the first answer is heard the model keeps to ``unknown_rpm`` (a slow
+start, so a fleet that starts hundreds of calls at once does not meet a storm of 429s). The
+``x-ratelimit-remaining-*`` and ``-reset-*`` headers are not used: a token bucket's ``remaining`` is 0
+after every full burst, and pausing on it would cost rate that the limit and the 429s already keep.
 
 When Redis is unreachable each process keeps to ``fallback_share`` of the limits on its own (the
 same algorithm, in memory) and to the pauses it saw itself, and says so in the log once per outage
@@ -67,8 +78,12 @@ WINDOW_S = 60.0
 MAX_SLEEP_S = 1.0
 #: After Redis failed, how long a process keeps to its local share before asking Redis again.
 REDIS_RETRY_S = 1.0
-#: How stale a process's view of the fleet's pause of a model with no limit may be.
+#: How stale a process's view of the fleet's pause of a model with no limit may be, and how often a process
+#: asks Redis again whether another has learned the limits of a model it has not heard of yet.
 PAUSE_READ_EVERY_S = 0.2
+#: Learned limits live this long in Redis, and a process writes them again at most this often while they hold.
+LEARNED_TTL_S = 3600.0
+LEARNED_REFRESH_S = 600.0
 #: Connections to Redis per process, shared by its step threads, and how long one waits for a free one.
 REDIS_CONNECTIONS = 16
 REDIS_POOL_WAIT_S = 5.0
@@ -126,6 +141,26 @@ class RateLimitWait(Exception):
         self.wait_s = wait_s
 
 
+class _Learned(NamedTuple):
+    """A process's view of a model's learned limits (``None``: not heard yet), and when it was written or read."""
+
+    limits: ModelLimits | None
+    at: float
+
+
+def heard_limits(headers: Any) -> ModelLimits:
+    """The per-minute limits an answer's ``x-ratelimit-limit-requests`` / ``-tokens`` headers give (a
+    header left out, or not a positive number: no limit)."""
+    found: dict[str, float | None] = {}
+    for name, what in (("rpm", "requests"), ("tpm", "tokens")):
+        try:
+            value = float(headers.get(f"x-ratelimit-limit-{what}") or 0)
+        except (TypeError, ValueError):
+            value = 0.0
+        found[name] = value if value > 0 and math.isfinite(value) else None
+    return ModelLimits(**found)
+
+
 class _Shape(NamedTuple):
     """A per-minute limit as the script sees it: seconds of backlog per unit (0: no limit), and the burst."""
 
@@ -181,17 +216,21 @@ class FleetLimiter:
         redis_client: redis.Redis,
         limits_for: Callable[[str], ModelLimits],
         *,
-        burst_s: float = 1.0,
+        burst_s: float = 0.1,
         token_burst_s: float | None = None,
         fallback_share: float = 0.1,
         recovery_start: float = 0.5,
-        recovery_s: float = 30.0,
+        recovery_s: float = 3.0,
+        learn: bool = False,
+        unknown_rpm: float = 600.0,
         sleep: Callable[[float], None] = time.sleep,
         max_wait_s: float | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
         if burst_s < 0 or not 0 < fallback_share <= 1 or not 0 < recovery_start <= 1 or recovery_s < 0:
             raise ValueError("burst_s and recovery_s must be >= 0, fallback_share and recovery_start in (0, 1]")
+        if unknown_rpm <= 0:
+            raise ValueError("unknown_rpm must be > 0")
         self._redis = redis_client
         self._limits_for = limits_for
         self._burst_s = burst_s
@@ -200,6 +239,9 @@ class FleetLimiter:
         self._fallback_share = fallback_share
         self._recovery_start = recovery_start
         self._recovery_s = recovery_s
+        self._learn = learn
+        self._unknown_rpm = unknown_rpm
+        self._learned: dict[str, _Learned] = {}
         self._sleep = sleep
         self._max_wait_s = max_wait_s
         self._clock = clock
@@ -247,17 +289,24 @@ class FleetLimiter:
             log.debug("could not settle %s tokens of %s in Redis: %s", delta, reservation.model, exc)
 
     def pause(self, model: str, retry_after_s: float) -> None:
-        """A 429: pause ``model`` for every worker for ``retry_after_s``, then recover gradually.
+        """A 429: pause ``model`` for every worker for ``retry_after_s`` and spend its burst, then recover
+        gradually.
 
         Never raises on a Redis error: the pause then holds in this process only.
         """
+        limits = self.limits(model)
         state = self._local_state(model)
         with state.lock:
             state.paused_until = max(state.paused_until, self._local_now() + retry_after_s)
+            for k, shape in self._shapes(limits, self._fallback_share).items():
+                if shape.interval > 0:
+                    state.tat[k] = max(state.tat[k], state.paused_until + shape.burst_s - shape.interval)
         if not self._redis_usable():
             return
         try:
-            self._pause_script(keys=[_key(model, "pause")], args=[retry_after_s, self._recovery_s, self._now_arg()])
+            shapes = self._shapes(limits, 1.0)
+            self._pause_script(keys=[_key(model, "pause"), _key(model, "rpm"), _key(model, "tpm")],
+                               args=[retry_after_s, self._recovery_s, self._now_arg(), *shapes["rpm"], *shapes["tpm"]])
         except _UNREACHABLE as exc:
             self._went_down(model, exc)
         except redis.RedisError as exc:
@@ -279,14 +328,78 @@ class FleetLimiter:
         with state.lock:
             return max(0.0, state.paused_until - self._local_now())
 
+    def learn(self, model: str, headers: Any) -> None:
+        """What an answer of ``model`` says of the provider's limits (its ``x-ratelimit-limit-*``
+        headers; none: no limit), for a model with no configured limit. Never raises on a Redis error."""
+        if not self._learn:
+            return
+        heard, now = heard_limits(headers), self._local_now()
+        with self._lock:
+            known = self._learned.get(model)
+            if known is not None and known.limits == heard and now - known.at < LEARNED_REFRESH_S:
+                return
+            self._learned[model] = _Learned(heard, now)
+        if not self._redis_usable():
+            return
+        try:
+            key = _key(model, "learned")
+            with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hset(key, mapping={"rpm": heard.rpm or 0, "tpm": heard.tpm or 0})
+                pipe.pexpire(key, int(LEARNED_TTL_S * 1000))
+                pipe.execute()
+        except _UNREACHABLE as exc:
+            self._went_down(model, exc)
+        except redis.RedisError as exc:
+            log.debug("could not share the learned limits of %s in Redis: %s", model, exc)
+
+    def limits(self, model: str) -> ModelLimits:
+        """The limits ``model`` keeps to now: its configured ones; else, when learning, the provider's as
+        learned (``unknown_rpm`` until heard); else none."""
+        limits = self._limits_for(model)
+        if limits.rpm or limits.tpm or not self._learn:
+            return limits
+        now = self._local_now()
+        with self._lock:
+            known = self._learned.get(model)
+        if known is not None and known.limits is not None:
+            return known.limits
+        if known is None or now - known.at >= PAUSE_READ_EVERY_S:
+            shared = self._shared_learned(model)
+            with self._lock:
+                if self._learned.get(model) is known:  # not learned from an answer meanwhile
+                    self._learned[model] = _Learned(shared, now)
+            if shared is not None:
+                return shared
+        return ModelLimits(rpm=self._unknown_rpm)
+
+    def _shared_learned(self, model: str) -> ModelLimits | None:
+        """The limits another process learned for ``model`` (None: none yet, or Redis did not answer)."""
+        if not self._redis_usable():
+            return None
+        try:
+            found = self._redis.hgetall(_key(model, "learned"))
+        except _UNREACHABLE as exc:
+            self._went_down(model, exc)
+            return None
+        except redis.RedisError:
+            return None
+        self._came_back()
+        if not found:
+            return None
+        return heard_limits({f"x-ratelimit-limit-{what}": found.get(field.encode()) or found.get(field)
+                             for field, what in (("rpm", "requests"), ("tpm", "tokens"))})
+
+    def _shapes(self, limits: ModelLimits, share: float) -> dict[str, _Shape]:
+        return {"rpm": _shape(limits.rpm, share, self._burst_s), "tpm": _shape(limits.tpm, share, self._token_burst_s)}
+
     def _try(self, model: str, tokens: int) -> tuple[Reservation | None, float]:
         """One attempt: the reservation, or None and the seconds to wait before the next one."""
-        limits = self._limits_for(model)
+        limits = self.limits(model)
         if not limits.rpm and not limits.tpm:
             return self._unlimited_try(model, tokens)
         if self._redis_usable():
-            args = [*_shape(limits.rpm, 1.0, self._burst_s), *_shape(limits.tpm, 1.0, self._token_burst_s),
-                    tokens, self._recovery_start, self._recovery_s, self._now_arg()]
+            shapes = self._shapes(limits, 1.0)
+            args = [*shapes["rpm"], *shapes["tpm"], tokens, self._recovery_start, self._recovery_s, self._now_arg()]
             try:
                 answer = self._acquire_script(keys=[_key(model, "rpm"), _key(model, "tpm"), _key(model, "pause")],
                                               args=args)
@@ -319,9 +432,7 @@ class FleetLimiter:
 
     def _local_try(self, model: str, tokens: int, limits: ModelLimits) -> tuple[Reservation | None, float]:
         """The acquire script, in this process, at ``fallback_share`` of the limits."""
-        share = self._fallback_share
-        shapes = {"rpm": _shape(limits.rpm, share, self._burst_s),
-                  "tpm": _shape(limits.tpm, share, self._token_burst_s)}
+        shapes = self._shapes(limits, self._fallback_share)
         units = {"rpm": 1, "tpm": tokens}
         state = self._local_state(model)
         with state.lock:
@@ -382,7 +493,7 @@ class FleetLimiter:
             if first:
                 self._logged_down_at, self._announced = now, True
         if first:
-            rpm = self._limits_for(model).rpm
+            rpm = self.limits(model).rpm
             local = f"{rpm * self._fallback_share:g} RPM of {rpm:g}" if rpm else "no RPM limit"
             log.warning("Redis is unreachable (%s): LLM rate limits are kept per process at %g%% of the fleet's "
                         "(%s: %s) until it answers again", exc, self._fallback_share * 100, model, local)
@@ -411,10 +522,12 @@ def limiter_from(
     fallback_share: float,
     recovery_start: float,
     recovery_s: float,
+    learn: bool = False,
+    unknown_rpm: float = 600.0,
     named: Callable[[str], ModelLimits | None] = lambda _name: None,
 ) -> FleetLimiter:
     """The process's limiter: the limits ``named`` gives a name (a workspace's model), else ``per_model``'s,
-    else ``default``, on a Redis client that gives up fast (0.5 s to connect or answer, no retries), so
+    else ``default``, else (``learn``) the provider's as its answers say, on a Redis client that gives up fast (0.5 s to connect or answer, no retries), so
     an outage turns into the local fallback at once.
 
     Hundreds of step threads share ``REDIS_CONNECTIONS`` connections: a thread waits for a free one
@@ -430,8 +543,8 @@ def limiter_from(
         own = named(name)
         return own if own is not None else per_model.get(name, default)
 
-    return FleetLimiter(client, limits_for, burst_s=burst_s,
-                        token_burst_s=token_burst_s, fallback_share=fallback_share, recovery_start=recovery_start, recovery_s=recovery_s)
+    return FleetLimiter(client, limits_for, burst_s=burst_s, token_burst_s=token_burst_s, fallback_share=fallback_share,
+                        recovery_start=recovery_start, recovery_s=recovery_s, learn=learn, unknown_rpm=unknown_rpm)
 
 
 def estimate_tokens(messages: list[dict[str, str]] | list[str], max_output_tokens: int) -> int:

@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal
 
 import httpx
 import uvicorn
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -75,10 +75,15 @@ class FakeConfig(BaseModel):
     #: The API keys it accepts, as a provider knows its customers' keys; empty: any non-empty key. Another
     #: key gets 401 ``invalid_api_key``, as OpenAI answers a wrong or revoked key.
     accepted_keys: list[str] = []
-    #: The provider's own limits over a sliding minute (0: none): requests, and tokens (a request's
-    #: prompt tokens plus the completion tokens it asks for at most). Above them: 429 + Retry-After.
+    #: The provider's own limits per minute (0: none): requests, and tokens (a request's prompt tokens
+    #: plus the completion tokens it asks for at most). Above them: 429 + Retry-After. Every answer
+    #: carries OpenAI's ``x-ratelimit-*`` headers for the limits that are set.
     rpm_limit: int = Field(0, ge=0)
     tpm_limit: int = Field(0, ge=0)
+    #: 0: the limits count over a sliding minute. More: each is a token bucket holding this many seconds
+    #: of it (full at the start, refilled at the limit's rate), as OpenAI's are; a 429 then says to the
+    #: millisecond when the bucket will hold enough (``retry-after-ms``).
+    limit_bucket_s: float = Field(0, ge=0, le=60)
     #: Report a chat request's system messages as served from the prompt cache
     #: (``usage.prompt_tokens_details.cached_tokens``), as a provider does for a repeated prompt prefix.
     cache_system_prompts: bool = False
@@ -280,26 +285,30 @@ def _latency_s(config: FakeConfig, texts: list[str]) -> float:
 
 
 @asynccontextmanager
-async def _admitted(state: _State, prompts: list[str], tokens: int, texts: list[str]) -> AsyncIterator[None]:
+async def _admitted(state: _State, prompts: list[str], tokens: int, texts: list[str]) -> AsyncIterator[dict[str, str]]:
     """Count a request, refuse it over the provider's limits, wait out the configured latency, and
-    raise any fault it is due; in flight until the block ends. ``tokens``: what it counts against TPM;
+    raise any fault it is due; in flight until the block ends, which gets the answer's rate-limit headers. ``tokens``: what it counts against TPM;
     ``texts``: all of the request's text, which ``latency_ms_by_text`` is matched against."""
     n = state.receive(prompts)
     config = state.config
-    refusal = state.limits.admit(tokens, rpm=config.rpm_limit, tpm=config.tpm_limit)
+    limits = {"rpm": config.rpm_limit, "tpm": config.tpm_limit, "bucket_s": config.limit_bucket_s}
+    refusal = state.limits.admit(tokens, **limits)
     if refusal is not None:
-        headers = {"Retry-After": str(max(1, math.ceil(refusal.retry_after_s)))}
+        headers = {"Retry-After": str(max(1, math.ceil(refusal.retry_after_s)))} | state.limits.headers(**limits)
+        if config.limit_bucket_s:
+            headers["retry-after-ms"] = str(math.ceil(refusal.retry_after_s * 1000))
         raise _APIError(429, f"Rate limit reached for {refusal.limit} per minute.", "rate_limit_error",
                         "rate_limit_exceeded", headers)
     state.limits.started()
     try:
         await asyncio.sleep(_latency_s(config, texts))
         if config.fail_429_every and n % config.fail_429_every == 0:
+            state.limits.answered_429()
             headers = {"Retry-After": f"{config.retry_after_s:g}"}
             raise _APIError(429, "Rate limit reached (injected).", "rate_limit_error", "rate_limit_exceeded", headers)
         if config.fail_5xx_every and n % config.fail_5xx_every == 0:
             raise _APIError(500, "The server had an error (injected).", "server_error", "internal_error")
-        yield
+        yield state.limits.headers(**limits)
     finally:
         state.limits.finished()
 
@@ -320,7 +329,7 @@ def create_app(config: FakeConfig | None = None) -> FastAPI:
         return _APIError(400, str(exc.errors()), "invalid_request_error").response
 
     @app.post("/v1/chat/completions", dependencies=authed)
-    async def chat(body: ChatRequest) -> dict[str, Any]:
+    async def chat(body: ChatRequest, response: Response) -> dict[str, Any]:
         users = [m for m in body.messages if m.get("role") == "user"]
         prompt = _text(users[-1].get("content")) if users else ""
         asked = body.max_completion_tokens or body.max_tokens or 0
@@ -328,7 +337,8 @@ def create_app(config: FakeConfig | None = None) -> FastAPI:
         if any(s in prompt for s in state.config.reject_substrings):
             raise _APIError(400, "The prompt was rejected by the stand-in (reject_substrings).",
                             "invalid_request_error", "prompt_rejected")
-        async with _admitted(state, [prompt], _tokens(*texts) + asked, texts):
+        async with _admitted(state, [prompt], _tokens(*texts) + asked, texts) as headers:
+            response.headers.update(headers)
             # Hang while the prompt matches; clearing hang_substrings releases requests already hung.
             deadline = time.monotonic() + state.config.hang_s
             while any(s in prompt for s in state.config.hang_substrings) and time.monotonic() < deadline:
@@ -355,10 +365,10 @@ def create_app(config: FakeConfig | None = None) -> FastAPI:
         }
 
     @app.post("/v1/embeddings", dependencies=authed)
-    async def embeddings(body: EmbeddingRequest) -> dict[str, Any]:
+    async def embeddings(body: EmbeddingRequest, response: Response) -> dict[str, Any]:
         texts = [body.input] if isinstance(body.input, str) else body.input
-        async with _admitted(state, texts, _tokens(*texts), texts):
-            pass
+        async with _admitted(state, texts, _tokens(*texts), texts) as headers:
+            response.headers.update(headers)
         data = []
         for i, text in enumerate(texts):
             vec: Any = embed(text, body.dimensions or DEFAULT_EMBEDDING_DIMENSIONS)

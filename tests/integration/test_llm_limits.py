@@ -58,6 +58,31 @@ def test_a_429_pauses_the_model_for_every_process_and_the_call_waits_it_out(llm,
     assert (stats["requests"], stats["answered"]) == (3, 2)
 
 
+def test_the_providers_limits_are_learned_from_its_answers_headers(llm, fake_llm):
+    from dataengine.llm.limits import ModelLimits
+
+    fake_llm.configure(rpm_limit=1200, tpm_limit=90000, limit_bucket_s=1)
+    assert llm.limiter().limits(MODEL) == ModelLimits(rpm=600)  # DATAENGINE_LLM_UNKNOWN_RPM until heard
+    llm.chat(messages=MESSAGES, model=MODEL)
+    assert llm.limiter().limits(MODEL) == ModelLimits(rpm=1200, tpm=90000)
+    fake_llm.configure(rpm_limit=0, tpm_limit=0)
+    llm.embed(texts=["a"], model=MODEL)  # embeddings' answers say it too
+    assert llm.limiter().limits(MODEL) == ModelLimits()
+
+
+def test_a_429_from_a_providers_bucket_pauses_until_the_bucket_holds_a_request(llm, fake_llm, monkeypatch):
+    monkeypatch.setenv("DATAENGINE_LLM_LEARN_LIMITS", "false")  # blind: the second call meets the 429
+    reload_settings()
+    fake_llm.configure(rpm_limit=20, limit_bucket_s=3)  # one request at once, one more every 3 s
+    started = time.monotonic()
+    llm.chat(messages=MESSAGES, model=MODEL)
+    llm.chat(messages=MESSAGES, model=MODEL)
+    elapsed = time.monotonic() - started
+    stats = fake_llm.stats()
+    assert (stats["requests"], stats["answered"], stats["rate_limited"]) == (3, 2, 1)
+    assert 2.5 <= elapsed < 10  # the bucket's retry-after-ms, then once more
+
+
 def test_a_call_is_tried_at_most_openai_max_retries_more_times_in_all(llm, fake_llm, monkeypatch):
     monkeypatch.setenv("OPENAI_MAX_RETRIES", "2")
     reload_settings()

@@ -57,7 +57,9 @@ def server() -> fakeredis.FakeServer:
 
 
 def limiter(server: fakeredis.FakeServer, clock: Clock, limits: dict[str, ModelLimits], **kw: object) -> FleetLimiter:
-    """One worker's limiter: its own client of the shared (fake) Redis."""
+    """One worker's limiter: its own client of the shared (fake) Redis; a burst of a second's worth unless
+    told otherwise, so bursts are large enough to count."""
+    kw.setdefault("burst_s", 1.0)
     return FleetLimiter(fakeredis.FakeRedis(server=server), lambda m: limits.get(m, ModelLimits()),
                         sleep=clock.sleep, clock=clock, **kw)  # type: ignore[arg-type]
 
@@ -209,20 +211,33 @@ def test_a_pause_stops_every_worker(server, clock):
     assert b.paused_for("m") == 0 and not b.acquire("m", 1).local
 
 
-def test_after_a_pause_the_rate_comes_back_gradually(make, clock):
-    lim = make({"m": ModelLimits(rpm=610)})  # 10 calls/s at the full rate
+def test_after_a_pause_calls_go_at_the_rate_not_in_a_burst_and_the_rate_comes_back_within_recovery_s(make, clock):
+    lim = make({"m": ModelLimits(rpm=610)})  # 10 calls/s at the full rate, a burst of 10
+    lim.acquire("m", 1)
+    lim.pause("m", 10)
+    times = []
+    while clock.now < 1030:
+        lim.acquire("m", 1)
+        times.append(clock.now)
+    assert times[0] == pytest.approx(1010.1)  # at half the rate: one interval of 0.2 s, less the one it had
+    assert len([t for t in times if t < 1011]) == 6  # 0.5 rising to 0.67 of 10/s: no burst (it would be 10 at once)
+    during = [t for t in times if t < 1013]  # 3 s rising from 0.5 to 1.0: 3/4 of 30
+    assert 22 <= len(during) <= 24
+    after = [t for t in times if t >= 1013]
+    assert len(after) == pytest.approx(170, abs=1)  # the full rate, 3 s after the pause
+    assert times[-1] - times[-2] == pytest.approx(0.1, rel=0.01)
+
+
+def test_a_slower_recovery_can_be_set(make, clock):
+    lim = make({"m": ModelLimits(rpm=610)}, recovery_s=30)
     lim.pause("m", 10)
     times = []
     while clock.now < 1050:
         lim.acquire("m", 1)
         times.append(clock.now)
-    assert times[0] == pytest.approx(1010)
-    during = [t for t in times if t < 1040]  # 30 s at 0.5 rising to 1.0: 3/4 of 300, and a burst at half
-    after = [t for t in times if t >= 1040]
-    assert 225 <= len(during) <= 232
-    assert len(after) == pytest.approx(100, abs=1)
-    first_gap, last_gap = times[6] - times[5], times[-1] - times[-2]
-    assert first_gap == pytest.approx(0.2, rel=0.05) and last_gap == pytest.approx(0.1, rel=0.01)
+    during = [t for t in times if t < 1040]  # 30 s at 0.5 rising to 1.0: 3/4 of 300
+    assert 223 <= len(during) <= 227
+    assert times[6] - times[5] == pytest.approx(0.2, rel=0.05)
 
 
 def test_models_are_independent(make, clock):
@@ -245,6 +260,47 @@ def test_a_model_without_limits_never_waits_unless_paused(make, clock):
     assert len(admitted_now(lim, "free", tries=50)) == 50  # no rate to scale: only the pause applied
 
 
+def test_a_model_with_no_limit_keeps_to_the_providers_as_its_answers_say(server, clock):
+    a = limiter(server, clock, {"set": ModelLimits(rpm=60)}, learn=True, unknown_rpm=300)
+    b = limiter(server, clock, {}, learn=True, max_wait_s=0)  # another process
+    assert a.limits("m") == ModelLimits(rpm=300)  # a slow start until an answer is heard
+    a.learn("m", {"x-ratelimit-limit-requests": "1200", "x-ratelimit-limit-tokens": "150000",
+                  "x-ratelimit-remaining-requests": "1199"})
+    assert a.limits("m") == ModelLimits(rpm=1200, tpm=150000)
+    clock.sleep(0.2)
+    assert b.limits("m") == ModelLimits(rpm=1200, tpm=150000)  # shared through Redis
+    assert len(admitted_now(b, "m")) == 19  # a second of the learned rate at once: 1200 / 61
+    a.learn("set", {"x-ratelimit-limit-requests": "1200"})
+    assert a.limits("set") == ModelLimits(rpm=60)  # a configured limit wins
+
+
+def test_an_answer_without_limit_headers_lifts_the_slow_start(server, clock):
+    lim = limiter(server, clock, {}, learn=True, unknown_rpm=61, max_wait_s=0)
+    assert len(admitted_now(lim, "m")) == 1  # 61 RPM: a burst of one
+    lim.learn("m", {"content-type": "application/json"})
+    assert lim.limits("m") == ModelLimits()
+    assert len(admitted_now(lim, "m", tries=200)) == 200
+    assert limiter(server, clock, {}).limits("m") == ModelLimits()  # not learning: nothing learned is used
+
+
+def test_headers_that_are_not_positive_numbers_are_no_limit(server, clock):
+    lim = limiter(server, clock, {}, learn=True)
+    lim.learn("m", {"x-ratelimit-limit-requests": "lots", "x-ratelimit-limit-tokens": "-5"})
+    assert lim.limits("m") == ModelLimits()
+
+
+def test_learned_limits_are_shared_for_an_hour_and_not_written_on_every_answer(server, clock):
+    lim = limiter(server, clock, {}, learn=True)
+    client = fakeredis.FakeRedis(server=server)
+    lim.learn("m", {"x-ratelimit-limit-requests": "500"})
+    assert 3_590_000 < client.pttl("dataengine:llm:{m}:learned") <= 3_600_000
+    client.delete("dataengine:llm:{m}:learned")
+    lim.learn("m", {"x-ratelimit-limit-requests": "500"})
+    assert not client.exists("dataengine:llm:{m}:learned")  # the same again: no write
+    lim.learn("m", {"x-ratelimit-limit-requests": "800"})
+    assert client.hget("dataengine:llm:{m}:learned", "rpm") == b"800.0"
+
+
 def test_keys_are_per_model_under_the_prefix_and_expire(server, clock):
     lim = limiter(server, clock, {"gpt-4o": ModelLimits(rpm=600, tpm=30000)})
     lim.settle(lim.acquire("gpt-4o", 100), 40)
@@ -252,11 +308,13 @@ def test_keys_are_per_model_under_the_prefix_and_expire(server, clock):
     client = fakeredis.FakeRedis(server=server)
     keys = sorted(k.decode() for k in client.keys("*"))
     assert keys == ["dataengine:llm:{gpt-4o}:pause", "dataengine:llm:{gpt-4o}:rpm", "dataengine:llm:{gpt-4o}:tpm"]
-    assert all(0 < client.pttl(k) <= 62_000 for k in keys)  # the backlog and a minute; a pause and recovery_s
+    # the backlog (a pause moves it past its end, plus the burst) and a minute; a pause and recovery_s
+    assert all(0 < client.pttl(k) <= 67_000 for k in keys)
 
 
 def test_redis_clock_is_used_without_a_clock_hook(server):
-    lim = FleetLimiter(fakeredis.FakeRedis(server=server), lambda m: ModelLimits(rpm=600, tpm=10**6), max_wait_s=0)
+    lim = FleetLimiter(fakeredis.FakeRedis(server=server), lambda m: ModelLimits(rpm=600, tpm=10**6), burst_s=1,
+                       max_wait_s=0)
     started = time.monotonic()
     admitted = len(admitted_now(lim, "m"))
     # The burst of 9, and what the wall clock (10 a second) let in meanwhile on a busy machine.
