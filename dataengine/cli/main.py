@@ -3,6 +3,7 @@ api, api-keys, workspaces, runs, events, retry, costs; and each job's own comman
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import sys
@@ -264,9 +265,17 @@ def command_line(argv: list[str] | None = None) -> typer.Typer:
         return cli
     for job in jobs:
         if job.cli is not None:
-            cli.add_typer(job.cli, name=job.key)
+            cli.add_typer(_commands_of(job.cli), name=job.key)
     _job_commands_added = True
     return cli
+
+
+def _commands_of(job_cli: Any) -> typer.Typer:
+    """A job's ``cli``: the typer app itself, or the one its ``"module:attribute"`` names."""
+    if not isinstance(job_cli, str):
+        return job_cli
+    module, _, attribute = job_cli.partition(":")
+    return getattr(importlib.import_module(module), attribute)
 
 
 def database_trouble(exc: BaseException) -> str | None:

@@ -154,7 +154,8 @@ class Job:
 
     #: What ``dataengine demo <key>`` runs (``JobDemo``); None: the job has no demo.
     demo: JobDemo | None = None
-    #: The job's own commands (a ``typer.Typer``), added to the ``dataengine`` command line under its key.
+    #: The job's own commands, added to the ``dataengine`` command line under its key: a ``typer.Typer``, or
+    #: ``"module:attribute"`` naming one, which only the command line imports (a worker loads no typer).
     cli: Any = None
     #: () -> when beat sends the job's task without arguments: entry name -> a five-field cron expression
     #: (UTC) or a number of seconds (empty: off). Read when beat starts.

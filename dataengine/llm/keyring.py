@@ -8,10 +8,13 @@ the old key. Nothing here logs, and no error carries a key or a token.
 
 from __future__ import annotations
 
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from typing import TYPE_CHECKING
 
 from dataengine.infra.errors import DataEngineError
 from dataengine.infra.settings import MAKE_FERNET_KEY, get_settings
+
+if TYPE_CHECKING:
+    from cryptography.fernet import MultiFernet
 
 
 class EncryptionKeyMissing(DataEngineError):
@@ -26,7 +29,10 @@ class KeyUnreadable(DataEngineError):
 
 
 def _box() -> MultiFernet:
-    # Built per call: a Fernet is two keys and no I/O, and the settings may change under tests.
+    # Built per call: a Fernet is two keys and no I/O, and the settings may change under tests. Imported
+    # here: a worker whose workspaces bring no key of their own never loads OpenSSL's bindings.
+    from cryptography.fernet import Fernet, MultiFernet
+
     secret = get_settings().encryption_key
     if secret is None:
         raise EncryptionKeyMissing()
@@ -40,6 +46,8 @@ def encrypt(plain: str) -> str:
 
 def decrypt(token: str, *, what: str = "A stored key") -> str:
     """The plain text of a token made by :func:`encrypt` under any of the encryption keys."""
+    from cryptography.fernet import InvalidToken
+
     try:
         return _box().decrypt(token.encode()).decode()
     except InvalidToken:
@@ -48,6 +56,8 @@ def decrypt(token: str, *, what: str = "A stored key") -> str:
 
 def reencrypt(token: str, *, what: str = "A stored key") -> str:
     """The same plain text encrypted under the first encryption key (``MultiFernet.rotate``)."""
+    from cryptography.fernet import InvalidToken
+
     try:
         return _box().rotate(token.encode()).decode()
     except InvalidToken:

@@ -13,7 +13,6 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from dataengine import Job, register
 from models.knowledge import KnowledgeRefreshResult, KnowledgeRefreshRun, KnowledgeRefreshSource
-from tasks.knowledge.cli import knowledge_cli
 from tasks.knowledge.config import KnowledgeLimits
 from tasks.knowledge.spec import KnowledgeRunSpec, RefreshRequest, build, start_runs
 from tasks.knowledge.step import (
@@ -54,7 +53,7 @@ JOB = register(
         load_items=load_sources,
         page_columns=("outcome", "chunks_added", "chunks_updated", "chunks_deleted", "tokens_embedded", "error"),
         plan_calls=plan_source,
-        cli=knowledge_cli,
+        cli="tasks.knowledge.cli:knowledge_cli",
         schedules=lambda: {"knowledge-refresh": KnowledgeLimits.current().refresh_schedule},
     )
 )

@@ -28,3 +28,30 @@ def test_the_celery_app_is_still_found_the_ordinary_way():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "dataengine"
+
+
+#: What only the HTTP API, the stand-in and the command line use (httpx imports its own command line's
+#: rich and pygments; the Knowledge Refresh's fetch imports it on its first step), and the cipher a
+#: workspace's own key needs when it is read.
+NOT_IN_A_WORKER = {
+    "fastapi", "starlette", "uvicorn", "jinja2", "typer", "rich", "pygments", "httpx",
+    "dataengine.web", "dataengine.cli", "dataengine.testing", "cryptography.fernet",
+}
+
+
+def test_a_worker_imports_no_web_stack_and_no_command_line():
+    """Issue 24's memory target, held by modules rather than megabytes: what a worker process holds once
+    started (the app, every job module it serves, a pool process's set-up) is only what it uses."""
+    code = (
+        "import sys\n"
+        "from celery.signals import worker_process_init\n"
+        "from dataengine import app\n"
+        "app.loader.import_default_modules()\n"  # the worker's include: every job's module
+        "worker_process_init.send(sender=None)\n"  # a pool process's set-up (its LLM clients)
+        "print(*sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    loaded = set(out.stdout.split())
+    assert {"tasks.propertyaudit", "tasks.reviewflow", "tasks.knowledge", "openai"} <= loaded
+    assert {m for m in loaded if m in NOT_IN_A_WORKER or m.partition(".")[0] in NOT_IN_A_WORKER} == set()
