@@ -1,4 +1,5 @@
-"""Workspaces: one engine, many customers, each paying the LLM provider with its own key ("bring your own key")."""
+"""Workspaces: one engine, many customers, each paying the LLM provider with its own key ("bring your own key")
+or sharing the engine's."""
 
 from __future__ import annotations
 
@@ -24,8 +25,10 @@ class Workspace(Base):
 
     id: Mapped[str] = mapped_column(String(WORKSPACE_ID_CHARS), primary_key=True)
     name: Mapped[str] = mapped_column(String(200), nullable=False)
-    #: The provider key as a Fernet token under ``DATAENGINE_ENCRYPTION_KEY`` (``dataengine.llm.keyring``).
-    api_key_encrypted: Mapped[str] = mapped_column(Text, nullable=False)
+    #: The provider key as a Fernet token under ``DATAENGINE_ENCRYPTION_KEY`` (``dataengine.llm.keyring``);
+    #: NULL: none of its own, its runs call with the engine's ``OPENAI_API_KEY`` and share the engine's
+    #: limits fairly with the other workspaces on it.
+    api_key_encrypted: Mapped[str | None] = mapped_column(Text)
     #: The provider's OpenAI-compatible URL; NULL: the engine's ``OPENAI_BASE_URL``.
     base_url: Mapped[str | None] = mapped_column(String(2000))
     #: The models its runs use when their spec names none: ``{"chat": ..., "eval": ..., "embedding": ...}``.

@@ -59,19 +59,23 @@ def add(
     tpm: Annotated[float | None, typer.Option(min=0, help="Its tokens per minute, for every model")] = None,
     model_limits: Annotated[str | None, typer.Option(
         help='Per model, as JSON: {"gpt-4o": {"rpm": 500, "tpm": 30000}}')] = None,
+    engine_key: Annotated[bool, typer.Option(
+        "--engine-key", help="No key of its own: its runs use OPENAI_API_KEY and share the engine's limits fairly")] = False,
 ) -> None:
-    """Create a workspace; its provider key is read from standard input (or asked for) and stored encrypted."""
+    """Create a workspace; its provider key is read from standard input (or asked for) and stored encrypted,
+    unless it uses the engine's (``--engine-key``)."""
     from dataengine.llm.workspaces import add_workspace
 
     models, limits = _models(model or []), _limits(rpm, tpm, model_limits)
-    key = _read_key()
+    key = None if engine_key else _read_key()
     try:
         add_workspace(workspace_id=workspace_id, name=name or workspace_id, api_key=key, base_url=base_url,
                       models=models, rate_limits=limits,
                       daily_budget_usd=None if daily_budget_usd is None else Decimal(str(daily_budget_usd)))
     except DataEngineError as exc:
         raise fail(str(exc)) from None
-    console.print(f"workspace {workspace_id!r} added; its runs use its own key", highlight=False)
+    whose = "the engine's key, sharing its limits with the other workspaces on it" if key is None else "its own key"
+    console.print(f"workspace {workspace_id!r} added; its runs use {whose}", highlight=False)
 
 
 @workspaces_cli.command("list")

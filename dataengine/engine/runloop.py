@@ -212,6 +212,9 @@ class Execution:
     def __init__(self, *, job: Job, claim: Claim, log: RunLogger, may_retry: bool, total: int,
                  steps: list[tuple[int, Any]] | None = None) -> None:
         self.job, self.claim, self.log, self.may_retry, self.total = job, claim, log, may_retry, total
+        #: The workspace whose part of the process's calls in flight the run shares ("-": none).
+        self.workspace = claim.row.workspace_id or "-"
+        budget.belongs(claim.run_id, self.workspace)
         #: Every step of a run created moments ago, none recorded yet: nothing to read back.
         self.known_steps = steps
         self.s = get_settings()
@@ -397,7 +400,7 @@ class Execution:
         stopping = self.cancelled or self.failure is not None or self.paused is not None or _draining.is_set()
         if stopping and self.ahead:
             self.ahead, self.exhausted = [], False  # recorded as in flight but never started: not done
-        free = 0 if stopping else budget.room(len(self.in_flight))
+        free = 0 if stopping else budget.room(len(self.in_flight), self.workspace)
         ready, self.ahead = self.ahead[:free], self.ahead[free:]
         free -= len(ready)
         # Only this soon after the last checkpoint the database accepted (which proved the lease

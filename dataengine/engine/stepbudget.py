@@ -1,11 +1,14 @@
-"""The steps one process keeps in flight, shared fairly by the runs it executes.
+"""The steps one process keeps in flight, shared fairly by the workspaces and runs it executes.
 
 A step spends nearly all its time waiting on the LLM, so one process can keep hundreds in flight:
 every run of the process submits its steps to one thread pool of ``calls_in_flight`` threads, and
-each run keeps its fair share in flight: the whole budget when it is alone, an equal part when
-the process holds several (``step_concurrency`` caps it further), and more while the others leave
-threads idle. A run that joins makes the others' shares smaller at once; they start no new step
-until they are back under it, so nobody starves and the pool's queue stays short.
+each run keeps its fair share in flight: the budget is split equally between the workspaces whose
+runs the process holds (runs without a workspace are one workspace of their own), and a workspace's
+part equally between its runs; a run alone has the whole budget (``step_concurrency`` caps it
+further), and any run more while the others leave threads idle. A run that joins makes the others'
+shares smaller at once; they start no new step until they are back under it, so nobody starves and
+the pool's queue stays short. So a workspace with forty runs in the process has the same part as
+one with a single run.
 
 It also knows which runs this process is executing, so a second delivery of one of them is
 refused here instead of being mistaken for this process's own abandoned lease.
@@ -16,6 +19,7 @@ from __future__ import annotations
 import os
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
@@ -29,17 +33,19 @@ class StepBudget:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._runs: set[uuid.UUID] = set()
+        self._runs: dict[uuid.UUID, str] = {}  # run -> its workspace ("-": none, or not known yet)
+        self._per_workspace: Counter[str] = Counter()
         self._in_flight = 0  # steps submitted and not yet ended, every run's
         self._pool: StepThreads | None = None
         self._pool_pid: int | None = None
 
-    def room(self, mine: int) -> int:
-        """Steps a run with ``mine`` in flight may start now: up to its fair share, and past it into
-        what the process leaves idle (never past the process's budget that way); at most
-        ``step_concurrency`` in all."""
+    def room(self, mine: int, workspace: str = "-") -> int:
+        """Steps a run of ``workspace`` with ``mine`` in flight may start now: up to its fair share (its
+        workspace's part of the budget, split between the workspace's runs), and past it into what the
+        process leaves idle (never past the process's budget that way); at most ``step_concurrency`` in all."""
         s = get_settings()
-        fair = max(1, s.calls_in_flight // max(len(self._runs), 1))
+        workspaces, siblings = len(self._per_workspace), self._per_workspace.get(workspace, 0)
+        fair = max(1, s.calls_in_flight // max(workspaces, 1) // max(siblings, 1))
         room = max(fair - mine, s.calls_in_flight - self._in_flight, 0)
         return min(room, s.step_concurrency - mine) if s.step_concurrency else room
 
@@ -57,13 +63,31 @@ class StepBudget:
         with self._lock:
             if run_id in self._runs:
                 return False
-            self._runs.add(run_id)
+            self._runs[run_id] = "-"
+            self._per_workspace["-"] += 1
             return True
+
+    def belongs(self, run_id: uuid.UUID, workspace: str) -> None:
+        """``run_id`` (reserved) is a run of ``workspace``, as its claimed row says."""
+        with self._lock:
+            before = self._runs.get(run_id)
+            if before is None or before == workspace:
+                return
+            self._forget(before)
+            self._runs[run_id] = workspace
+            self._per_workspace[workspace] += 1
 
     def release(self, run_id: uuid.UUID) -> None:
         """``run_id`` no longer executes here."""
         with self._lock:
-            self._runs.discard(run_id)
+            workspace = self._runs.pop(run_id, None)
+            if workspace is not None:
+                self._forget(workspace)
+
+    def _forget(self, workspace: str) -> None:
+        self._per_workspace[workspace] -= 1
+        if self._per_workspace[workspace] <= 0:
+            del self._per_workspace[workspace]
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
         """Run a step on one of this process's step threads (queued while all are busy)."""

@@ -106,7 +106,7 @@ class Usage:
 
 def client() -> openai.OpenAI:
     """This thread's client of the process: the run's workspace's (its key and base URL) when the run names
-    one, else the engine's. A forked pool child builds its own connection pools; a workspace's replaced key
+    one with a key of its own, else the engine's. A forked pool child builds its own connection pools; a workspace's replaced key
     (``dataengine.llm.workspaces.lookup``, read again every few seconds) gets new clients."""
     global _clients, _workspace_clients, _client_pid
     shard = getattr(_shard, "index", None)
@@ -118,7 +118,7 @@ def client() -> openai.OpenAI:
         if _client_pid != os.getpid():  # a forked child: its parent's clients are not its to use or close
             _clients, _workspace_clients, _client_pid = [], {}, os.getpid()
             _retired_clients.clear()
-        if workspace is None:
+        if workspace is None or not workspace.own_key:  # the engine's key
             if not _clients:
                 _clients = [_new_client() for _ in range(CLIENT_SHARDS)]
             return _clients[shard]
@@ -243,11 +243,12 @@ def _within_limits(model: str, tokens: int, send: Callable[[], R]) -> R:
     """``send()`` once the fleet's limits allow it (a workspace's own, for a run of a workspace), tried
     again after a transient failure."""
     s, limits, m, label = get_settings(), limiter(), metrics(), model_label(model)
-    limited_as = workspaces.limit_name(model, (current_run() or {}).get("workspace_id"))
+    workspace_id = (current_run() or {}).get("workspace_id")
+    limited_as = workspaces.limit_name(model, workspace_id)
     for attempt in range(s.openai_max_retries + 1):
         if attempt:
             m.llm_retries.labels(label).inc()
-        reservation = limits.acquire(limited_as, tokens)
+        reservation = limits.acquire(limited_as, tokens, tenant=workspace_id or "-")  # workspaces share a limit fairly
         asking = _asking.set(limited_as)
         try:
             response = send()
@@ -291,7 +292,8 @@ def _paid(model: str, prompt: list[Any], output_tokens: int, send: Callable[[], 
         try:
             response = _within_limits(model, prompt_tokens + output_tokens, send)
         except openai.AuthenticationError as exc:
-            whose = f"workspace {run['workspace_id']!r}'s" if run.get("workspace_id") else "the engine's (OPENAI_API_KEY)"
+            own = run.get("workspace_id") and workspaces.lookup(run["workspace_id"]).own_key
+            whose = f"workspace {run['workspace_id']!r}'s" if own else "the engine's (OPENAI_API_KEY)"
             raise ProviderKeyRejected(whose=whose, status=exc.status_code,
                                       detail="replace the key, then retry the run") from None
         usage = _usage(model, response, started)

@@ -47,6 +47,12 @@ start, so a fleet that starts hundreds of calls at once does not meet a storm of
 ``x-ratelimit-remaining-*`` and ``-reset-*`` headers are not used: a token bucket's ``remaining`` is 0
 after every full burst, and pausing on it would cost rate that the limit and the 429s already keep.
 
+Tenants. A call made for a tenant (its run's workspace; runs without one are the tenant ``-``) shares
+the model's rate with the other tenants that asked within ``TENANT_ACTIVE_S``: each keeps to an equal
+part in a GCRA state of its own as well as to the model's, so a workspace with a thousand calls
+waiting cannot take another's part, and a workspace alone has all of it. A tenant's token state is
+charged the estimate and not refunded (the model's is): a share of TPM is met by estimates.
+
 When Redis is unreachable each process keeps to ``fallback_share`` of the limits on its own (the
 same algorithm, in memory) and to the pauses it saw itself, and says so in the log once per outage
 and once when Redis answers again. Calls go on, more slowly, rather than stop.
@@ -81,6 +87,8 @@ REDIS_RETRY_S = 1.0
 #: How stale a process's view of the fleet's pause of a model with no limit may be, and how often a process
 #: asks Redis again whether another has learned the limits of a model it has not heard of yet.
 PAUSE_READ_EVERY_S = 0.2
+#: A tenant (a workspace) shares a model's rate while it has asked within this many seconds.
+TENANT_ACTIVE_S = 2.0
 #: Learned limits live this long in Redis, and a process writes them again at most this often while they hold.
 LEARNED_TTL_S = 3600.0
 LEARNED_REFRESH_S = 600.0
@@ -255,15 +263,16 @@ class FleetLimiter:
         self._logged_down_at = -math.inf
         self._announced = False  # this outage was logged
 
-    def acquire(self, model: str, tokens: int) -> Reservation:
-        """Wait until a call of ``tokens`` (estimated) may go to ``model``; its reservation.
+    def acquire(self, model: str, tokens: int, tenant: str | None = None) -> Reservation:
+        """Wait until a call of ``tokens`` (estimated) may go to ``model`` for ``tenant`` (None: no
+        sharing between tenants); its reservation.
 
         Sleeps what the limit says to wait, at most ``MAX_SLEEP_S`` at a time. Raises
         :class:`RateLimitWait` only when ``max_wait_s`` is set and the sleeps would add up to more.
         """
         waited = 0.0
         while True:
-            reservation, wait_s = self._try(model, tokens)
+            reservation, wait_s = self._try(model, tokens, tenant)
             if reservation is not None:
                 return reservation
             if self._max_wait_s is not None and waited + wait_s > self._max_wait_s:
@@ -392,17 +401,19 @@ class FleetLimiter:
     def _shapes(self, limits: ModelLimits, share: float) -> dict[str, _Shape]:
         return {"rpm": _shape(limits.rpm, share, self._burst_s), "tpm": _shape(limits.tpm, share, self._token_burst_s)}
 
-    def _try(self, model: str, tokens: int) -> tuple[Reservation | None, float]:
+    def _try(self, model: str, tokens: int, tenant: str | None = None) -> tuple[Reservation | None, float]:
         """One attempt: the reservation, or None and the seconds to wait before the next one."""
         limits = self.limits(model)
         if not limits.rpm and not limits.tpm:
             return self._unlimited_try(model, tokens)
         if self._redis_usable():
             shapes = self._shapes(limits, 1.0)
-            args = [*shapes["rpm"], *shapes["tpm"], tokens, self._recovery_start, self._recovery_s, self._now_arg()]
+            args = [*shapes["rpm"], *shapes["tpm"], tokens, self._recovery_start, self._recovery_s, self._now_arg(),
+                    tenant or "", TENANT_ACTIVE_S]
+            keys = [_key(model, "rpm"), _key(model, "tpm"), _key(model, "pause"), _key(model, "tenants"),
+                    _key(model, f"t:{tenant}:rpm"), _key(model, f"t:{tenant}:tpm")]
             try:
-                answer = self._acquire_script(keys=[_key(model, "rpm"), _key(model, "tpm"), _key(model, "pause")],
-                                              args=args)
+                answer = self._acquire_script(keys=keys, args=args)
             except _UNREACHABLE as exc:
                 self._went_down(model, exc)
             else:

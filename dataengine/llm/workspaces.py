@@ -1,10 +1,16 @@
-"""Workspaces, "bring your own key": one engine, many customers, each paying the provider with its own key.
+"""Workspaces, "bring your own key": one engine, many customers, each paying the provider with its own key,
+or sharing the engine's.
 
 A workspace (``models.workspaces``) holds its provider key encrypted (``dataengine.llm.keyring``), its
 base URL, its default models and its limits. A run that names a ``workspace_id`` makes its calls
 with that key and URL (``dataengine.llm.calls``), uses the workspace's models where its spec names none
 (:func:`default_model`), keeps to the workspace's rate limits apart from every other key's
 (:func:`limit_name`) and counts against its daily budget (:func:`daily_budget`).
+
+A workspace without a key of its own (``add_workspace(api_key=None)``) calls with the engine's
+``OPENAI_API_KEY`` at ``OPENAI_BASE_URL`` under the engine's limits, which the fleet limiter shares
+equally between the workspaces asking at the moment (``dataengine.llm.limits``, tenants): one
+customer's backlog does not starve another's run. Its models, daily budget and runs are its own.
 
 Workers read a workspace through :func:`lookup`, kept for ``LOOKUP_TTL_S`` per process: a key
 replaced with ``dataengine workspaces set-key`` is in use within seconds, and a database blip
@@ -110,10 +116,17 @@ class WorkspaceConfig(WorkspaceSettings):
     limits: WorkspaceLimits
     #: Changes whenever the key or the base URL does (a re-encryption too): a client built for another is rebuilt.
     key_version: str
-    _token: str = field(repr=False)
+    _token: str | None = field(repr=False)
+
+    @property
+    def own_key(self) -> bool:
+        """Whether it has a provider key of its own (else its runs use the engine's, and its limits)."""
+        return self._token is not None
 
     def api_key(self) -> str:
         """The provider key in plain text, to build a client with; never log it."""
+        if self._token is None:
+            raise WorkspaceKeyUnusable(workspace_id=self.id, why="it has no key of its own: its runs use the engine's")
         try:
             return keyring.decrypt(self._token, what=f"workspace {self.id!r}'s provider key")
         except DataEngineError as exc:
@@ -127,7 +140,7 @@ class WorkspaceInfo(WorkspaceSettings):
     rate_limits: dict[str, Any]
     created_at: datetime
     key_updated_at: datetime
-    #: ``…abcd``, or why the key cannot be read with the configured encryption keys.
+    #: ``…abcd``, ``the engine's`` (none of its own), or why the key cannot be read with the configured encryption keys.
     key_hint: str
 
 
@@ -187,19 +200,23 @@ def _limits(workspace_id: str, limits: dict[str, Any] | None) -> dict[str, Any]:
         raise WorkspaceInvalid(workspace_id=workspace_id, why=f"rate limits: {problems}") from None
 
 
-def add_workspace(*, workspace_id: str, name: str, api_key: str, base_url: str | None = None,
+def add_workspace(*, workspace_id: str, name: str, api_key: str | None, base_url: str | None = None,
                   models: dict[str, str] | None = None, daily_budget_usd: Decimal | str | float | None = None,
                   rate_limits: dict[str, Any] | None = None) -> None:
-    """Create a workspace, its provider key encrypted under the first encryption key."""
+    """Create a workspace, its provider key encrypted under the first encryption key; ``api_key=None``: it
+    uses the engine's key, URL and limits (so it may set neither a base URL nor limits of its own)."""
     workspace_id = validate_id(workspace_id)
     name = name.strip()
     if not 0 < len(name) <= 200:
         raise WorkspaceInvalid(workspace_id=workspace_id, why="its name must be 1 to 200 characters")
+    if api_key is None and (base_url or any((rate_limits or {}).values())):
+        raise WorkspaceInvalid(workspace_id=workspace_id, why=(
+            "a base URL or rate limits need a provider key of its own: without one it uses the engine's"))
     values = {
         "id": workspace_id, "name": name, "base_url": _base_url(workspace_id, base_url),
         "models": _models(workspace_id, models), "daily_budget_usd": _budget(workspace_id, daily_budget_usd),
         "rate_limits": _limits(workspace_id, rate_limits),
-        "api_key_encrypted": keyring.encrypt(_provider_key(workspace_id, api_key)),
+        "api_key_encrypted": None if api_key is None else keyring.encrypt(_provider_key(workspace_id, api_key)),
     }
     try:
         with session_scope() as session:
@@ -236,7 +253,7 @@ def rotate_keys() -> int:
     opens stops it, named); returns how many. Afterwards the older encryption keys may be removed."""
     with session_scope() as session:
         rows = session.execute(select(Workspace.id, Workspace.api_key_encrypted).order_by(Workspace.id)
-                               .with_for_update()).all()
+                               .where(Workspace.api_key_encrypted.is_not(None)).with_for_update()).all()
         for row in rows:
             token = keyring.reencrypt(row.api_key_encrypted, what=f"workspace {row.id!r}'s provider key")
             session.execute(update(Workspace).where(Workspace.id == row.id).values(api_key_encrypted=token))
@@ -244,7 +261,9 @@ def rotate_keys() -> int:
     return len(rows)
 
 
-def _hint(token: str) -> str:
+def _hint(token: str | None) -> str:
+    if token is None:
+        return "the engine's"
     try:
         key = keyring.decrypt(token)
     except keyring.KeyUnreadable:
@@ -282,7 +301,7 @@ def _read(workspace_id: str) -> WorkspaceConfig:
             w = session.get(Workspace, workspace_id)
             if w is None:
                 raise WorkspaceNotFound(workspace_id=workspace_id)
-            version = hashlib.sha256(f"{w.api_key_encrypted}\x00{w.base_url or ''}".encode()).hexdigest()[:16]
+            version = hashlib.sha256(f"{w.api_key_encrypted or ''}\x00{w.base_url or ''}".encode()).hexdigest()[:16]
             return WorkspaceConfig(w.id, w.name, w.base_url, dict(w.models), w.daily_budget_usd,
                                    WorkspaceLimits.model_validate(w.rate_limits), version, w.api_key_encrypted)
     except Exception as exc:
@@ -351,9 +370,10 @@ def default_model(purpose: Purpose, workspace_id: str | None) -> str:
 
 
 def limit_name(model: str, workspace_id: str | None) -> str:
-    """What the fleet limiter keeps ``model``'s calls under: the model itself for the engine's key, and the
-    model within its workspace for a workspace's (its own limits, its own 429 pauses)."""
-    return f"{model}{LIMIT_NAME_SEP}{workspace_id}" if workspace_id else model
+    """What the fleet limiter keeps ``model``'s calls under: the model itself for the engine's key (a
+    workspace without a key of its own too), and the model within its workspace for a workspace's own
+    key (its own limits, its own 429 pauses)."""
+    return f"{model}{LIMIT_NAME_SEP}{workspace_id}" if workspace_id and lookup(workspace_id).own_key else model
 
 
 def limits_of(name: str) -> ModelLimits | None:

@@ -56,6 +56,31 @@ def test_two_workers_with_four_threads_each_share_the_limit_and_run_at_it(redis_
     assert 0.97 * allowed <= len(admitted) <= allowed
 
 
+def test_two_workspaces_share_the_limit_equally_on_redis_whoever_has_more_threads(redis_url, model):
+    limiters = {"big": worker(redis_url), "small": worker(redis_url)}
+    admitted: dict[str, list[float]] = {"big": [], "small": []}
+    stop = threading.Event()
+
+    def greedy(tenant: str) -> None:
+        while not stop.is_set():
+            limiters[tenant].acquire(model, 1, tenant=tenant)
+            admitted[tenant].append(time.monotonic())
+
+    threads = [threading.Thread(target=greedy, args=("big",)) for _ in range(12)]
+    threads.append(threading.Thread(target=greedy, args=("small",)))
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    time.sleep(6)  # the measurement: 12 greedy threads of one workspace and 1 of another, for 6 s
+    stop.set()
+    for t in threads:
+        t.join(5)
+    # From 2 s on: past the model's burst and each workspace's own (big asked first and took them).
+    big, small = ([t for t in admitted[w] if start + 2 <= t < start + 6] for w in ("big", "small"))
+    assert len(small) >= 0.8 * len(big)  # without sharing: about 1/13 of the calls
+    assert len(big) + len(small) <= RPM / 61 * 4 + 2  # together within the model's rate
+
+
 def test_a_pause_from_one_worker_delays_the_other(redis_url, model):
     a, b = worker(redis_url), worker(redis_url)
     assert not b.acquire(model, 1).local

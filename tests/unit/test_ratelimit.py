@@ -260,6 +260,57 @@ def test_a_model_without_limits_never_waits_unless_paused(make, clock):
     assert len(admitted_now(lim, "free", tries=50)) == 50  # no rate to scale: only the pause applied
 
 
+def greedy(lims: dict[str, FleetLimiter], clock: Clock, until: float, model: str = "m",
+           callers: dict[str, int] | None = None, stop: dict[str, float] | None = None) -> dict[str, list[float]]:
+    """Callers per tenant that ask again at once when admitted and after the wait when not (at most
+    MAX_SLEEP_S), each tenant through its own limiter (its own process), until ``until`` (or the tenant's
+    ``stop``); the admission times by tenant."""
+    callers = callers or {t: 1 for t in lims}
+    next_at = {(t, i): clock.now for t, n in callers.items() for i in range(n)}
+    admitted: dict[str, list[float]] = {t: [] for t in lims}
+    while True:
+        (tenant, i), at = min(next_at.items(), key=lambda kv: kv[1])
+        if at >= until:
+            return admitted
+        clock.now = at
+        if stop and at >= stop.get(tenant, math.inf):
+            del next_at[(tenant, i)]
+            if not next_at:
+                return admitted
+            continue
+        try:
+            lims[tenant].acquire(model, 1, tenant=tenant)
+            admitted[tenant].append(at)
+        except RateLimitWait as waiting:
+            next_at[(tenant, i)] = at + min(max(waiting.wait_s, 0.001), 1.0)
+
+
+def test_tenants_asking_at_once_share_the_rate_equally_whoever_has_more_callers(server, clock):
+    limits = {"m": ModelLimits(rpm=610)}  # 10 a second
+    lims = {t: limiter(server, clock, limits, max_wait_s=0) for t in ("big", "small")}
+    admitted = greedy(lims, clock, until=1030, callers={"big": 10, "small": 1})
+    assert len(admitted["big"]) + len(admitted["small"]) <= 310  # the model's rate: a burst, 10 a second
+    assert len(admitted["small"]) == pytest.approx(150, abs=5)  # half of it for 30 s
+    assert len(admitted["big"]) == pytest.approx(160, abs=6)  # half, and the burst of 10 it took before small asked
+
+
+def test_a_tenant_alone_has_the_whole_rate_and_gets_it_back_when_the_other_stops(server, clock):
+    limits = {"m": ModelLimits(rpm=610)}
+    lims = {t: limiter(server, clock, limits, max_wait_s=0) for t in ("a", "b")}
+    admitted = greedy(lims, clock, until=1040, stop={"b": 1020})
+    late = [t for t in admitted["a"] if t >= 1020 + 2 + 1]  # once b is no longer active (2 s), and a second
+    assert len([t for t in admitted["b"] if 1010 <= t < 1020]) == pytest.approx(50, abs=3)
+    assert len(late) == pytest.approx(170, abs=3)  # the whole 10 a second
+
+
+def test_calls_without_a_tenant_keep_to_the_model_alone(server, clock):
+    lim = limiter(server, clock, {"m": ModelLimits(rpm=610)}, max_wait_s=0)
+    lim.acquire("m", 1, tenant="a")
+    assert len(admitted_now(lim, "m")) == 9  # not held to a share: the rest of the burst
+    client = fakeredis.FakeRedis(server=server)
+    assert client.zrange("dataengine:llm:{m}:tenants", 0, -1) == [b"a"]
+
+
 def test_a_model_with_no_limit_keeps_to_the_providers_as_its_answers_say(server, clock):
     a = limiter(server, clock, {"set": ModelLimits(rpm=60)}, learn=True, unknown_rpm=300)
     b = limiter(server, clock, {}, learn=True, max_wait_s=0)  # another process

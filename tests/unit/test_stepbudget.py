@@ -45,3 +45,26 @@ def test_a_run_is_reserved_once_and_step_concurrency_caps_it(budget, monkeypatch
     monkeypatch.setenv("DATAENGINE_STEP_CONCURRENCY", "3")
     get_settings.cache_clear()
     assert budget.room(0) == 3 and budget.room(2) == 1
+
+
+def test_workspaces_share_the_budget_equally_then_their_runs(budget):
+    big = [uuid.uuid4() for _ in range(3)]
+    small = uuid.uuid4()
+    for run in big:
+        assert budget.reserve(run)
+        budget.belongs(run, "ws-big")
+    assert budget.reserve(small)
+    assert budget.room(0, "-") == 12  # nothing in flight: idle threads are anyone's
+    budget.belongs(small, "ws-small")
+    release = threading.Event()
+    futures = [budget.submit(release.wait) for _ in range(12)]
+    assert budget.room(0, "ws-small") == 6  # half the budget: one of two workspaces, its only run
+    assert budget.room(0, "ws-big") == 2  # the other half, split between three runs
+    budget.release(big[0])
+    budget.release(big[1])
+    assert budget.room(0, "ws-big") == 6
+    budget.release(small)
+    assert budget.room(0, "ws-big") == 12  # a workspace alone has it all
+    release.set()
+    for f in futures:
+        f.result(timeout=5)
