@@ -195,13 +195,14 @@ def audit_spec(queries: int, *, prefix: str = "best apartments near downtown Aus
     }
 
 
-def new_audit_run(queries: int) -> str:
-    """Create a queued PropertyAudit run row (not enqueued); returns its id."""
+def new_audit_run(queries: int, *, workspace_id: str | None = None) -> str:
+    """Create a queued PropertyAudit run row (not enqueued), in ``workspace_id`` if given; returns its id."""
     from dataengine.engine.submitting import create_run, validate_spec
     from dataengine.infra.db import session_scope
     from tasks.propertyaudit import JOB
 
-    spec, options = validate_spec(JOB, audit_spec(queries))
+    extra = {} if workspace_id is None else {"workspace_id": workspace_id}
+    spec, options = validate_spec(JOB, {**audit_spec(queries), **extra})
     with session_scope() as session:
         run_id, _ = create_run(session=session, job=JOB, spec=spec, options=options)
     return str(run_id)

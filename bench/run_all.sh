@@ -5,7 +5,7 @@ set -u
 cd "$(dirname "$0")/.."
 python=${PYTHON:-.venv/bin/python}
 failed=()
-for bench in checkpoint_throughput recovery_latency resume_cost reviewflow_throughput knowledge_refresh llm_throughput fleet_limit; do
+for bench in checkpoint_throughput recovery_latency resume_cost reviewflow_throughput knowledge_refresh llm_throughput fleet_limit fairness; do
     echo
     "$python" "bench/$bench.py" || failed+=("$bench")
 done

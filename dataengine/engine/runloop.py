@@ -212,9 +212,7 @@ class Execution:
     def __init__(self, *, job: Job, claim: Claim, log: RunLogger, may_retry: bool, total: int,
                  steps: list[tuple[int, Any]] | None = None) -> None:
         self.job, self.claim, self.log, self.may_retry, self.total = job, claim, log, may_retry, total
-        #: The workspace whose part of the process's calls in flight the run shares ("-": none).
-        self.workspace = claim.row.workspace_id or "-"
-        budget.belongs(claim.run_id, self.workspace)
+        budget.belongs(claim.run_id, claim.row.workspace_id or "-")  # its workspace's part of the calls in flight
         #: Every step of a run created moments ago, none recorded yet: nothing to read back.
         self.known_steps = steps
         self.s = get_settings()
@@ -400,7 +398,9 @@ class Execution:
         stopping = self.cancelled or self.failure is not None or self.paused is not None or _draining.is_set()
         if stopping and self.ahead:
             self.ahead, self.exhausted = [], False  # recorded as in flight but never started: not done
-        free = 0 if stopping else budget.room(len(self.in_flight), self.workspace)
+        hungry = not stopping and (bool(self.ahead) or not self.exhausted)  # other runs are owed less if not
+        free = budget.room(len(self.in_flight), self.claim.run_id, hungry=hungry)
+        free = 0 if stopping else free
         ready, self.ahead = self.ahead[:free], self.ahead[free:]
         free -= len(ready)
         # Only this soon after the last checkpoint the database accepted (which proved the lease
@@ -449,9 +449,11 @@ class Execution:
                               extra={"step": index})
             step = unit[0][0]
             if len(unit) == 1:
-                future = budget.submit(in_run_context(self.job.execute_step, step=step), context, *unit[0])
+                future = budget.submit(in_run_context(self.job.execute_step, step=step), context, *unit[0],
+                                       run_id=self.claim.run_id)
             else:
-                future = budget.submit(in_run_context(self.job.execute_group, step=step), context, unit)
+                future = budget.submit(in_run_context(self.job.execute_group, step=step), context, unit,
+                                       run_id=self.claim.run_id)
             self.in_flight[future] = _Running(unit, deadline)
 
     def _take(self, steps: Iterator[tuple[int, Any]]) -> tuple[int, Any] | None:

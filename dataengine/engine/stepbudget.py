@@ -5,10 +5,16 @@ every run of the process submits its steps to one thread pool of ``calls_in_flig
 each run keeps its fair share in flight: the budget is split equally between the workspaces whose
 runs the process holds (runs without a workspace are one workspace of their own), and a workspace's
 part equally between its runs; a run alone has the whole budget (``step_concurrency`` caps it
-further), and any run more while the others leave threads idle. A run that joins makes the others'
-shares smaller at once; they start no new step until they are back under it, so nobody starves and
-the pool's queue stays short. So a workspace with forty runs in the process has the same part as
-one with a single run.
+further), and any run more while the others leave threads idle. Idle threads are idle only past what
+the runs below their share and with steps to start are owed: a run over its share does not take the
+thread another run's step just freed while a run under its share waits for it. A run that joins
+makes the others' shares smaller at once; they start no new step until they are back under it, so
+nobody starves and the pool's queue stays short. So a workspace with forty runs in the process has
+the same part as one with a single run.
+
+Each workspace's steps run on threads of its own (``StepThreads`` each, ending when idle): the steps
+a workspace queued while it was alone wait behind each other, not in front of another workspace's
+first ones.
 
 It also knows which runs this process is executing, so a second delivery of one of them is
 refused here instead of being mistaken for this process's own abandoned lease.
@@ -22,10 +28,20 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 from dataengine.engine.stepthreads import StepThreads
 from dataengine.infra.settings import get_settings
+
+
+@dataclass
+class _Share:
+    """What the budget knows of one run."""
+
+    workspace: str = "-"  # none, or not known yet
+    in_flight: int = 0  # its steps submitted and not yet ended
+    hungry: bool = True  # it has steps to start, as it last said
 
 
 class StepBudget:
@@ -33,21 +49,31 @@ class StepBudget:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._runs: dict[uuid.UUID, str] = {}  # run -> its workspace ("-": none, or not known yet)
+        self._runs: dict[uuid.UUID, _Share] = {}
         self._per_workspace: Counter[str] = Counter()
         self._in_flight = 0  # steps submitted and not yet ended, every run's
-        self._pool: StepThreads | None = None
+        self._pools: dict[str, StepThreads] = {}  # by workspace
         self._pool_pid: int | None = None
 
-    def room(self, mine: int, workspace: str = "-") -> int:
-        """Steps a run of ``workspace`` with ``mine`` in flight may start now: up to its fair share (its
-        workspace's part of the budget, split between the workspace's runs), and past it into what the
-        process leaves idle (never past the process's budget that way); at most ``step_concurrency`` in all."""
+    def room(self, mine: int, run_id: uuid.UUID | None = None, *, hungry: bool = True) -> int:
+        """Steps ``run_id`` with ``mine`` in flight may start now: up to its fair share (its workspace's part
+        of the budget, split between the workspace's runs), and past it into what the process leaves idle
+        beyond what the other runs below their share are owed (never past the process's budget that way);
+        at most ``step_concurrency`` in all. ``hungry``: whether it has steps to start after these."""
         s = get_settings()
-        workspaces, siblings = len(self._per_workspace), self._per_workspace.get(workspace, 0)
-        fair = max(1, s.calls_in_flight // max(workspaces, 1) // max(siblings, 1))
-        room = max(fair - mine, s.calls_in_flight - self._in_flight, 0)
+        with self._lock:
+            share = self._runs.get(run_id) if run_id is not None else None
+            if share is not None:
+                share.hungry = hungry
+            fair = self._fair(share.workspace if share is not None else "-", s.calls_in_flight)
+            owed = sum(max(0, self._fair(o.workspace, s.calls_in_flight) - o.in_flight)
+                       for r, o in self._runs.items() if r != run_id and o.hungry)
+            room = max(fair - mine, s.calls_in_flight - self._in_flight - owed, 0)
         return min(room, s.step_concurrency - mine) if s.step_concurrency else room
+
+    def _fair(self, workspace: str, budget: int) -> int:
+        """A run's fair share: its workspace's part of ``budget``, split between the workspace's runs here."""
+        return max(1, budget // max(len(self._per_workspace), 1) // max(self._per_workspace.get(workspace, 0), 1))
 
     def executing(self, run_id: uuid.UUID) -> bool:
         """Whether this process is executing ``run_id`` now."""
@@ -63,57 +89,65 @@ class StepBudget:
         with self._lock:
             if run_id in self._runs:
                 return False
-            self._runs[run_id] = "-"
+            self._runs[run_id] = _Share()
             self._per_workspace["-"] += 1
             return True
 
     def belongs(self, run_id: uuid.UUID, workspace: str) -> None:
         """``run_id`` (reserved) is a run of ``workspace``, as its claimed row says."""
         with self._lock:
-            before = self._runs.get(run_id)
-            if before is None or before == workspace:
+            share = self._runs.get(run_id)
+            if share is None or share.workspace == workspace:
                 return
-            self._forget(before)
-            self._runs[run_id] = workspace
+            self._forget(share.workspace)
+            share.workspace = workspace
             self._per_workspace[workspace] += 1
 
     def release(self, run_id: uuid.UUID) -> None:
         """``run_id`` no longer executes here."""
         with self._lock:
-            workspace = self._runs.pop(run_id, None)
-            if workspace is not None:
-                self._forget(workspace)
+            share = self._runs.pop(run_id, None)
+            if share is not None:
+                self._forget(share.workspace)
 
     def _forget(self, workspace: str) -> None:
         self._per_workspace[workspace] -= 1
         if self._per_workspace[workspace] <= 0:
             del self._per_workspace[workspace]
+            self._pools.pop(workspace, None)  # its threads, if any, end when idle
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
-        """Run a step on one of this process's step threads (queued while all are busy)."""
+    def submit(self, fn: Callable[..., Any], *args: Any, run_id: uuid.UUID | None = None) -> Future[Any]:
+        """Run a step (of ``run_id``) on one of this process's step threads (queued while all are busy)."""
         with self._lock:
             self._in_flight += 1
-        future = self._threads().submit(fn, *args)
-        future.add_done_callback(self._ended)
+            share = self._runs.get(run_id) if run_id is not None else None
+            if share is not None:
+                share.in_flight += 1
+        future = self._threads(share.workspace if share is not None else "-").submit(fn, *args)
+        future.add_done_callback(lambda _: self._ended(share))
         return future
 
-    def _ended(self, _: Future[Any]) -> None:
+    def _ended(self, share: _Share | None) -> None:
         with self._lock:
             self._in_flight -= 1
+            if share is not None:
+                share.in_flight -= 1
 
-    def _threads(self) -> StepThreads:
+    def _threads(self, workspace: str) -> StepThreads:
         # A forked pool process inherits the object but none of its threads: it builds its own.
         with self._lock:
-            if self._pool is None or self._pool_pid != os.getpid():
-                self._pool = StepThreads(get_settings().calls_in_flight)
-                self._pool_pid = os.getpid()
-            return self._pool
+            if self._pool_pid != os.getpid():
+                self._pools, self._pool_pid = {}, os.getpid()
+            pool = self._pools.get(workspace)
+            if pool is None:
+                pool = self._pools[workspace] = StepThreads(get_settings().calls_in_flight, name=f"step-{workspace}")
+            return pool
 
     def reset(self) -> None:
         """Forget the step threads, so the next step builds them from the settings (tests change
         them); idle ones end on their own."""
         with self._lock:
-            self._pool, self._pool_pid = None, None
+            self._pools, self._pool_pid = {}, None
 
 
 #: The process's budget.
