@@ -4,6 +4,8 @@ the stand-in server's keys."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import openai
 import pytest
 from conftest import reload_settings
@@ -62,13 +64,15 @@ def test_a_malformed_encryption_key_is_refused_by_position_without_its_value(mon
     assert Settings().encryption_key.get_secret_value() == good
 
 
-def test_a_workspaces_limits_are_its_models_own_else_its_defaults_and_named_apart_from_the_engines():
+def test_a_workspaces_limits_are_its_models_own_else_its_defaults_and_named_apart_from_the_engines(monkeypatch):
     limits = workspaces.WorkspaceLimits.model_validate({"rpm": 60, "models": {"gpt-4o": {"tpm": 1000}}})
     assert limits.for_model("gpt-4o") == ModelLimits(None, 1000)
     assert limits.for_model("gpt-4o-mini") == ModelLimits(60, None)
     assert workspaces.WorkspaceLimits().for_model("gpt-4o") == ModelLimits(None, None)
+    monkeypatch.setattr(workspaces, "lookup", lambda ws: SimpleNamespace(own_key=ws == "acme"))
     assert workspaces.limit_name("gpt-4o", None) == "gpt-4o"
     assert workspaces.limit_name("gpt-4o", "acme") == "gpt-4o|ws:acme"
+    assert workspaces.limit_name("gpt-4o", "shared") == "gpt-4o"  # on the engine's key: the engine's limits
     assert workspaces.limits_of("gpt-4o") is None  # the engine's own: the settings' limits apply
 
 
