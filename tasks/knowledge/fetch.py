@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import cache
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
-import httpx
+import httpx2
 from selectolax.lexbor import LexborHTMLParser
 
 from tasks.knowledge import wire
@@ -139,13 +139,13 @@ def _checked(url: str, *, allow_private: bool) -> tuple[str, str | None]:
 def _tls() -> ssl.SSLContext:
     # Built once: loading the CA bundle costs about 25 ms, which a client per fetch paid every time
     # (most of an unchanged source's refresh, measured by bench/knowledge_refresh.py).
-    return httpx.create_ssl_context()
+    return httpx2.create_ssl_context()
 
 
 def fetch(url: str, *, etag: str | None, last_modified: str | None, limits: KnowledgeLimits,
           allow_private: bool) -> Fetched:
     """GET ``url`` (conditionally, when validators are known) and return its readable text."""
-    timeout = httpx.Timeout(connect=limits.connect_timeout_s, read=limits.read_timeout_s,
+    timeout = httpx2.Timeout(connect=limits.connect_timeout_s, read=limits.read_timeout_s,
                             write=limits.read_timeout_s, pool=limits.connect_timeout_s)
     deadline = time.monotonic() + limits.fetch_timeout_s
     conditional = {"If-None-Match": etag, "If-Modified-Since": last_modified}
@@ -166,17 +166,17 @@ def fetch(url: str, *, etag: str | None, last_modified: str | None, limits: Know
                         url = urljoin(url, response.headers["location"])
                         continue
                     return _read(response, url=url, limits=limits)
-            except httpx.TimeoutException as exc:
+            except httpx2.TimeoutException as exc:
                 if time.monotonic() >= deadline:
                     raise FetchTimedOut(f"{url}: not fetched within {limits.fetch_timeout_s:g} s, the limit for a "
                                         "whole fetch with its redirects") from None
                 raise FetchTimedOut(f"{url}: no answer in time ({type(exc).__name__})") from None
-            except httpx.TransportError as exc:
+            except httpx2.TransportError as exc:
                 raise FetchError(f"{url}: {type(exc).__name__}: {exc}") from None
     raise TooManyRedirects(f"{url}: more than {limits.max_redirects} redirects")
 
 
-def _read(response: httpx.Response, *, url: str, limits: KnowledgeLimits) -> Fetched:
+def _read(response: httpx2.Response, *, url: str, limits: KnowledgeLimits) -> Fetched:
     etag, last_modified = response.headers.get("etag"), response.headers.get("last-modified")
     if response.status_code == 304:
         return Fetched(None, None, etag, last_modified, url)

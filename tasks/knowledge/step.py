@@ -22,6 +22,7 @@ from models.knowledge import KnowledgeRefreshSource, KnowledgeSource
 from tasks.knowledge import vectors
 from tasks.knowledge.chunking import digest, split
 from tasks.knowledge.config import KnowledgeLimits
+from tasks.knowledge.fetch import NotText, fetch
 
 #: Characters of a failure kept on the result and the source row.
 ERROR_CHARS = 500
@@ -113,9 +114,6 @@ def load_sources(session: Session, run_id: uuid.UUID, start: int, limit: int) ->
 
 def refresh_source(ctx: KnowledgeContext, index: int, src: SourceItem) -> StepOutcome:
     """Fetch (URL) or read (text) one source; when its text changed, chunk it and embed the new chunks."""
-    # Imported on the first step, not with the job: httpx brings its command line's rich and pygments.
-    from tasks.knowledge.fetch import NotText, fetch
-
     if src.kind is None:
         raise SourceGone(f"source {src.source_id} no longer exists")
     source_id = src.source_id

@@ -4,7 +4,9 @@ compressed bodies inflated a bounded piece at a time.
 httpx's timeouts are per operation (a read timeout restarts with every byte), and its decoders
 inflate a whole network chunk at once (64 KiB of a gzip bomb is 64 MB): neither holds against a
 hostile server, so the refresh uses httpcore's network backend API for the first and zlib for the
-second.
+second. It uses the openai SDK's own fork of both (``httpx2``, ``httpcore2``, the same API): a worker
+loads one HTTP stack, and no step imports one on its thread while another step's SDK call looks
+for it (an import half done on one thread is a module without its names on another).
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import typing
 import zlib
 from collections.abc import Iterable, Iterator
 
-import httpcore
-import httpx
+import httpcore2
+import httpx2
 
 #: The encodings the refresh asks for, and the only ones it reads (no brotli or zstd: their
 #: decoders in httpx inflate without a bound, like its gzip one).
@@ -34,36 +36,36 @@ class _Deadline:
     def __init__(self, at: float) -> None:
         self.at = at
 
-    def timeout(self, timeout: float | None, error: type[httpcore.TimeoutException]) -> float:
+    def timeout(self, timeout: float | None, error: type[httpcore2.TimeoutException]) -> float:
         left = self.at - time.monotonic()
         if left <= 0:
             raise error("the fetch's deadline has passed")
         return left if timeout is None else min(timeout, left)
 
 
-class _DeadlineStream(httpcore.NetworkStream):
+class _DeadlineStream(httpcore2.NetworkStream):
     """A connection whose reads, writes and TLS handshake each end by the deadline."""
 
-    def __init__(self, stream: httpcore.NetworkStream, deadline: _Deadline) -> None:
+    def __init__(self, stream: httpcore2.NetworkStream, deadline: _Deadline) -> None:
         self._stream, self._deadline = stream, deadline
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         """Read at most ``max_bytes``, waiting no longer than the deadline allows."""
-        return self._stream.read(max_bytes, self._deadline.timeout(timeout, httpcore.ReadTimeout))
+        return self._stream.read(max_bytes, self._deadline.timeout(timeout, httpcore2.ReadTimeout))
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         """Write ``buffer``, waiting no longer than the deadline allows."""
-        self._stream.write(buffer, self._deadline.timeout(timeout, httpcore.WriteTimeout))
+        self._stream.write(buffer, self._deadline.timeout(timeout, httpcore2.WriteTimeout))
 
     def close(self) -> None:
         """Close the connection."""
         self._stream.close()
 
     def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
-                  timeout: float | None = None) -> httpcore.NetworkStream:
+                  timeout: float | None = None) -> httpcore2.NetworkStream:
         """The TLS handshake, ending by the deadline; the TLS stream keeps to it too."""
         stream = self._stream.start_tls(ssl_context, server_hostname,
-                                        self._deadline.timeout(timeout, httpcore.ConnectTimeout))
+                                        self._deadline.timeout(timeout, httpcore2.ConnectTimeout))
         return _DeadlineStream(stream, self._deadline)
 
     def get_extra_info(self, info: str) -> typing.Any:
@@ -71,16 +73,16 @@ class _DeadlineStream(httpcore.NetworkStream):
         return self._stream.get_extra_info(info)
 
 
-class _DeadlineBackend(httpcore.NetworkBackend):
+class _DeadlineBackend(httpcore2.NetworkBackend):
     """httpcore's own sockets, each connection and every operation on it ending by the deadline."""
 
     def __init__(self, deadline: _Deadline) -> None:
-        self._backend, self._deadline = httpcore.SyncBackend(), deadline
+        self._backend, self._deadline = httpcore2.SyncBackend(), deadline
 
     def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
-                    socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None) -> httpcore.NetworkStream:
+                    socket_options: typing.Iterable[httpcore2.SOCKET_OPTION] | None = None) -> httpcore2.NetworkStream:
         """Connect, waiting no longer than the deadline allows."""
-        stream = self._backend.connect_tcp(host, port, self._deadline.timeout(timeout, httpcore.ConnectTimeout),
+        stream = self._backend.connect_tcp(host, port, self._deadline.timeout(timeout, httpcore2.ConnectTimeout),
                                            local_address, socket_options)
         return _DeadlineStream(stream, self._deadline)
 
@@ -89,17 +91,17 @@ class _DeadlineBackend(httpcore.NetworkBackend):
         self._backend.sleep(seconds)
 
 
-def deadline_client(*, deadline: float, timeout: httpx.Timeout, verify: ssl.SSLContext) -> httpx.Client:
+def deadline_client(*, deadline: float, timeout: httpx2.Timeout, verify: ssl.SSLContext) -> httpx2.Client:
     """An httpx client (no redirects followed, no proxy from the environment) whose connections end every
     operation by ``deadline`` (``time.monotonic()``): past it, a read, write or connect raises an httpx
     timeout, however the server spaces its bytes."""
-    transport = httpx.HTTPTransport(verify=verify, trust_env=False)
+    transport = httpx2.HTTPTransport(verify=verify, trust_env=False)
     # httpx takes no network backend (encode/httpx#3749 proposes one); its transport keeps its pool here.
     # Checked, so that an httpx that moved it fails loudly instead of fetching without the deadline.
-    if not isinstance(getattr(transport, "_pool", None), httpcore.ConnectionPool):
-        raise RuntimeError("httpx.HTTPTransport no longer keeps an httpcore.ConnectionPool in _pool")
-    transport._pool = httpcore.ConnectionPool(ssl_context=verify, network_backend=_DeadlineBackend(_Deadline(deadline)))
-    return httpx.Client(transport=transport, timeout=timeout, follow_redirects=False, trust_env=False)
+    if not isinstance(getattr(transport, "_pool", None), httpcore2.ConnectionPool):
+        raise RuntimeError("httpx2.HTTPTransport no longer keeps an httpcore2.ConnectionPool in _pool")
+    transport._pool = httpcore2.ConnectionPool(ssl_context=verify, network_backend=_DeadlineBackend(_Deadline(deadline)))
+    return httpx2.Client(transport=transport, timeout=timeout, follow_redirects=False, trust_env=False)
 
 
 def decodable(encoding: str) -> bool:
