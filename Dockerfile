@@ -9,4 +9,5 @@ COPY tasks ./tasks
 COPY alembic ./alembic
 RUN pip install -e . && useradd --create-home dataengine
 USER dataengine
-CMD ["celery", "-A", "dataengine", "worker", "--loglevel", "INFO"]
+# The worker, as `celery -A dataengine worker` takes it but leaner (docs/operations.md).
+CMD ["dataengine-worker", "--loglevel", "INFO"]

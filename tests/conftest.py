@@ -318,14 +318,16 @@ def db_route(request: pytest.FixtureRequest) -> dict[str, str]:
 
 @pytest.fixture
 def workers(engine_env: dict[str, str], db_route: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Any]]:
-    """Start real ``celery -A dataengine worker`` processes; all are stopped after the test."""
+    """Start real worker processes (``python -m dataengine.worker``, or with ``ordinary`` ``celery -A dataengine
+    worker``); all are stopped after the test."""
     from dataengine.testing.processes import start_worker
 
     started: list[Any] = []
 
-    def start(name: str, *, concurrency: int = 1, env: dict[str, str] | None = None, ready: bool = True) -> Any:
+    def start(name: str, *, concurrency: int = 1, env: dict[str, str] | None = None, ready: bool = True,
+              ordinary: bool = False) -> Any:
         env = {**engine_env, **db_route, **(env or {})}
-        proc = start_worker(name, env=env, log_dir=tmp_path, concurrency=concurrency)
+        proc = start_worker(name, env=env, log_dir=tmp_path, concurrency=concurrency, ordinary=ordinary)
         started.append(proc)
         if ready:
             proc.wait_ready()

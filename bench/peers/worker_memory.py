@@ -1,9 +1,10 @@
 """Resident memory of a worker after 10,000 steps against the same worker idle after start-up.
 
-Each round starts a fresh worker of ours (``celery -A dataengine worker``, prefork, 2 pool
-processes, default settings) and, beside it, one of the bare Celery app with the same flags;
-reads the RSS of each process (main and pool, Linux ``/proc``) once both are ready and have
-settled; then has ours run 10,000 steps (``--runs`` PropertyAudits submitted with
+Each round starts a fresh worker of ours (``python -m dataengine.worker``, as ``dataengine-worker``
+starts it: Celery's worker command without the ``celery`` command; prefork, 2 pool processes,
+default settings) and, beside it, one of the bare Celery app with the same flags (``celery -A
+bare_celery worker``, as its users would start it); reads the RSS of each process (main and pool,
+Linux ``/proc``) once both are ready and have settled; then has ours run 10,000 steps (``--runs`` PropertyAudits submitted with
 ``propertyaudit.submit``, the stand-in LLM at zero latency) and the bare one 10,000 tasks of one
 ORM UPDATE each; and reads the RSS again. The bare worker is context for how much a worker
 grows by doing nothing of ours.

@@ -23,6 +23,14 @@ def celery_command() -> list[str]:
     return [str(exe)] if exe.exists() else [shutil.which("celery") or "celery"]
 
 
+def worker_command(cwd: Path | None = None, *, ordinary: bool = False) -> list[str]:
+    """The lean launcher (``python -m dataengine.worker``); or the ordinary ``celery -A dataengine worker``, when
+    asked or for a checkout (``cwd``, an older engine a benchmark compares) that has no launcher."""
+    if not ordinary and (cwd is None or (cwd / "dataengine" / "worker" / "__main__.py").exists()):
+        return [sys.executable, "-m", "dataengine.worker"]
+    return [*celery_command(), "-A", "dataengine", "worker"]
+
+
 @dataclass
 class CeleryProcess:
     """A worker or beat we started: its main pid, its log, and how to signal it."""
@@ -114,11 +122,15 @@ def start_celery(
     cwd: Path | None = None,
 ) -> CeleryProcess:
     """Run ``celery -A dataengine <args>`` in a new session, logging to ``log_dir/<name>.log``."""
+    return _start(name, [*celery_command(), "-A", "dataengine", *args], env=env, log_dir=log_dir, cwd=cwd)
+
+
+def _start(name: str, argv: list[str], *, env: dict[str, str], log_dir: Path, cwd: Path | None) -> CeleryProcess:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     log = log_path.open("wb")
     proc = subprocess.Popen(  # noqa: S603  a fixed argv of our own (no shell); env carries the settings
-        [*celery_command(), "-A", "dataengine", *args],
+        argv,
         env={**os.environ, **env, "DATAENGINE_DIE_WITH_PARENT": "1"},
         cwd=cwd,
         stdin=subprocess.DEVNULL,
@@ -131,12 +143,13 @@ def start_celery(
 
 def start_worker(
     name: str, *, env: dict[str, str], log_dir: Path, concurrency: int = 1, loglevel: str = "INFO",
-    cwd: Path | None = None,
+    cwd: Path | None = None, ordinary: bool = False,
 ) -> CeleryProcess:
-    """A prefork worker named ``name@<host>`` with ``concurrency`` pool processes."""
-    args = ["worker", "--pool", "prefork", "-c", str(concurrency), "-n", f"{name}@%h", "--loglevel", loglevel,
+    """A prefork worker named ``name@<host>`` with ``concurrency`` pool processes (``ordinary``: see
+    ``worker_command``)."""
+    args = ["--pool", "prefork", "-c", str(concurrency), "-n", f"{name}@%h", "--loglevel", loglevel,
             "--without-gossip", "--without-mingle"]
-    return start_celery(name, args, env=env, log_dir=log_dir, cwd=cwd)
+    return _start(name, [*worker_command(cwd, ordinary=ordinary), *args], env=env, log_dir=log_dir, cwd=cwd)
 
 
 def start_beat(name: str, *, env: dict[str, str], log_dir: Path) -> CeleryProcess:

@@ -1,1 +1,1 @@
-"""The Celery side: the app (celery -A dataengine), the two tasks every job gets, the runs a pool process hosts on its threads, the broker's message guards and backlog, beat and its schedules. The engine below knows no Celery task."""
+"""The Celery side: the app (celery -A dataengine), the two tasks every job gets, the runs a pool process hosts on its threads, the broker's message guards and backlog, beat and its schedules, and the lean way to start a worker (``python -m dataengine.worker``). The engine below knows no Celery task."""

@@ -1,4 +1,5 @@
-"""Real ``celery -A dataengine worker`` processes, killed with real signals, on real Redis and PostgreSQL.
+"""Real worker processes (``python -m dataengine.worker``, Celery's worker command), killed with real signals,
+on real Redis and PostgreSQL.
 
 Default engine settings throughout (lease 3 s, heartbeat 1 s, sweep every 1 s), so what is
 tested is what users get.
@@ -229,6 +230,20 @@ def test_submit_creates_the_run_once_per_idempotency_key(workers, fake_llm):
     row = wait_for(lambda: finished(uuid.UUID(first)), timeout_s=30, what="the submitted run to finish")
     assert row["status"] == "completed" and row["total_queries"] == 5 and row["idempotency_key"] == "order-42"
     assert all(answered(fake_llm, q) == 1 for q in spec["queries"])
+
+
+def test_the_ordinary_celery_command_starts_the_same_worker_as_the_launcher(workers, fake_llm):
+    """``celery -A dataengine worker`` (the public contract) and ``python -m dataengine.worker`` (what the other
+    tests start): the same worker, serving the same tasks."""
+    ordinary, lean = workers("a", ordinary=True), workers("b")
+    assert "/celery -A dataengine worker " in " ".join(ordinary.proc.args)
+    assert " -m dataengine.worker " in " ".join(lean.proc.args)
+    served = [re.findall(r"^  \. (\S+)$", w.log_text(), re.M) for w in (ordinary, lean)]
+    assert served[0] == served[1] and "propertyaudit.run" in served[0]
+    lean.stop()
+    run_id = uuid.UUID(app.send_task("propertyaudit.submit", kwargs=audit_spec(3)).get(timeout=30))
+    assert wait_for(lambda: finished(run_id), timeout_s=30, what="the run to finish")["status"] == "completed"
+    assert "Task propertyaudit.submit[" in ordinary.log_text()
 
 
 def test_a_submitted_run_starts_where_it_was_submitted_and_resumes_elsewhere_after_a_sigkill(workers, fake_llm):

@@ -6,7 +6,10 @@ services, commands and environment against the settings and the CLI.
 
 from __future__ import annotations
 
+import json
+import logging
 import re
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -42,7 +45,7 @@ def _setting_env_names() -> set[str]:
 
 def test_compose_has_every_role_with_the_ordinary_commands():
     assert {"postgres", "redis", *ENGINE_ROLES} <= set(SERVICES)
-    assert SERVICES["worker"]["command"][:4] == ["celery", "-A", "dataengine", "worker"]
+    assert SERVICES["worker"]["command"][0] == "dataengine-worker"  # celery -A dataengine worker, leaner
     assert SERVICES["beat"]["command"][:4] == ["celery", "-A", "dataengine", "beat"]
     assert SERVICES["flower"]["command"][:4] == ["celery", "-A", "dataengine", "flower"]
     assert SERVICES["migrate"]["command"] == ["dataengine", "migrate"]
@@ -50,6 +53,20 @@ def test_compose_has_every_role_with_the_ordinary_commands():
     commands = {c.name or c.callback.__name__.replace("_", "-") for c in cli.registered_commands}
     assert {"migrate", "fake-llm", "submit", "status", "watch", "demo", "api"} <= commands
     assert "api-keys" in {g.name for g in cli.registered_groups}
+
+
+def test_the_worker_of_compose_and_of_the_image_is_celery_s_worker_command_and_it_takes_their_options():
+    from dataengine.worker.__main__ import PROG, cli_context, worker_command
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts[PROG] == "dataengine.worker.__main__:main"
+    image = json.loads(re.search(r"^CMD (\[.*\])$", (ROOT / "Dockerfile").read_text(), re.M).group(1))
+    compose = SERVICES["worker"]["command"]
+    for command in (image, compose):
+        assert command[0] == PROG
+        with worker_command().make_context(PROG, command[1:], obj=cli_context()) as ctx:
+            assert ctx.params["loglevel"] == logging.INFO, ctx.params
+    assert ctx.params["concurrency"] == int(compose[compose.index("--concurrency") + 1])
 
 
 def test_the_api_listens_where_compose_maps_it_and_its_healthcheck_asks_health():

@@ -55,3 +55,25 @@ def test_a_worker_imports_no_web_stack_and_no_command_line():
     loaded = set(out.stdout.split())
     assert {"tasks.propertyaudit", "tasks.reviewflow", "tasks.knowledge", "openai"} <= loaded
     assert {m for m in loaded if m in NOT_IN_A_WORKER or m.partition(".")[0] in NOT_IN_A_WORKER} == set()
+
+
+#: What the ``celery`` command imports for its other commands: every plugin's (Flower's, with tornado), ``celery
+#: amqp``'s shell, and pygments for ``celery inspect``'s colours. A worker's pool processes would inherit them.
+NOT_IN_THE_LAUNCHER = {"celery.bin.celery", "flower", "tornado", "click_repl", "prompt_toolkit", "pygments"}
+
+
+def test_the_worker_launcher_runs_celery_s_worker_command_without_the_celery_command():
+    code = (
+        "import sys\n"
+        "sys.argv = ['dataengine-worker', '--concurrency', '2', '--help']\n"
+        "from dataengine.worker.__main__ import main\n"
+        "try:\n    main()\nexcept SystemExit as exit:\n    assert not exit.code, exit.code\n"
+        "print('\\nLOADED', *sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    shown, _, modules = out.stdout.partition("\nLOADED ")
+    assert shown.startswith("Usage: dataengine-worker [OPTIONS]") and "--without-mingle" in shown and "--quiet" in shown
+    loaded = set(modules.split())
+    assert "celery.bin.worker" in loaded and "dataengine.worker.app" in loaded
+    assert {m for m in loaded if m in NOT_IN_THE_LAUNCHER or m.partition(".")[0] in NOT_IN_THE_LAUNCHER} == set()
