@@ -130,7 +130,9 @@ def test_failed_runs_are_listed_with_their_reason_and_step_and_retried_from_thei
     row = wait_for(lambda: finished(run_id), timeout_s=60, what="the retried run to finish")
     assert row["status"] == "completed" and sorted(results(run_id)) == list(range(12))
     kinds = [e["event"] for e in json.loads(invoke("events", str(run_id), "--json"))["events"]]
-    assert kinds[-4:] == ["failed", "retried", "resumed", "completed"], kinds
+    # A sweeper may send the retried run again when the worker is slow to claim it (a loaded machine):
+    # "recovered", no failure of the run.
+    assert [k for k in kinds if k != "recovered"][-4:] == ["failed", "retried", "resumed", "completed"], kinds
 
 
 def test_a_run_whose_provider_hangs_is_flagged_stalled_long_before_anything_expires(workers, fake_llm, monkeypatch):
