@@ -133,6 +133,8 @@ def process_exited(pid: int) -> None:
         multiprocess.mark_process_dead(pid, path)
 
 
+#: A value file starts with how much of it is used (4 bytes) and 4 bytes of padding.
+_HEADER_BYTES = 8
 _LIVE_FILE = re.compile(r"gauge_live\w+_(\d+)\.db$")
 
 
@@ -146,6 +148,21 @@ def forget_dead_processes(path: str) -> None:
             multiprocess.mark_process_dead(int(match.group(1)), path)
 
 
+def readable_files(path: str) -> list[str]:
+    """The value files in ``path`` that can be read now. A process creates its file empty and sizes it
+    a moment later (prometheus-client's ``MmapedDict``), and a scrape in between failed with a 500
+    (prometheus/client_python#1199): such a file holds no value yet, so it is left for the next scrape.
+    A file only grows, so one seen with its header stays readable."""
+    files = []
+    for name in glob.glob(os.path.join(path, "*.db")):
+        try:
+            if os.path.getsize(name) >= _HEADER_BYTES:
+                files.append(name)
+        except FileNotFoundError:  # a live gauge of a process marked dead meanwhile
+            continue
+    return files
+
+
 def worker_registry(path: str) -> Any:
     """A registry of everything the worker's processes counted (the files in ``path``)."""
     from prometheus_client import CollectorRegistry
@@ -154,7 +171,7 @@ def worker_registry(path: str) -> Any:
     class Collector(MultiProcessCollector):
         def collect(self) -> Iterator[Any]:
             forget_dead_processes(path)
-            return super().collect()
+            return self.merge(readable_files(path), accumulate=True)
 
     registry = CollectorRegistry()
     Collector(registry, path=path)
