@@ -350,6 +350,8 @@ class Execution:
                 exc = ValueError(f"a group of {len(running.steps)} steps returned {len(outcomes)} outcomes")
             if exc is None:
                 results += zip(running.indexes, outcomes, strict=True)
+            elif isinstance(exc, DatabaseUnavailable):
+                raise exc  # away longer than a checkpoint waits: the run is handed back, as then
             else:
                 for step in running.steps:
                     self._step_failed(step, exc, results)
@@ -449,12 +451,24 @@ class Execution:
                               extra={"step": index})
             step = unit[0][0]
             if len(unit) == 1:
-                future = budget.submit(in_run_context(self.job.execute_step, step=step), context, *unit[0],
-                                       run_id=self.claim.run_id)
+                future = budget.submit(in_run_context(self._waiting_out_outages(self.job.execute_step), step=step),
+                                       context, *unit[0], run_id=self.claim.run_id)
             else:
-                future = budget.submit(in_run_context(self.job.execute_group, step=step), context, unit,
-                                       run_id=self.claim.run_id)
+                future = budget.submit(in_run_context(self._waiting_out_outages(self.job.execute_group), step=step),
+                                       context, unit, run_id=self.claim.run_id)
             self.in_flight[future] = _Running(unit, deadline)
+
+    def _waiting_out_outages(self, fn: Callable[..., T]) -> Callable[..., T]:
+        """``fn`` (a step) run again while the database is away, as a checkpoint is: a step that reads the
+        database (Knowledge Refresh reads a source's stored chunks before it embeds) and meets an outage
+        waits for it, instead of failing and handing its run to another worker. A step reads before it
+        pays, and the journal answers what was paid, so running it again asks nothing twice."""
+        noun = self.job.step_noun
+
+        def call(*args: Any) -> T:
+            return self._db(lambda: fn(*args), f"running a {noun}")
+
+        return call
 
     def _take(self, steps: Iterator[tuple[int, Any]]) -> tuple[int, Any] | None:
         step, self.peeked = self.peeked or next(steps, None), None

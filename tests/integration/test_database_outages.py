@@ -96,3 +96,58 @@ def test_a_task_out_of_retries_says_the_run_was_handed_back_not_that_it_failed(w
     row = wait_for(lambda: (r := run_row(run_id))["status"] == "completed" and r, timeout_s=60,
                    what="the run to be resumed and completed")
     assert row["completed_steps"] == 30
+
+
+def test_a_step_that_reads_the_database_during_an_outage_waits_for_it_and_keeps_its_run(db_url, proxy, fake_llm,
+                                                                                          monkeypatch):
+    """Knowledge Refresh reads a source's stored chunks after fetching it. In CI a refresh met the database
+    away at that moment: the step failed, the run was released and another worker took it over. The read
+    now waits for the database as a checkpoint does; the run stays with its worker."""
+    from contextlib import contextmanager
+
+    from knowledgeserver import KnowledgeSite
+
+    from tasks.knowledge import JOB as REFRESH
+    from tasks.knowledge import step
+    from tasks.knowledge.spec import start_runs
+
+    monkeypatch.setenv("DATAENGINE_KNOWLEDGE_ALLOW_PRIVATE_URLS", "true")
+    fetching, cut = threading.Event(), threading.Event()
+    failures: list[BaseException] = []
+    real_fetch, real_scope = step.fetch, step.session_scope
+
+    def fetch_once_cut(*args: Any, **kwargs: Any) -> Any:
+        fetching.set()
+        cut.wait(timeout=30)
+        return real_fetch(*args, **kwargs)
+
+    @contextmanager
+    def watched_scope() -> Iterator[Any]:
+        try:
+            with real_scope() as session:
+                yield session
+        except Exception as exc:
+            failures.append(exc)
+            raise
+
+    with KnowledgeSite() as site:
+        reload_settings()
+        [(run_id, _)] = start_runs(property_id="outage-towers", sources=[{"url": site.url("/unchanged")}])
+        monkeypatch.setenv("DATABASE_URL", through(proxy, db_url))
+        reload_settings()
+        monkeypatch.setattr(step, "fetch", fetch_once_cut)
+        monkeypatch.setattr(step, "session_scope", watched_scope)
+        outcome: list[Any] = []
+        worker = threading.Thread(target=lambda: outcome.append(
+            execute_run(job=REFRESH, run_id=str(run_id), worker_id="w/1", task_id=None)))
+        worker.start()
+        wait_for(fetching.is_set, timeout_s=30, what="the source's fetch to start")
+        proxy.cut()
+        cut.set()
+        wait_for(lambda: failures, timeout_s=30, what="the step's read to meet the outage")
+        proxy.restore()
+        worker.join(timeout=60)
+    assert outcome and outcome[0].status == "completed", outcome
+    row = run_row(run_id, job=REFRESH)
+    assert row["fencing_token"] == 1 and row["completed_steps"] == 1, "the run left its worker"
+    assert row["summary"]["sources_fetched"] == 1
