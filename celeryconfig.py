@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from kombu import Queue
+
 from dataengine.infra.redis_keys import REDBEAT_KEY_PREFIX
 from dataengine.infra.settings import get_settings, job_module_names
+from dataengine.infra.tiers import DEFAULT_TIER, QUEUES
 from dataengine.worker.broker_guards import BROKER_CONNECT_TIMEOUT_S, BROKER_SOCKET_TIMEOUT_S, RESULT_RETRY_MAX_SLEEP_MS
 
 _s = get_settings()
@@ -27,10 +30,17 @@ result_backend_max_sleep_between_retries_ms = RESULT_RETRY_MAX_SLEEP_MS
 # hands a live run to a second worker. Recovery of dead workers is the sweeper's job, in seconds.
 broker_transport_options = {
     "visibility_timeout": _s.visibility_timeout_s,
+    # The queues below in the order given, not round robin: a higher tier's run is taken first.
+    "queue_order_strategy": "priority",
     "socket_timeout": BROKER_SOCKET_TIMEOUT_S,
     "socket_connect_timeout": BROKER_CONNECT_TIMEOUT_S,
 }
 result_backend_transport_options = {"visibility_timeout": _s.visibility_timeout_s}
+
+# One queue per priority tier, highest first (dataengine.infra.tiers); normal's is Celery's default
+# queue, where producers that name no queue send. A worker reads every tier's.
+task_queues = [Queue(name, routing_key=name) for name in QUEUES.values()]
+task_default_queue = QUEUES[DEFAULT_TIER]
 
 # JSON only: a producer in any language can send, nobody can smuggle a pickle.
 task_serializer = "json"

@@ -46,6 +46,8 @@ class RunStatus(enum.StrEnum):
 
 
 ACTIVE_STATUSES = (RunStatus.queued.value, RunStatus.running.value)
+#: A run's priority tiers, highest first (``dataengine.infra.tiers`` says what each means).
+PRIORITY_TIERS = ("high", "normal", "low")
 FINAL_STATUSES = (RunStatus.completed.value, RunStatus.failed.value, RunStatus.cancelled.value)
 
 
@@ -102,6 +104,8 @@ class RunMixin:
         workspace with runs cannot be deleted. The key names the table's column, not its name, so that a
         test job's tables on a metadata of their own refer to it too."""
         return mapped_column(String(WORKSPACE_ID_CHARS), ForeignKey(Workspace.__table__.c.id, ondelete="RESTRICT"))
+    #: Its tier: taken from the broker before the tiers below it, and weighted where capacity is shared.
+    priority: Mapped[str] = mapped_column(String(8), nullable=False, server_default="normal")
     #: Set by a sweeper when the run still heartbeats but has made no progress for many times its usual
     #: step time (a hung provider); the next checkpoint clears it.
     stalled_at: Mapped[datetime | None] = _ts()
@@ -113,6 +117,7 @@ class RunMixin:
         return (
             CheckConstraint(f"status IN ({statuses})", name="status"),
             CheckConstraint("progress_pct >= 0 AND progress_pct <= 100", name="progress_pct"),
+            CheckConstraint(f"priority IN ({', '.join(repr(t) for t in PRIORITY_TIERS)})", name="priority"),
             # The sweeper's scan, in two index scans: active runs by lease expiry, and active runs a
             # producer wrote without a lease (no message seen yet) by creation time.
             Index(f"ix_{cls.__tablename__}_active_lease", "lease_expires_at", postgresql_where=text(active)),

@@ -57,6 +57,8 @@ def submit(
     watch_run: Annotated[bool, typer.Option("--watch", help="Show the progress bar until the run ends")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and estimate only: steps, calls, tokens, "
                                                             "cost; nothing is created")] = False,
+    priority: Annotated[str | None, typer.Option("--priority", help="The run's tier: high, normal or low "
+                                                                     "(the spec's \"priority\" otherwise; default normal)")] = None,
 ) -> None:
     """Create a run from a JSON spec and enqueue it; prints the run id (with --dry-run, or ``"dry_run": true``
     in the spec, its estimate instead)."""
@@ -74,6 +76,8 @@ def submit(
         spec: Any = json.loads(spec_file.read_text())
         if not isinstance(spec, dict):
             raise fail(f"{spec_file} must hold a JSON object")
+        if priority is not None:
+            spec["priority"] = priority
         submitted = submit_run(job=kind, spec={**spec, "dry_run": True} if dry_run else spec, send=enqueue)
     except json.JSONDecodeError as exc:
         raise fail(f"{spec_file} is not JSON: {exc}") from None

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -20,6 +19,7 @@ from dataengine.engine.jobs import Job, all_jobs
 from dataengine.engine.run_views import find_run
 from dataengine.engine.runs import retry_run
 from dataengine.infra.db import session_scope
+from dataengine.infra.tiers import Sender, queue_of
 from dataengine.llm.ledger import CostLine, Grouping, summary, total, unpriced_models
 from models.base import FINAL_STATUSES
 
@@ -92,14 +92,15 @@ def events_of(run_id: object) -> tuple[Job, dict[str, Any], list[dict[str, Any]]
         return job, row, history(session, row["id"])
 
 
-def retry(job: Job, run_id: uuid.UUID, send: Callable[[str, dict[str, str]], object], *,
-          max_cost_usd: Decimal | None = None) -> str | None:
-    """Send a failed or cancelled run back to work from its checkpoint (with a new budget, if given).
-    Returns None when it was sent, else the status that kept it (only failed and cancelled runs are retried)."""
+def retry(job: Job, run_id: uuid.UUID, send: Sender, *, max_cost_usd: Decimal | None = None) -> str | None:
+    """Send a failed or cancelled run back to work from its checkpoint (with a new budget, if given), to its
+    tier's queue. Returns None when it was sent, else the status that kept it (only failed and cancelled
+    runs are retried)."""
     with session_scope() as session:
         kept = retry_run(session=session, job=job, run_id=run_id, max_cost_usd=max_cost_usd)
+        tier = session.scalar(select(job.runs.c.priority).where(job.runs.c.id == run_id)) if kept is None else None
     if kept is None:
-        send(job.task_name, {"run_id": str(run_id)})
+        send(job.task_name, {"run_id": str(run_id)}, queue_of(tier))
     return kept
 
 

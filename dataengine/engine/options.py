@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
+from dataengine.infra.tiers import DEFAULT_TIER
+
 
 @dataclass(frozen=True)
 class SubmitOptions:
@@ -17,5 +19,7 @@ class SubmitOptions:
     max_cost_usd: Decimal | None = None
     #: The workspace whose provider key, base URL, models and limits the run's calls use.
     workspace_id: str | None = None
+    #: Its tier (``dataengine.infra.tiers``): taken first from the broker and weighted where capacity is shared.
+    priority: str = DEFAULT_TIER
     #: Validate and estimate only: nothing is created.
     dry_run: bool = False

@@ -212,7 +212,8 @@ class Execution:
     def __init__(self, *, job: Job, claim: Claim, log: RunLogger, may_retry: bool, total: int,
                  steps: list[tuple[int, Any]] | None = None) -> None:
         self.job, self.claim, self.log, self.may_retry, self.total = job, claim, log, may_retry, total
-        budget.belongs(claim.run_id, claim.row.workspace_id or "-")  # its workspace's part of the calls in flight
+        # Its tier's and workspace's part of the calls in flight.
+        budget.belongs(claim.run_id, claim.row.workspace_id or "-", claim.row.priority)
         #: Every step of a run created moments ago, none recorded yet: nothing to read back.
         self.known_steps = steps
         self.s = get_settings()
@@ -254,6 +255,7 @@ class Execution:
             row = self.claim.row
             with run_context(run_id=str(self.claim.run_id), task_id=row.task_id, kind=self.job.key,
                              worker=self.claim.worker_id, step=self.cursor, workspace_id=row.workspace_id,
+                             priority=row.priority,
                              budget=self.spend, property=self.job.property_of(row)):
                 return self._run()
         finally:
@@ -460,7 +462,7 @@ class Execution:
 
     def _waiting_out_outages(self, fn: Callable[..., T]) -> Callable[..., T]:
         """``fn`` (a step) run again while the database is away, as a checkpoint is: a step that reads the
-        database (Knowledge Refresh reads a source's stored chunks before it embeds) and meets an outage
+        database (a job's own read, of what it stored before, ahead of its calls) and meets an outage
         waits for it, instead of failing and handing its run to another worker. A step reads before it
         pays, and the journal answers what was paid, so running it again asks nothing twice."""
         noun = self.job.step_noun

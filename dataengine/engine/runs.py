@@ -83,6 +83,8 @@ class Requeued:
     step_index: int
     #: ``(step index, losses)`` of a step that has now killed ``max_losses_per_step`` workers.
     poison: tuple[int, int] | None
+    #: Its tier: sent again to that tier's queue.
+    priority: str = "normal"
 
 
 def parse_run_id(run_id: object) -> uuid.UUID:
@@ -432,7 +434,8 @@ def requeue_expired(*, session: Session, job: Job, limit: int = 100, dead: Seque
             last_updated_at=func.now(),
             **_count_losses(t),
         )
-        .returning(t.c.id, due.c.lease_owner, t.c.current_query_index, t.c.step_losses, t.c.fencing_token),
+        .returning(t.c.id, due.c.lease_owner, t.c.current_query_index, t.c.step_losses, t.c.fencing_token,
+                   t.c.priority),
         job_key=job.key, event=EventType.recovered.value,
         detail=lambda c: case(
             (c.lease_owner.is_(None), literal("no worker had claimed it in time; sent again")),
@@ -441,7 +444,7 @@ def requeue_expired(*, session: Session, job: Job, limit: int = 100, dead: Seque
     )).all()
     if rows:
         metrics().runs_recovered.labels(job.key).inc(len(rows))
-    return [Requeued(r.id, r.lease_owner, r.current_query_index, poison_step(r.step_losses)) for r in rows]
+    return [Requeued(r.id, r.lease_owner, r.current_query_index, poison_step(r.step_losses), r.priority) for r in rows]
 
 
 def redispatch_unclaimed(*, session: Session, job: Job) -> int:

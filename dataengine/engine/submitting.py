@@ -35,6 +35,7 @@ from dataengine.infra.errors import IdempotencyKeyReused, SpecInvalid
 from dataengine.infra.metrics import metrics
 from dataengine.infra.queries import column_list, identifier, json_rows_sql, statement
 from dataengine.infra.settings import get_settings
+from dataengine.infra.tiers import Sender, parse_tier, queue_of
 from dataengine.llm import workspaces
 from models.base import ACTIVE_STATUSES, RunStatus
 
@@ -105,6 +106,13 @@ def _workspace_id(value: Any) -> str | None:
     return value.strip()
 
 
+def _priority(value: Any) -> str:
+    try:
+        return parse_tier(value)
+    except ValueError as exc:
+        raise SpecInvalid(details=f"priority: {exc}") from None
+
+
 def _dry_run(value: Any) -> bool:
     if value is None:
         return False
@@ -129,6 +137,7 @@ def validate_spec(job: Job, spec: Any) -> tuple[BaseModel, SubmitOptions]:
         idempotency_key=_idempotency_key(fields.pop("idempotency_key", None)),
         max_cost_usd=_max_cost(fields.pop("max_cost_usd", None)),
         workspace_id=_workspace_id(fields.pop("workspace_id", None)),
+        priority=_priority(fields.pop("priority", None)),
         dry_run=_dry_run(fields.pop("dry_run", None)),
     )
     try:
@@ -224,7 +233,8 @@ def _create(*, session: Session | Connection, job: Job, spec: BaseModel, options
     values = {f"v_{name}": value for name, value in new.values.items()}
     params = {
         **values, "id": uuid.uuid4(), "job_key": job.key, "total_steps": len(new.steps), "key": idempotency_key,
-        "digest": digest, "max_cost": options.max_cost_usd, "workspace": options.workspace_id, "steps": _steps_json(new.steps),
+        "digest": digest, "max_cost": options.max_cost_usd, "workspace": options.workspace_id,
+        "priority": options.priority, "steps": _steps_json(new.steps),
         "status": (RunStatus.running if claimed else RunStatus.queued).value,
         "owner": here.worker_id if claimed else None, "task_id": here.task_id if claimed else None,
         "token": 1 if claimed else 0,
@@ -264,7 +274,8 @@ def _create_sql(job: Job, value_columns: tuple[str, ...]) -> TextClause:
     engine_columns = {
         "id": ":id", "total_steps": ":total_steps", "idempotency_key": ":key",
         "spec_digest": "CAST(:digest AS text)",
-        "max_cost_usd": "CAST(:max_cost AS numeric)", "workspace_id": "CAST(:workspace AS text)", "status": "CAST(:status AS text)",
+        "max_cost_usd": "CAST(:max_cost AS numeric)", "workspace_id": "CAST(:workspace AS text)",
+        "priority": "CAST(:priority AS text)", "status": "CAST(:status AS text)",
         "lease_owner": "CAST(:owner AS text)", "task_id": ":task_id", "fencing_token": ":token",
         "in_flight_steps": "CAST(:in_flight AS integer[])", "lease_expires_at": "now() + CAST(:lease AS interval)",
         "started_at": claimed, "heartbeat_at": claimed,
@@ -277,7 +288,7 @@ def _create_sql(job: Job, value_columns: tuple[str, ...]) -> TextClause:
             .columns(**{c.name: c.type for c in runs.c}))
 
 
-def submit_run(*, job: Job, spec: Any, send: Callable[[str, dict[str, str]], object],
+def submit_run(*, job: Job, spec: Any, send: Sender,
                here: StartHere | None = None) -> str | Estimate:
     """Validate, create the run idempotently and start it: in this process (``here``), or by sending
     its id with ``send``. Returns the run id; a dry run (``dry_run: true``) creates and sends nothing and
@@ -292,5 +303,5 @@ def submit_run(*, job: Job, spec: Any, send: Callable[[str, dict[str, str]], obj
         assert here is not None  # noqa: S101  narrows a type the code above guarantees; not input validation
         here.start(created)
     elif created.status in ACTIVE_STATUSES:  # a repeated submit of a live run re-sends it: claims are exclusive
-        send(job.task_name, {"run_id": str(created.run_id)})
+        send(job.task_name, {"run_id": str(created.run_id)}, queue_of(options.priority))
     return str(created.run_id)

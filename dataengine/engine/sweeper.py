@@ -34,16 +34,16 @@ from dataengine.infra.dbretry import db_unavailable
 from dataengine.infra.metrics import metrics
 from dataengine.infra.redis_keys import BROKER_EPOCH_KEY
 from dataengine.infra.settings import get_settings
+from dataengine.infra.tiers import TIERS, Sender, queue_of
 from dataengine.llm import journal, ledger
 from dataengine.llm.budgets import daily_pause
 from models.base import RunStatus
 
 log = logging.getLogger("dataengine.engine.sweeper")
 
-#: (task name, kwargs) -> None; the Celery app's ``send_task`` in production.
-Sender = Callable[[str, dict[str, str]], object]
-#: (run ids, taken=False) -> those of them whose message is still waiting in the broker's queue (with
-#: ``taken``, also those taken by a worker and not acknowledged: ``queued.waiting_runs``).
+#: (run ids, taken=False, queues=every tier's) -> those of them whose message is still waiting in one of the
+#: broker's ``queues`` (with ``taken``, also those taken by a worker and not acknowledged: the worker app's
+#: ``still_queued``).
 Waiting = Callable[..., set[str]]
 #: () -> whether the broker lost its messages since the last call (``queued.broker_lost_messages``).
 BrokerLost = Callable[[], bool]
@@ -102,6 +102,7 @@ def sweep_job(*, job: Job, send: Sender, waiting: Waiting | None = None, dead: S
     queued = _still_waiting(waiting, unclaimed, taken) if waiting is not None and unclaimed else set()
     unsent: list[uuid.UUID] = []
     backlogged: list[uuid.UUID] = []
+    aged: list[Requeued] = []
     for r in requeued:
         if r.poison is not None:
             index, losses = r.poison
@@ -112,12 +113,16 @@ def sweep_job(*, job: Job, send: Sender, waiting: Waiting | None = None, dead: S
         elif str(r.run_id) in queued:
             log.info("[%s] Run not claimed yet, its message is still queued run_id=%s", job.name, r.run_id)
             backlogged.append(r.run_id)
+            if r.priority != TIERS[0]:
+                aged.append(r)
         elif _sent(send, job, r):
             what = f"whose worker {r.lost_owner} stopped answering" if r.lost_owner else "that no worker claimed"
             log.warning("[%s] Re-enqueued run %s, at %s %d run_id=%s",
                         job.name, what, job.step_noun, r.step_index + 1, r.run_id)
         else:
             unsent.append(r.run_id)
+    if aged and waiting is not None and not taken:  # a message a worker has taken is not waiting
+        _age(job, aged, send, waiting)
     for run_ids, seconds in ((unsent, 0.0), (backlogged, get_settings().redispatch_after_s)):
         if run_ids:
             with session_scope() as session:
@@ -125,10 +130,29 @@ def sweep_job(*, job: Job, send: Sender, waiting: Waiting | None = None, dead: S
     return requeued
 
 
-def _still_waiting(waiting: Waiting, run_ids: set[str], taken: bool) -> set[str]:
-    """Which of ``run_ids`` still have a message in the queue (one pass over it for all of them)."""
+def _age(job: Job, aged: list[Requeued], send: Sender, waiting: Waiting) -> None:
+    """Runs of a lower tier still queued after ``redispatch_after_s``: sent to the highest tier's queue too,
+    so a steady stream of higher-tier runs cannot keep them waiting for ever. The first of a run's two
+    messages a worker takes runs it; the other finds it taken (or done) and is dropped."""
+    top = queue_of(TIERS[0])
+    there = _still_waiting(waiting, {str(r.run_id) for r in aged}, False, queues=(top,))
+    for r in aged:
+        if str(r.run_id) in there:
+            continue
+        try:
+            send(job.task_name, {"run_id": str(r.run_id)}, top)
+        except Exception as exc:
+            log.warning("[%s] Could not send run %s to the %s queue (%s); trying again at its next look",
+                        job.name, r.run_id, TIERS[0], exc)
+            continue
+        log.info("[%s] A %s run queued past its wait, sent to the %s queue too run_id=%s",
+                 job.name, r.priority, TIERS[0], r.run_id)
+
+
+def _still_waiting(waiting: Waiting, run_ids: set[str], taken: bool, **where: Any) -> set[str]:
+    """Which of ``run_ids`` still have a message in the queues (one pass over each for all of them)."""
     try:
-        return waiting(run_ids, taken=taken) if taken else waiting(run_ids)
+        return waiting(run_ids, taken=taken, **where) if taken else waiting(run_ids, **where)
     except Exception as exc:  # the broker is unreachable: the sends will tell
         log.warning("cannot look for %d runs in the broker: %s", len(run_ids), exc)
         return set()
@@ -136,7 +160,7 @@ def _still_waiting(waiting: Waiting, run_ids: set[str], taken: bool) -> set[str]
 
 def _sent(send: Sender, job: Job, r: Requeued) -> bool:
     try:
-        send(job.task_name, {"run_id": str(r.run_id)})
+        send(job.task_name, {"run_id": str(r.run_id)}, queue_of(r.priority))
         return True
     except Exception as exc:
         log.warning("[%s] Could not enqueue run %s (%s); trying again at the next sweep", job.name, r.run_id, exc)

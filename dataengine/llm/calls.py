@@ -243,12 +243,14 @@ def _within_limits(model: str, tokens: int, send: Callable[[], R]) -> R:
     """``send()`` once the fleet's limits allow it (a workspace's own, for a run of a workspace), tried
     again after a transient failure."""
     s, limits, m, label = get_settings(), limiter(), metrics(), model_label(model)
-    workspace_id = (current_run() or {}).get("workspace_id")
+    run = current_run() or {}
+    workspace_id = run.get("workspace_id")
     limited_as = workspaces.limit_name(model, workspace_id)
     for attempt in range(s.openai_max_retries + 1):
         if attempt:
             m.llm_retries.labels(label).inc()
-        reservation = limits.acquire(limited_as, tokens, tenant=workspace_id or "-")  # workspaces share a limit fairly
+        # Workspaces share a limit fairly, the tiers by weight.
+        reservation = limits.acquire(limited_as, tokens, tenant=workspace_id or "-", tier=run.get("priority"))
         asking = _asking.set(limited_as)
         try:
             response = send()

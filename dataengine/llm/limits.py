@@ -47,10 +47,13 @@ start, so a fleet that starts hundreds of calls at once does not meet a storm of
 ``x-ratelimit-remaining-*`` and ``-reset-*`` headers are not used: a token bucket's ``remaining`` is 0
 after every full burst, and pausing on it would cost rate that the limit and the 429s already keep.
 
-Tenants. A call made for a tenant (its run's workspace; runs without one are the tenant ``-``) shares
-the model's rate with the other tenants that asked within ``TENANT_ACTIVE_S``: each keeps to an equal
-part in a GCRA state of its own as well as to the model's, so a workspace with a thousand calls
-waiting cannot take another's part, and a workspace alone has all of it. A tenant's token state is
+Tenants and tiers. A call made for a tenant (its run's workspace; runs without one are the tenant ``-``)
+of a tier (its run's priority) shares the model's rate with the other tenants that asked within
+``TENANT_ACTIVE_S``: the tiers asking share it by weight (``dataengine.infra.tiers``: high 9, normal
+3, low 1), and a tier's part is split equally between its tenants. Each keeps to its part in a GCRA
+state of its own as well as to the model's, so a workspace with a thousand calls waiting cannot take
+another's part, a ``high`` run waiting gets most of the rate at once, a ``low`` one still gets its
+weight's part, and a workspace alone has all of it. A tenant's token state is
 charged the estimate and not refunded (the model's is): a share of TPM is met by estimates.
 
 When Redis is unreachable each process keeps to ``fallback_share`` of the limits on its own (the
@@ -72,6 +75,8 @@ from typing import Any, NamedTuple
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from dataengine.infra.tiers import DEFAULT_TIER, weight_of
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +159,14 @@ class _Learned(NamedTuple):
 
     limits: ModelLimits | None
     at: float
+
+
+def _member(tenant: str | None, tier: str | None) -> str:
+    """How a tenant of a tier is named among the model's waiting tenants: ``weight|tier|tenant`` (the
+    script groups them by tier and weighs each tier); '' for a call that shares with nobody."""
+    if tenant is None:
+        return ""
+    return f"{weight_of(tier)}|{tier or DEFAULT_TIER}|{tenant}"
 
 
 def heard_limits(headers: Any) -> ModelLimits:
@@ -263,16 +276,16 @@ class FleetLimiter:
         self._logged_down_at = -math.inf
         self._announced = False  # this outage was logged
 
-    def acquire(self, model: str, tokens: int, tenant: str | None = None) -> Reservation:
-        """Wait until a call of ``tokens`` (estimated) may go to ``model`` for ``tenant`` (None: no
-        sharing between tenants); its reservation.
+    def acquire(self, model: str, tokens: int, tenant: str | None = None, tier: str | None = None) -> Reservation:
+        """Wait until a call of ``tokens`` (estimated) may go to ``model`` for ``tenant`` of ``tier`` (None:
+        no sharing between tenants; ``tier`` None: ``normal``); its reservation.
 
         Sleeps what the limit says to wait, at most ``MAX_SLEEP_S`` at a time. Raises
         :class:`RateLimitWait` only when ``max_wait_s`` is set and the sleeps would add up to more.
         """
         waited = 0.0
         while True:
-            reservation, wait_s = self._try(model, tokens, tenant)
+            reservation, wait_s = self._try(model, tokens, tenant, tier)
             if reservation is not None:
                 return reservation
             if self._max_wait_s is not None and waited + wait_s > self._max_wait_s:
@@ -401,7 +414,8 @@ class FleetLimiter:
     def _shapes(self, limits: ModelLimits, share: float) -> dict[str, _Shape]:
         return {"rpm": _shape(limits.rpm, share, self._burst_s), "tpm": _shape(limits.tpm, share, self._token_burst_s)}
 
-    def _try(self, model: str, tokens: int, tenant: str | None = None) -> tuple[Reservation | None, float]:
+    def _try(self, model: str, tokens: int, tenant: str | None = None,
+             tier: str | None = None) -> tuple[Reservation | None, float]:
         """One attempt: the reservation, or None and the seconds to wait before the next one."""
         limits = self.limits(model)
         if not limits.rpm and not limits.tpm:
@@ -409,9 +423,10 @@ class FleetLimiter:
         if self._redis_usable():
             shapes = self._shapes(limits, 1.0)
             args = [*shapes["rpm"], *shapes["tpm"], tokens, self._recovery_start, self._recovery_s, self._now_arg(),
-                    tenant or "", TENANT_ACTIVE_S]
+                    _member(tenant, tier), TENANT_ACTIVE_S]
+            own = f"t:{tier or DEFAULT_TIER}:{tenant}"
             keys = [_key(model, "rpm"), _key(model, "tpm"), _key(model, "pause"), _key(model, "tenants"),
-                    _key(model, f"t:{tenant}:rpm"), _key(model, f"t:{tenant}:tpm")]
+                    _key(model, f"{own}:rpm"), _key(model, f"{own}:tpm")]
             try:
                 answer = self._acquire_script(keys=keys, args=args)
             except _UNREACHABLE as exc:

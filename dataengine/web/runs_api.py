@@ -25,6 +25,7 @@ from dataengine.engine.submitting import MAX_BUDGET_USD, MAX_WORKSPACE_ID_CHARS,
 from dataengine.infra.db import session_scope
 from dataengine.infra.errors import RunNotFound, SpecInvalid
 from dataengine.infra.settings import get_settings
+from dataengine.infra.tiers import TIERS, queue_of
 from dataengine.web.bodies import StrictJSONRoute
 from dataengine.web.keys import check_key
 from dataengine.web.middleware import KEY_ACCEPTED, key_from
@@ -91,10 +92,10 @@ def new_router() -> APIRouter:
 router = new_router()
 
 
-def enqueue(task_name: str, kwargs: dict[str, str]) -> object:
+def enqueue(task_name: str, kwargs: dict[str, str], queue: str | None = None) -> object:
     from dataengine.worker.app import enqueue as send
 
-    return send(task_name, kwargs)
+    return send(task_name, kwargs, queue)
 
 
 def run_view(job: Job, row: dict[str, Any]) -> RunView:
@@ -124,12 +125,17 @@ def _status_url(request: Request, run_id: uuid.UUID | str) -> str:
 def _start_existing(request: Request, job: Job, run_id: uuid.UUID) -> Started:
     """A run the web app created itself: enqueue it (once more is harmless: claims are exclusive)."""
     with session_scope() as session:
-        status = session.scalar(select(job.runs.c.status).where(job.runs.c.id == run_id))
-    if status is None:
+        found = session.execute(select(job.runs.c.status, job.runs.c.priority).where(job.runs.c.id == run_id)).first()
+    if found is None:
         raise RunNotFound(job=job.name, run_id=run_id)
+    status = found.status
     if status in ACTIVE_STATUSES:
-        enqueue(job.task_name, {"run_id": str(run_id)})
+        enqueue(job.task_name, {"run_id": str(run_id)}, queue_of(found.priority))
     return Started(run_id=run_id, status=status, status_url=_status_url(request, run_id))
+
+
+PRIORITY_DOC = ("The run's tier: `high` runs are taken from the queue first and get the larger share of the "
+                "fleet's calls while others wait; `low` keeps a minimum share and is never starved (default `normal`)")
 
 
 def _add_submit_route(jobs_router: APIRouter, job: Job) -> None:
@@ -141,6 +147,7 @@ def _add_submit_route(jobs_router: APIRouter, job: Job) -> None:
         max_cost_usd=(Decimal | None, Field(None, gt=0, le=MAX_BUDGET_USD, description=BUDGET_DOC)),
         workspace_id=(str | None, Field(None, min_length=1, max_length=MAX_WORKSPACE_ID_CHARS,
                                         description="The workspace whose provider key the run's calls use")),
+        priority=(Literal[TIERS] | None, Field(None, description=PRIORITY_DOC)),  # type: ignore[valid-type]
         __doc__=f"A {job.name} run spec, as ``{job.submit_task_name}`` takes it.",
     )
     Body_ = Annotated[Annotated[RunRef, Tag("run")] | Annotated[spec_in, Tag("start")], Discriminator(_by_run_id)]

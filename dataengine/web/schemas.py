@@ -90,6 +90,8 @@ class RunView(BaseModel):
     #: The most it may spend on LLM calls (its spec's ``max_cost_usd``), and its workspace.
     max_cost_usd: float | None = None
     workspace_id: str | None = None
+    #: Its tier: high, normal or low.
+    priority: str = "normal"
 
 
 class RunPage(BaseModel):

@@ -37,6 +37,7 @@ from dataengine.infra import malloc, metrics
 from dataengine.infra.logs import configure_handlers
 from dataengine.infra.sentry import init_sentry
 from dataengine.infra.settings import get_settings
+from dataengine.infra.tiers import QUEUES
 from dataengine.llm import calls as llm
 from dataengine.worker import hosted_runs
 from dataengine.worker.broker_backlog import broker_lost_messages, waiting_runs
@@ -54,16 +55,22 @@ _metrics_server: Any = None
 DRAIN_SIGNAL = signal.SIGUSR2
 
 
-def enqueue(task_name: str, kwargs: dict[str, str]) -> object:
-    """Send a task by name (the sweeper's and the CLI's way to re-enqueue a run)."""
-    return app.send_task(task_name, kwargs=kwargs)
+def enqueue(task_name: str, kwargs: dict[str, str], queue: str | None = None) -> object:
+    """Send a task by name, to ``queue`` (a run's tier's) or the default one: the sweeper's, the API's
+    and the CLI's way to enqueue a run."""
+    return app.send_task(task_name, kwargs=kwargs, queue=queue)
 
 
-def still_queued(run_ids: set[str], taken: bool = False) -> set[str]:
-    """The runs among ``run_ids`` whose message still waits in the default queue (or, with ``taken``,
-    was taken by a worker and not acknowledged)."""
-    return waiting_runs(redis_url=get_settings().redis_url, queue=app.conf.task_default_queue, run_ids=run_ids,
-                        taken=taken)
+def still_queued(run_ids: set[str], taken: bool = False, queues: tuple[str, ...] = tuple(QUEUES.values())) -> set[str]:
+    """The runs among ``run_ids`` whose message still waits in one of ``queues`` (every tier's by default;
+    or, with ``taken``, was taken by a worker and not acknowledged)."""
+    found: set[str] = set()
+    for i, queue in enumerate(queues):
+        found |= waiting_runs(redis_url=get_settings().redis_url, queue=queue, run_ids=run_ids - found,
+                              taken=taken and i == 0)
+        if found == run_ids:
+            break
+    return found
 
 
 def _masked(value: Any) -> Any:

@@ -31,6 +31,7 @@ from dataengine.engine.stepbudget import budget
 from dataengine.infra.errors import DatabaseUnavailable, LeaseLost, TransientStepError
 from dataengine.infra.logs import run_logger
 from dataengine.infra.settings import get_settings
+from dataengine.infra.tiers import queue_of
 
 log = logging.getLogger("dataengine.worker.hosted_runs")
 
@@ -179,7 +180,7 @@ def outcome_of(m: TaskMessage, execution: Execution) -> dict[str, Any] | BaseExc
     except Exception as exc:
         return exc
     if outcome.requeue:
-        m.task.app.send_task(m.job.task_name, kwargs={"run_id": outcome.run_id})
+        m.task.app.send_task(m.job.task_name, kwargs={"run_id": outcome.run_id}, queue=_queue(execution))
     return outcome.as_dict()
 
 
@@ -204,7 +205,7 @@ def _report(m: TaskMessage, execution: Execution, ended: dict[str, Any] | BaseEx
     if not isinstance(ended, BaseException):
         _succeeded(m, ended)
     elif isinstance(ended, TransientStepError | DatabaseUnavailable):
-        _retry(m, ended, progressed=execution.done_here > 0)
+        _retry(m, ended, progressed=execution.done_here > 0, queue=_queue(execution))
     else:
         if not isinstance(ended, m.task.throws):
             run_logger(run_id=m.run_id, task_id=m.task_id).error(
@@ -225,7 +226,12 @@ def _failed(m: TaskMessage, exc: BaseException) -> None:
         _event(m, "task-failed", exception=repr(exc), traceback=tb)
 
 
-def _retry(m: TaskMessage, exc: BaseException, *, progressed: bool) -> None:
+def _queue(execution: Execution) -> str:
+    """The queue of the run's tier: a run sent again keeps its place among the tiers."""
+    return queue_of(execution.claim.row.priority)
+
+
+def _retry(m: TaskMessage, exc: BaseException, *, progressed: bool, queue: str) -> None:
     """What Celery's ``autoretry_for`` does: the same task id, one retry more, after a backoff; the
     message carries since when the run has failed without recording a step (``FAILING_SINCE``)."""
     t = m.task
@@ -241,7 +247,7 @@ def _retry(m: TaskMessage, exc: BaseException, *, progressed: bool) -> None:
         _event(m, "task-retried", exception=repr(exc), traceback="")
     # A run started by its submit task is retried as a run task of its own (the submit's result stays the run id).
     t.app.send_task(m.job.task_name, kwargs={"run_id": m.run_id}, task_id=m.task_id if m.reports else None,
-                    countdown=countdown, retries=m.retries + 1, headers={FAILING_SINCE: since})
+                    countdown=countdown, retries=m.retries + 1, headers={FAILING_SINCE: since}, queue=queue)
 
 
 def _event(m: TaskMessage, kind: str, **fields: Any) -> None:

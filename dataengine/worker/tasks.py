@@ -103,7 +103,7 @@ def start_runs(job: Job, kwargs: dict[str, Any]) -> dict[str, Any]:
     started = job.start_runs(**kwargs) if job.start_runs is not None else []
     for run_id, created in started:
         if created:
-            current_app.send_task(job.task_name, kwargs={"run_id": str(run_id)})
+            current_app.send_task(job.task_name, kwargs={"run_id": str(run_id)})  # runs it makes are normal
     return {"run_ids": [str(run_id) for run_id, _ in started], "created": sum(created for _, created in started)}
 
 
@@ -118,8 +118,8 @@ def define_tasks(job: Job) -> None:
         return run_job(self, job, run_id)
 
     def submit(self: Task, **spec: Any) -> str | dict[str, Any]:
-        submitted = submit_run(job=job, spec=spec, send=lambda name, kwargs: current_app.send_task(name, kwargs=kwargs),
-                               here=start_here(self, job))
+        submitted = submit_run(job=job, spec=spec, send=lambda name, kwargs, queue: current_app.send_task(
+            name, kwargs=kwargs, queue=queue), here=start_here(self, job))
         return submitted.as_dict() if isinstance(submitted, Estimate) else submitted
 
     run.__doc__ = f"Execute the {job.name} run ``run_id`` (resuming it if it was interrupted)."

@@ -69,7 +69,7 @@ def fleet_on(fake_llm: Any) -> Callable[..., Fleet]:
 
 def sender(producer: Any) -> Callable[[str, dict[str, str]], Any]:
     """Send a task by name through ``producer``."""
-    return lambda name, kwargs: producer.send_task(name, kwargs=kwargs)
+    return lambda name, kwargs, queue=None: producer.send_task(name, kwargs=kwargs)
 
 
 @pytest.fixture

@@ -144,7 +144,7 @@ def test_two_submits_racing_with_one_key_and_two_specs_make_one_run_and_refuse_t
     def second() -> None:
         try:
             outcome["run"] = submit_run(job=JOB, spec=audit_spec(3, name="Elm Court", key="race"),
-                                        send=lambda name, kwargs: sent.append(kwargs))
+                                        send=lambda name, kwargs, queue=None: sent.append(kwargs))
         except IdempotencyKeyReused as exc:
             outcome["error"] = str(exc)
 

@@ -43,7 +43,7 @@ def test_a_run_and_the_sweeper_ride_out_a_database_outage_longer_than_the_lease(
     monkeypatch.setenv("DATABASE_URL", through(proxy, db_url))
     monkeypatch.setenv("DATAENGINE_SWEEP_INTERVAL_S", "0.1")  # the sweeper sees the database back first
     reload_settings()
-    sweeper = Sweeper(send=lambda name, kwargs: None)
+    sweeper = Sweeper(send=lambda name, kwargs, queue=None: None)
     sweeper.start()
     outcome: list[Any] = []
     worker = threading.Thread(

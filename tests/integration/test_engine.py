@@ -49,7 +49,7 @@ def recording(calls: list[int], *, delay_s: float = 0.0):
     return dataclasses.replace(JOB, execute_step=step)
 
 
-def ignore_sends(name: str, kwargs: dict) -> None:
+def ignore_sends(name: str, kwargs: dict, queue: str | None = None) -> None:
     return None
 
 
@@ -263,7 +263,7 @@ def test_a_run_that_loses_its_worker_three_times_at_one_step_fails_naming_it():
         if death:
             record(claim(run_id, f"doomed/{death}"), [], 2, in_flight=(2,))  # picked up again, step 2 started
         expire_lease(run_id, owner=f"doomed/{death}")  # ...and that worker dies with it in flight
-        sweep_job(job=JOB, send=lambda name, kwargs: sent.append(kwargs["run_id"]))
+        sweep_job(job=JOB, send=lambda name, kwargs, queue=None: sent.append(kwargs["run_id"]))
     row = run_row(run_id)
     assert len(sent) == 2 and row["status"] == "failed"
     assert "lost 3 times at text 3 ('text 2')" in row["error_message"]

@@ -39,7 +39,7 @@ def everything(redis_url: str) -> dict[str, Any]:
 
 
 def dry_run(job: Any, spec: dict[str, Any]) -> Estimate:
-    estimate = submit_run(job=job, spec={**spec, "dry_run": True}, send=lambda name, kwargs: pytest.fail("sent"))
+    estimate = submit_run(job=job, spec={**spec, "dry_run": True}, send=lambda name, kwargs, queue=None: pytest.fail("sent"))
     assert isinstance(estimate, Estimate)
     return estimate
 

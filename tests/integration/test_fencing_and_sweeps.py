@@ -52,7 +52,7 @@ def renew(c: Claim) -> bool:
     return lease.cancel.is_set()
 
 
-def ignore_sends(name: str, kwargs: dict) -> None:
+def ignore_sends(name: str, kwargs: dict, queue: str | None = None) -> None:
     return None
 
 
@@ -129,7 +129,7 @@ def test_a_run_that_cannot_be_sent_is_due_again_and_the_others_still_go():
         expire_lease(run_id)
     sent: list[str] = []
 
-    def flaky_send(name: str, kwargs: dict) -> None:
+    def flaky_send(name: str, kwargs: dict, queue: str | None = None) -> None:
         if kwargs["run_id"] == str(run_ids[1]):
             raise ConnectionError("broker unreachable")
         sent.append(kwargs["run_id"])
@@ -137,46 +137,48 @@ def test_a_run_that_cannot_be_sent_is_due_again_and_the_others_still_go():
     sweep_job(job=JOB, send=flaky_send)
     assert sorted(sent) == sorted(str(r) for r in (run_ids[0], run_ids[2]))
     sent.clear()
-    sweep_job(job=JOB, send=lambda name, kwargs: sent.append(kwargs["run_id"]))
+    sweep_job(job=JOB, send=lambda name, kwargs, queue=None: sent.append(kwargs["run_id"]))
     assert sent == [str(run_ids[1])]  # at the next sweep, not redispatch_after_s later
 
 
 def test_a_run_no_worker_claimed_is_sent_again_only_when_its_message_is_gone(redis_url):
+    """A run still in the broker is not sent twice to its queue; a normal run found waiting there after
+    redispatch_after_s is also sent to the high queue, once (so a stream of higher-tier runs cannot
+    starve it); a message the broker lost is sent again to its own tier's queue."""
     import redis
 
-    from dataengine import app
-    from dataengine.worker.broker_backlog import waiting_runs
+    from dataengine.worker.app import enqueue, still_queued
 
+    high = "dataengine.high"
     queue = redis.Redis.from_url(redis_url)
-    queue.delete("celery")
+    queue.delete("celery", high)
     run_id = create_texts(2)  # as submitted: no lease, dispatched once
-    app.send_task(JOB.task_name, kwargs={"run_id": str(run_id)})
+    enqueue(JOB.task_name, {"run_id": str(run_id)})
 
     def overdue() -> None:  # no worker has taken it for longer than redispatch_after_s
         with session_scope() as session:
             session.execute(text("UPDATE echo_runs SET lease_expires_at = now() - interval '1 s' WHERE id = :id"),
                             {"id": run_id})
 
-    def still_waiting(ids: set[str]) -> set[str]:
-        return waiting_runs(redis_url=redis_url, queue="celery", run_ids=ids)
-
-    def send(name: str, kwargs: dict) -> None:
-        app.send_task(name, kwargs=kwargs)
-
-    overdue()
     def due_in() -> float:
         with session_scope() as session:
             return float(session.execute(text("SELECT EXTRACT(EPOCH FROM lease_expires_at - now()) FROM echo_runs "
                                               "WHERE id = :id"), {"id": run_id}).scalar_one())
 
     s = get_settings()
-    sweep_job(job=JOB, send=send, waiting=still_waiting)
-    assert queue.llen("celery") == 1  # behind a backlog, still on its way: not sent twice
-    assert due_in() == pytest.approx(s.redispatch_after_s, abs=5)  # nor looked for again soon
-    queue.delete("celery")  # the broker lost it (restarted empty)
     overdue()
-    sweep_job(job=JOB, send=send, waiting=still_waiting)
+    sweep_job(job=JOB, send=enqueue, waiting=still_queued)
+    assert queue.llen("celery") == 1  # behind a backlog, still on its way: not sent twice
+    assert queue.llen(high) == 1 and str(run_id) in queue.lindex(high, 0).decode()  # aged: high's queue too
+    assert due_in() == pytest.approx(s.redispatch_after_s, abs=5)  # nor looked for again soon
+    overdue()
+    sweep_job(job=JOB, send=enqueue, waiting=still_queued)
+    assert (queue.llen("celery"), queue.llen(high)) == (1, 1)  # one copy in high's queue is enough
+    queue.delete("celery", high)  # the broker lost them (restarted empty)
+    overdue()
+    sweep_job(job=JOB, send=enqueue, waiting=still_queued)
     assert queue.llen("celery") == 1 and str(run_id) in queue.lindex("celery", 0).decode()
+    assert queue.llen(high) == 0  # sent again to its own tier's queue
     # Sent: looked at again soon, in case the worker that takes it dies before its claim.
     assert due_in() == pytest.approx(s.unclaimed_recheck_s, abs=5)
     queue.delete("celery")
@@ -201,8 +203,8 @@ def test_after_the_broker_is_found_without_its_epoch_a_message_a_worker_took_is_
     app.send_task(JOB.task_name, kwargs={"run_id": str(taken)})
     queue.hset("unacked", "tag-1", queue.rpop("celery"))  # as kombu does when a worker takes it
     sent: list[str] = []
-    sweeper = Sweeper(send=lambda name, kwargs: sent.append(kwargs["run_id"]),
-                      waiting=lambda ids, taken=False: waiting_runs(redis_url=redis_url, queue="celery",
+    sweeper = Sweeper(send=lambda name, kwargs, queue=None: sent.append(kwargs["run_id"]),
+                      waiting=lambda ids, taken=False, **_: waiting_runs(redis_url=redis_url, queue="celery",
                                                                     run_ids=ids, taken=taken),
                       broker_lost=iter([True]).__next__)
     try:
@@ -212,8 +214,8 @@ def test_after_the_broker_is_found_without_its_epoch_a_message_a_worker_took_is_
         with session_scope() as session:  # later, overdue with the worker that took it gone: sent
             session.execute(text("UPDATE echo_runs SET lease_expires_at = now() - interval '1 s' WHERE id = :id"),
                             {"id": taken})
-        sweep_job(job=JOB, send=lambda name, kwargs: sent.append(kwargs["run_id"]),
-                  waiting=lambda ids: waiting_runs(redis_url=redis_url, queue="celery", run_ids=ids))
+        sweep_job(job=JOB, send=lambda name, kwargs, queue=None: sent.append(kwargs["run_id"]),
+                  waiting=lambda ids, **_: waiting_runs(redis_url=redis_url, queue="celery", run_ids=ids))
         assert str(taken) in sent
     finally:
         queue.delete("celery", "unacked")

@@ -141,11 +141,11 @@ def test_a_sweeper_finds_a_process_dead_by_a_stale_heartbeat_or_by_its_closed_co
     with statement_scope() as conn:
         assert sorted(dead_owners(conn)) == ["killed/1", "stalled/1"]
     sent: list[str] = []
-    requeued = take_back_dead(send=lambda name, kwargs: sent.append(kwargs["run_id"]), jobs=[JOB])
+    requeued = take_back_dead(send=lambda name, kwargs, queue=None: sent.append(kwargs["run_id"]), jobs=[JOB])
     assert sorted(str(r.run_id) for r in requeued) == sorted(sent) == sorted([str(stalled.run_id), str(killed.run_id)])
     assert run_row(alive.run_id)["lease_owner"] == "alive/1"
     assert heartbeat("killed/1") is None and heartbeat("alive/1") is not None
-    assert take_back_dead(send=lambda name, kwargs: sent.append(kwargs["run_id"]), jobs=[JOB]) == []  # each taken back once
+    assert take_back_dead(send=lambda name, kwargs, queue=None: sent.append(kwargs["run_id"]), jobs=[JOB]) == []  # each taken back once
     for lease in leases:
         beat.remove(lease, wait_s=1)
     beat.close()
@@ -169,7 +169,7 @@ def test_a_live_process_keeps_a_run_whose_step_outlasts_the_lease(monkeypatch):
 
     def sweeper() -> None:
         while not stop.wait(0.1):
-            taken.extend(take_back_dead(send=lambda name, kwargs: None, jobs=[JOB]))
+            taken.extend(take_back_dead(send=lambda name, kwargs, queue=None: None, jobs=[JOB]))
 
     sweeping = threading.Thread(target=sweeper)
     sweeping.start()

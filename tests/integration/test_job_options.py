@@ -166,7 +166,7 @@ def test_steps_one_loss_from_failing_the_run_never_share_a_call(deaths):
     for death in range(deaths):
         record(claim(run_id, f"w/{death}"), [], 0, in_flight=(1, 2))
         expire_lease(run_id, owner=f"w/{death}")
-        sweep_job(job=ECHO, send=lambda name, kwargs: None)  # the lost worker is charged for steps 1 and 2
+        sweep_job(job=ECHO, send=lambda name, kwargs, queue=None: None)  # the lost worker is charged for steps 1 and 2
     calls: list[list[int]] = []
     assert run(run_id, grouping(calls)).status == "completed"
     assert sorted(calls) == ([[0, 1, 2], [3, 4, 5]] if deaths == 1 else [[0], [1], [2], [3, 4, 5]])

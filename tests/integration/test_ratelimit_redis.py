@@ -53,7 +53,9 @@ def test_two_workers_with_four_threads_each_share_the_limit_and_run_at_it(redis_
         t.join(5)
     rate = RPM / 61  # per second; a burst of as many at once: 60 × rate + burst = RPM
     allowed = rate + rate * (max(admitted) - start)  # in 60 s that is exactly RPM
-    assert 0.97 * allowed <= len(admitted) <= allowed
+    # The script admits by Redis's clock and the test times by its own: one call at the edge may fall
+    # on either side of that line (seen once on a loaded machine: 77 against 76.7).
+    assert 0.97 * allowed <= len(admitted) <= allowed + 1
 
 
 def test_two_workspaces_share_the_limit_equally_on_redis_whoever_has_more_threads(redis_url, model):

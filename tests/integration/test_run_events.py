@@ -30,7 +30,7 @@ def test_a_runs_life_is_written_as_it_happens_and_its_steps_are_not():
     first = claim(run_id, "w/1")
     record(first, [0, 1, 2], 3)  # checkpoints: no events
     expire_lease(run_id, owner="w/1")
-    sweep_job(job=JOB, send=lambda name, kwargs: None)
+    sweep_job(job=JOB, send=lambda name, kwargs, queue=None: None)
     second = claim(run_id, "w/2")
     record(second, [3, 4, 5], 6)
     with session_scope() as session:

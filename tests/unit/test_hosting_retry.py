@@ -28,7 +28,7 @@ def test_the_retry_is_sent_once_the_run_is_no_longer_hosted_here():
     message = hosted_runs.TaskMessage(task=task, job=job, run_id="run-1", task_id="t-1", hostname="w", retries=0,
                                   may_retry=True, received=time.monotonic(), reports=False)
     execution = SimpleNamespace(run=lambda: (_ for _ in ()).throw(TransientStepError(details="the provider is away")),
-                                done_here=0, claim=SimpleNamespace(worker_id="w/1"))
+                                done_here=0, claim=SimpleNamespace(worker_id="w/1", row=SimpleNamespace(priority="normal")))
     with hosted_runs._room:
         hosted_runs._threads.add(threading.current_thread())
         hosted_runs._hosted.add(message.run_id)

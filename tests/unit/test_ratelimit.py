@@ -261,10 +261,11 @@ def test_a_model_without_limits_never_waits_unless_paused(make, clock):
 
 
 def greedy(lims: dict[str, FleetLimiter], clock: Clock, until: float, model: str = "m",
-           callers: dict[str, int] | None = None, stop: dict[str, float] | None = None) -> dict[str, list[float]]:
-    """Callers per tenant that ask again at once when admitted and after the wait when not (at most
-    MAX_SLEEP_S), each tenant through its own limiter (its own process), until ``until`` (or the tenant's
-    ``stop``); the admission times by tenant."""
+           callers: dict[str, int] | None = None, stop: dict[str, float] | None = None,
+           tiers: dict[str, str] | None = None) -> dict[str, list[float]]:
+    """Callers per tenant (of its tier in ``tiers``, else normal) that ask again at once when admitted and
+    after the wait when not (at most MAX_SLEEP_S), each tenant through its own limiter (its own process),
+    until ``until`` (or the tenant's ``stop``); the admission times by tenant."""
     callers = callers or {t: 1 for t in lims}
     next_at = {(t, i): clock.now for t, n in callers.items() for i in range(n)}
     admitted: dict[str, list[float]] = {t: [] for t in lims}
@@ -279,7 +280,7 @@ def greedy(lims: dict[str, FleetLimiter], clock: Clock, until: float, model: str
                 return admitted
             continue
         try:
-            lims[tenant].acquire(model, 1, tenant=tenant)
+            lims[tenant].acquire(model, 1, tenant=tenant, tier=(tiers or {}).get(tenant))
             admitted[tenant].append(at)
         except RateLimitWait as waiting:
             next_at[(tenant, i)] = at + min(max(waiting.wait_s, 0.001), 1.0)
@@ -292,6 +293,19 @@ def test_tenants_asking_at_once_share_the_rate_equally_whoever_has_more_callers(
     assert len(admitted["big"]) + len(admitted["small"]) <= 310  # the model's rate: a burst, 10 a second
     assert len(admitted["small"]) == pytest.approx(150, abs=5)  # half of it for 30 s
     assert len(admitted["big"]) == pytest.approx(160, abs=6)  # half, and the burst of 10 it took before small asked
+
+
+def test_tiers_asking_at_once_share_the_rate_by_weight_and_the_lowest_is_never_starved(server, clock):
+    """high 9, normal 3, low 1: the high run gets most of the rate at once, a low one still moves."""
+    limits = {"m": ModelLimits(rpm=610)}  # 10 a second
+    tiers = {"h": "high", "n": "normal", "l": "low"}
+    lims = {t: limiter(server, clock, limits, max_wait_s=0) for t in tiers}
+    admitted = greedy(lims, clock, until=1039, callers={"h": 1, "n": 20, "l": 1}, tiers=tiers)
+    settled = {t: len([a for a in times if a >= 1013]) for t, times in admitted.items()}  # the 26 s after a burst
+    assert sum(settled.values()) == pytest.approx(260, abs=4)  # the model's rate, all of it used
+    assert settled["h"] == pytest.approx(260 * 9 / 13, abs=5)
+    assert settled["n"] == pytest.approx(260 * 3 / 13, abs=5)
+    assert settled["l"] == pytest.approx(260 * 1 / 13, abs=3)
 
 
 def test_a_tenant_alone_has_the_whole_rate_and_gets_it_back_when_the_other_stops(server, clock):
@@ -308,7 +322,7 @@ def test_calls_without_a_tenant_keep_to_the_model_alone(server, clock):
     lim.acquire("m", 1, tenant="a")
     assert len(admitted_now(lim, "m")) == 9  # not held to a share: the rest of the burst
     client = fakeredis.FakeRedis(server=server)
-    assert client.zrange("dataengine:llm:{m}:tenants", 0, -1) == [b"a"]
+    assert client.zrange("dataengine:llm:{m}:tenants", 0, -1) == [b"3|normal|a"]  # weight|tier|tenant
 
 
 def test_a_model_with_no_limit_keeps_to_the_providers_as_its_answers_say(server, clock):

@@ -47,7 +47,9 @@ def test_the_spec_digest_is_of_the_normalised_spec_and_the_options_that_change_t
         ({"queries": ["ok", 7]}, "queries.1: Input should be a valid string"),
         ({"queries": [f"q{i}" for i in range(10_001)]}, "queries: at most 10000 queries per run, got 10001"),
         ({"queries": ["x" * 2001]}, "queries: query 0 is 2001 characters; the limit is 2000"),
-        ({"priority": "high"}, "priority: Extra inputs are not permitted"),
+        ({"urgency": "high"}, "urgency: Extra inputs are not permitted"),
+        ({"priority": "urgent"}, "priority: must be one of high, normal, low, got 'urgent'"),
+        ({"priority": 1}, "priority: must be one of high, normal, low, got '1'"),
         # PostgreSQL text cannot hold NUL: refused here, not with a raw DataError at insert time.
         ({"queries": ["ok", "pool\x00gym"]}, "queries.1: text must not contain NUL (\\x00) characters"),
         ({"property": {"name": "Cedar\x00"}}, "property.name: text must not contain NUL"),

@@ -89,3 +89,27 @@ def test_a_thread_freed_by_a_run_over_its_share_is_kept_for_a_run_under_it(budge
         e.set()
     for f in futures:
         f.result(timeout=5)
+
+
+def test_tiers_share_the_budget_by_weight_then_their_workspaces(budget):
+    """12 threads; a high run (weight 9) among normal runs (3) of two workspaces gets 9 of them at once,
+    the normal tier 3, split between its workspaces; a low run alone with them keeps its weight's part."""
+    normal = [uuid.uuid4() for _ in range(4)]
+    for i, run in enumerate(normal):
+        assert budget.reserve(run)
+        budget.belongs(run, f"ws-{i % 2}")
+    urgent = uuid.uuid4()
+    assert budget.reserve(urgent)
+    budget.belongs(urgent, "ws-0", "high")
+    release = threading.Event()
+    futures = [budget.submit(release.wait, run_id=normal[i % 4]) for i in range(12)]  # every thread busy
+    assert budget.room(0, urgent) == 9  # 12 * 9/12: the runs below their share are owed the rest
+    assert budget.room(0, normal[0]) == 1  # 12 * 3/12 / 2 workspaces, over its 2 runs: the floor of one
+    budget.release(urgent)
+    late = uuid.uuid4()
+    assert budget.reserve(late)
+    budget.belongs(late, "ws-9", "low")
+    assert budget.room(0, late) == 3  # 12 * 1/4 (normal 3, low 1): never starved by the normal runs
+    release.set()
+    for f in futures:
+        f.result(timeout=5)

@@ -1,8 +1,9 @@
 -- FleetLimiter.acquire (dataengine/llm/limits.py): one GCRA step over a model's RPM and TPM state
 -- together, so a call takes from both limits or from neither; reads Redis's clock unless told 'now'.
--- With a tenant (a workspace), the tenants that asked within the last active seconds share the model's
--- rate equally: each also keeps to its share in a state of its own, so a tenant with many calls
--- waiting cannot take another's part; a tenant alone keeps to the model's state only.
+-- With a tenant (a workspace of a tier, named 'weight|tier|tenant'), the tenants that asked within the
+-- last active seconds share the model's rate: the tiers present by weight, a tier's part equally
+-- between its tenants. Each also keeps to its share in a state of its own, so a tenant with many
+-- calls waiting cannot take another's part; a tenant alone keeps to the model's state only.
 --
 -- KEYS: rpm state, tpm state, pause, tenants (sorted set), the tenant's rpm state, its tpm state.
 -- ARGV: seconds per request and burst (s), the same for tokens (0 = no limit), tokens, recovery start,
@@ -18,7 +19,20 @@ if tenant and tenant ~= '' then
   redis.call('ZADD', KEYS[4], now, tenant)
   redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - active)
   redis.call('PEXPIRE', KEYS[4], math.ceil(active * 1000) + 1000)
-  share = 1 / redis.call('ZCARD', KEYS[4])
+  local weights, counts, total = {}, {}, 0
+  for _, m in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
+    local w, t = string.match(m, '^([^|]*)|([^|]*)|')
+    if t == nil then w, t = '1', m end
+    if weights[t] == nil then
+      weights[t] = tonumber(w) or 1
+      counts[t] = 0
+      total = total + weights[t]
+    end
+    counts[t] = counts[t] + 1
+  end
+  local _, mine = string.match(tenant, '^([^|]*)|([^|]*)|')
+  if mine == nil then mine = tenant end
+  share = weights[mine] / total / counts[mine]
 end
 local paused = tonumber(redis.call('GET', KEYS[3]) or '')
 if paused and now < paused then return {'0', fmt(paused - now)} end
