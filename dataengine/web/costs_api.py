@@ -6,6 +6,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from dataengine.engine.operator_views import CostReport, cost_report, parse_since
+from dataengine.engine.submitting import MAX_WORKSPACE_ID_CHARS
 from dataengine.web.runs_api import new_router, unprocessable
 
 
@@ -46,7 +47,9 @@ def add_costs(router: APIRouter | None = None) -> APIRouter:
     def costs(
         by: Annotated[Literal["day", "kind", "model", "property", "workspace"], Query()] = "day",
         since: Annotated[str | None, Query(description="Only the last 90s, 30m, 12h, 7d, 2w")] = None,
-        workspace: Annotated[str | None, Query(description="Only this workspace's calls")] = None,
+        # A workspace's id: PostgreSQL text cannot hold NUL, so such an id is refused here, not with a 500.
+        workspace: Annotated[str | None, Query(min_length=1, max_length=MAX_WORKSPACE_ID_CHARS, pattern=r"^[^\x00]+$",
+                                               description="Only this workspace's calls")] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE_LINES, description="Lines in this page")] = PAGE_LINES,
         offset: Annotated[int, Query(ge=0, le=10**9, description="Lines to skip (next_offset)")] = 0,
     ) -> Costs:

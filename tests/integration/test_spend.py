@@ -70,6 +70,8 @@ def test_every_call_is_in_the_ledger_and_costs_sums_it_by_property_model_and_kin
         assert Decimal(body["total"]["cost_usd"]) == rows[priced]["cost_usd"] + rows[unpriced]["cost_usd"]
         assert body["unpriced_models"] == ["mystery-model"]
         assert api.get("/v1/costs", params={"by": "colour"}, headers={"X-API-Key": KEY}).status_code == 422
+        nul = api.get("/v1/costs", params={"workspace": "ws\x00"}, headers={"X-API-Key": KEY})  # found by schemathesis: a 500
+        assert nul.status_code == 422 and "workspace" in nul.text
         refused = api.get("/v1/costs", params={"since": "yesterday"}, headers={"X-API-Key": KEY})
         assert refused.status_code == 422 and "not a duration" in refused.text
         assert api.get("/v1/costs").status_code == 401
